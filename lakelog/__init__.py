@@ -1,0 +1,74 @@
+"""lakelog: where, exactly, did two training runs stop being the same, and why.
+
+The write side (``init``, ``log``…) imports torch when first used; the read side
+(``connect``, ``query``) does not need it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .connect import connect
+from .errors import (
+    DumpError,
+    InvalidArgumentError,
+    LakeNotWritableError,
+    LakelogError,
+    NoActiveRunError,
+    QueryError,
+    RunClosedError,
+    RunExistsError,
+    RunNotFoundError,
+    WriterFailedError,
+)
+
+from .querylib import query
+
+if TYPE_CHECKING:
+    from .run import Run
+
+__version__ = "0.1.0"
+
+_WRITE_SIDE = {
+    "init": "lakelog.api",
+    "log": "lakelog.api",
+    "log_predictions": "lakelog.api",
+    "log_batch": "lakelog.api",
+    "watch": "lakelog.api",
+    "dump": "lakelog.api",
+    "summary": "lakelog.api",
+    "flush": "lakelog.api",
+    "finish": "lakelog.api",
+    "current_run": "lakelog.run",
+    "Run": "lakelog.run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the write side (and torch) only when a training script first touches it."""
+    module = _WRITE_SIDE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lakelog' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "DumpError",
+    "InvalidArgumentError",
+    "LakeNotWritableError",
+    "LakelogError",
+    "NoActiveRunError",
+    "QueryError",
+    "Run",
+    "RunClosedError",
+    "RunExistsError",
+    "RunNotFoundError",
+    "WriterFailedError",
+    "connect",
+    "query",
+    *_WRITE_SIDE,
+]

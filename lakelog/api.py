@@ -1,0 +1,68 @@
+"""Module-level functions that write to the current run, so a training loop need not pass it around."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import NoActiveRunError
+from .run import Mode, Run, current_run, set_current
+
+
+def init(
+    root: str | os.PathLike[str] = "runs",
+    name: str | None = None,
+    *,
+    config: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    mode: Mode = "error",
+    **options: Any,
+) -> Run:
+    """Create (or resume) a run under ``root`` and make it the current run."""
+    run = Run(root, name, config=config, seed=seed, mode=mode, **options)
+    set_current(run)
+    return run
+
+
+def run() -> Run:
+    """The current run; raises NoActiveRunError before ``lakelog.init``."""
+    active = current_run()
+    if active is None:
+        raise NoActiveRunError("no active run: call lakelog.init(root, name=...) first")
+    return active
+
+
+def log(metrics: Mapping[str, Any], *, step: int | None = None, epoch: int | None = None) -> None:
+    run().log(metrics, step=step, epoch=epoch)
+
+
+def log_predictions(logits: Any, **kwargs: Any) -> None:
+    run().log_predictions(logits, **kwargs)
+
+
+def log_batch(**kwargs: Any) -> None:
+    run().log_batch(**kwargs)
+
+
+def watch(model: Any, optimizer: Any = None, **options: Any) -> Any:
+    return run().watch(model, optimizer, **options)
+
+
+def dump(model: Any, optimizer: Any = None, **kwargs: Any) -> Any:
+    return run().dump(model, optimizer, **kwargs)
+
+
+def summary(**metrics: Any) -> None:
+    run().summary(**metrics)
+
+
+def flush() -> None:
+    run().flush()
+
+
+def finish() -> None:
+    """Finish the current run (a no-op when there is none)."""
+    active = current_run()
+    if active is not None:
+        active.finish()

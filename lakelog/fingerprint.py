@@ -1,0 +1,269 @@
+"""Exact 128-bit fingerprints of tensors, computed on the device where each tensor lives.
+
+Why: to say *where* two training runs first differ, lakelog records a fingerprint of every parameter,
+gradient and input batch. A norm or a sum cannot do this (a permutation, or two changes that cancel,
+leave it unchanged); copying a CUDA tensor to host to hash its bytes would stall training. So the hash
+is built from plain elementwise torch ops and one reduction, which run on any device, never sync, and
+give the same answer on CPU and CUDA.
+
+The algorithm (version 1), all arithmetic modulo 2**64, ``>>>`` a logical right shift:
+
+1. Bytes. The tensor's logical contents (``t.contiguous()``, conj/neg views resolved) in its native
+   dtype, as little-endian bytes in row-major order. ``nbytes = numel * element_size``.
+2. Words. The bytes are read as ``W = ceil(nbytes / 8)`` unsigned 64-bit little-endian words
+   ``w[0..W)``; when ``nbytes`` is not a multiple of 8 the last word is padded with zero bytes
+   (``nbytes`` is part of the header below, so padding cannot collide with real zeros).
+3. Lanes. For lane ``L`` in (0, 1), with index key ``G[L]`` and finalizer ``F[L]``::
+
+       S[L] = sum over i of  F[L]( w[i] XOR (i * G[L]) )
+
+   ``F[0]`` is splitmix64's finalizer (shifts 30, 27, 31), ``F[1]`` murmur3's fmix64 (shifts 33,
+   33, 33); each is ``x ^= x >>> a; x *= c1; x ^= x >>> b; x *= c2; x ^= x >>> d``, a nonlinear
+   bijection, so mixing the index in makes the sum order-aware and changes that cancel in a plain
+   sum do not cancel here.
+4. Header. ``H = xxh3_128("lakelog-fingerprint-v1|<dtype>|<shape>|<layout>|<nbytes>")`` split into
+   two 64-bit halves ``H[0]`` (high) and ``H[1]`` (low); dtype is e.g. ``float32``, shape e.g.
+   ``(2, 3)``, layout ``strided``.
+5. Result. ``fp[L] = F[L]( S[L] XOR H[L] )``, returned as int64 (two's complement of the unsigned
+   value); ``to_hex`` prints ``fp[0]`` then ``fp[1]`` as 16 hex digits each.
+
+Sparse COO tensors are coalesced and hashed as the 4 words ``fingerprint(indices) ++
+fingerprint(values)`` under a header with layout ``sparse_coo`` (other sparse layouts are converted to
+COO first, their header keeps their own layout name).
+
+The torch kernel is checked bit for bit against a pure-Python implementation of the steps above in
+``tests/test_fingerprint.py``. Large tensors are processed in chunks of ``CHUNK_WORDS_CPU`` /
+``CHUNK_WORDS_CUDA`` words so temporaries stay bounded; the result does not depend on the chunking.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Sequence
+
+import torch
+import xxhash
+
+from lakelog.errors import InvalidArgumentError
+
+__all__ = [
+    "combine_hex",
+    "fingerprint",
+    "fingerprint_bytes",
+    "fingerprint_hex",
+    "fingerprint_many",
+    "to_hex",
+]
+
+VERSION = 1
+_MASK64 = (1 << 64) - 1
+
+# Words per chunk. Small chunks on CPU keep each chunk's chain of ops in the L2 cache; large chunks on
+# accelerators keep the number of kernel launches low. Neither changes the result.
+CHUNK_WORDS_CPU = 1 << 16
+CHUNK_WORDS_CUDA = 1 << 22
+
+# Per-lane index keys (odd, so i -> i * G is a bijection): the golden-ratio gamma of splitmix64, and
+# the R2-sequence constant of Roberts (2018).
+_INDEX_KEYS = (0x9E3779B97F4A7C15, 0xD1B54A32D192ED03)
+# Per-lane finalizers (shift1, mult1, shift2, mult2, shift3): splitmix64 and murmur3 fmix64.
+_FINALIZERS = (
+    (30, 0xBF58476D1CE4E5B9, 27, 0x94D049BB133111EB, 31),
+    (33, 0xFF51AFD7ED558CCD, 33, 0xC4CEB9FE1A85EC53, 33),
+)
+
+
+def _signed(x: int) -> int:
+    """The int64 whose two's complement bits equal the unsigned 64-bit `x`: what torch ops accept."""
+    x &= _MASK64
+    return x - (1 << 64) if x >> 63 else x
+
+
+_SIGNED_KEYS = tuple(_signed(g) for g in _INDEX_KEYS)
+_SIGNED_FINALIZERS = tuple((a, _signed(c1), b, _signed(c2), d) for a, c1, b, c2, d in _FINALIZERS)
+
+
+def _chunk_words(device: torch.device) -> int:
+    return CHUNK_WORDS_CPU if device.type == "cpu" else CHUNK_WORDS_CUDA
+
+
+def _finalize_(x: torch.Tensor, tmp: torch.Tensor, lane: int) -> None:
+    """Apply lane `lane`'s finalizer to int64 `x` in place (`tmp`: scratch of the same shape).
+
+    torch's `>>` on int64 is arithmetic, so a logical shift is emulated by masking off the copies of
+    the sign bit; `*` wraps modulo 2**64 on CPU and CUDA.
+    """
+    s1, c1, s2, c2, s3 = _SIGNED_FINALIZERS[lane]
+    for shift, mult in ((s1, c1), (s2, c2), (s3, None)):
+        torch.bitwise_right_shift(x, shift, out=tmp)
+        tmp.bitwise_and_((1 << (64 - shift)) - 1)
+        x.bitwise_xor_(tmp)
+        if mult is not None:
+            x.mul_(mult)
+
+
+def _lane_sums(words: torch.Tensor, first_index: int = 0) -> list[torch.Tensor]:
+    """Step 3 for 1-D int64 `words` whose first word has global index `first_index`: two 0-d sums."""
+    n = words.numel()
+    device = words.device
+    if n == 0:
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        return [zero, zero]
+    chunk = _chunk_words(device)
+    size = min(n, chunk)
+    x = torch.empty(size, dtype=torch.int64, device=device)
+    tmp = torch.empty(size, dtype=torch.int64, device=device)
+    partial: list[list[torch.Tensor]] = [[], []]
+    for start in range(0, n, chunk):
+        w = words[start : start + chunk]
+        m = w.numel()
+        xs, ts = x[:m], tmp[:m]
+        base = first_index + start
+        for lane in (0, 1):
+            # i * G for the global indices of this chunk; arange + wrapping mul, no host data.
+            torch.arange(base, base + m, dtype=torch.int64, device=device, out=ts)
+            ts.mul_(_SIGNED_KEYS[lane])
+            torch.bitwise_xor(w, ts, out=xs)
+            _finalize_(xs, ts, lane)
+            partial[lane].append(xs.sum())
+    return [p[0] if len(p) == 1 else torch.stack(p).sum() for p in partial]
+
+
+@functools.lru_cache(maxsize=4096)
+def _header(dtype: torch.dtype, shape: tuple[int, ...], layout: str, nbytes: int) -> tuple[int, int]:
+    """Step 4: two signed 64-bit halves of the header hash, so dtype and shape are part of the fingerprint."""
+    name = str(dtype).removeprefix("torch.")
+    text = f"lakelog-fingerprint-v{VERSION}|{name}|{tuple(shape)}|{layout}|{nbytes}"
+    h = xxhash.xxh3_128_intdigest(text.encode())
+    return _signed(h >> 64), _signed(h)
+
+
+def _dense_words(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Steps 1-2: the full words of a strided tensor (a view when possible) and the padded tail word."""
+    flat = t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return flat.new_empty(0, dtype=torch.int64), None
+    raw = flat.view(torch.uint8)
+    if raw.storage_offset() % 8:
+        # A view into the middle of a storage may be misaligned for int64: copy to aligned memory.
+        raw = raw.clone()
+    nbytes = raw.numel()
+    full = nbytes - nbytes % 8
+    words = raw[:full].view(torch.int64)
+    tail = None
+    if full != nbytes:
+        pad = raw.new_zeros(8)
+        pad[: nbytes - full] = raw[full:]
+        tail = pad.view(torch.int64)
+    return words, tail
+
+
+def _unfinalized(t: torch.Tensor) -> torch.Tensor:
+    """`S XOR H` (steps 1-4) as an int64 tensor of shape (2,) on `t.device`; step 5 is done in bulk later."""
+    if not isinstance(t, torch.Tensor):
+        raise InvalidArgumentError(f"fingerprint expects a torch.Tensor, got {type(t).__name__}")
+    if t.device.type == "meta":
+        raise InvalidArgumentError("cannot fingerprint a meta tensor: it holds no data")
+    if t.is_quantized:
+        raise InvalidArgumentError("cannot fingerprint a quantized tensor; fingerprint t.int_repr() instead")
+    layout = str(t.layout).removeprefix("torch.")
+    shape = tuple(t.shape)
+    if t.layout == torch.strided:
+        if t.is_nested:
+            raise InvalidArgumentError("cannot fingerprint a nested tensor; fingerprint its components")
+        words, tail = _dense_words(t)
+        nbytes = t.numel() * t.element_size()
+        sums = _lane_sums(words)
+        if tail is not None:
+            tail_sums = _lane_sums(tail, first_index=words.numel())
+            sums = [s + ts for s, ts in zip(sums, tail_sums, strict=True)]
+    elif t.is_sparse or layout.startswith("sparse"):
+        coo = t.detach()
+        if t.layout != torch.sparse_coo:
+            coo = coo.to_sparse_coo()
+        coo = coo.coalesce()
+        parts = [_finalized(_unfinalized(coo.indices())), _finalized(_unfinalized(coo.values()))]
+        words = torch.cat(parts)
+        nbytes = words.numel() * 8
+        sums = _lane_sums(words)
+    else:
+        raise InvalidArgumentError(f"cannot fingerprint a tensor with layout {t.layout}")
+    h0, h1 = _header(t.dtype, shape, layout, nbytes)
+    return torch.stack([sums[0].bitwise_xor(h0), sums[1].bitwise_xor(h1)])
+
+
+def _finalized(pre: torch.Tensor) -> torch.Tensor:
+    """Step 5 on `pre` of shape (..., 2): each lane's finalizer on its column, as a new tensor."""
+    lanes = []
+    for lane in (0, 1):
+        x = pre[..., lane].clone()
+        _finalize_(x, torch.empty_like(x), lane)
+        lanes.append(x)
+    return torch.stack(lanes, dim=-1)
+
+
+def fingerprint(t: torch.Tensor) -> torch.Tensor:
+    """The 128-bit fingerprint of `t` as an int64 tensor of shape (2,) on `t.device`.
+
+    Computed with torch ops where `t` lives and returned without a host-device sync, so it can be
+    called inside a training step; `to_hex` turns it into text when the caller is ready to wait.
+    """
+    return _finalized(_unfinalized(t))
+
+
+def fingerprint_many(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Fingerprints of several tensors as one (n, 2) int64 tensor, so the caller needs one transfer.
+
+    The result lives on the first tensor's device. Tensors on other devices are hashed where they are
+    and only their (2,) results are moved (which waits for that device when the target is the CPU).
+    An empty sequence gives a (0, 2) tensor on the CPU.
+    """
+    tensors = list(tensors)
+    if not tensors:
+        return torch.empty((0, 2), dtype=torch.int64)
+    device = tensors[0].device
+    pre = [_unfinalized(t) for t in tensors]
+    pre = [p if p.device == device else p.to(device) for p in pre]
+    return _finalized(torch.stack(pre))
+
+
+def to_hex(fp: torch.Tensor) -> list[str] | str:
+    """Fingerprint(s) as 32-char lowercase hex: (2,) gives a str, (n, 2) a list. This is the one sync."""
+    if not isinstance(fp, torch.Tensor) or fp.dtype != torch.int64 or fp.shape[-1:] != (2,) or fp.dim() > 2:
+        raise InvalidArgumentError("to_hex expects an int64 tensor of shape (2,) or (n, 2) from fingerprint()")
+    rows = fp.reshape(-1, 2).tolist()
+    hexes = [f"{a & _MASK64:016x}{b & _MASK64:016x}" for a, b in rows]
+    return hexes[0] if fp.dim() == 1 else hexes
+
+
+def fingerprint_hex(t: torch.Tensor) -> str:
+    """`to_hex(fingerprint(t))`: convenient where a sync does not matter (tests, tools, notebooks)."""
+    out = to_hex(fingerprint(t))
+    assert isinstance(out, str)
+    return out
+
+
+def combine_hex(hexes: Sequence[str]) -> str:
+    """One fingerprint for an ordered group of fingerprints (e.g. a batch's input tensors).
+
+    Order-aware and length-aware: the xxh3_128 of the hex strings joined by ``,`` with a version tag.
+    """
+    if isinstance(hexes, str):
+        raise InvalidArgumentError("combine_hex expects a sequence of hex strings, not a single str")
+    for h in hexes:
+        if not isinstance(h, str) or len(h) != 32:
+            raise InvalidArgumentError(f"combine_hex expects 32-char hex strings, got {h!r}")
+    text = f"lakelog-combine-v{VERSION}|{len(hexes)}|" + ",".join(h.lower() for h in hexes)
+    return xxhash.xxh3_128_hexdigest(text.encode())
+
+
+def fingerprint_bytes(data: bytes | bytearray | memoryview) -> str:
+    """xxh3_128 of raw bytes as 32-char hex: for non-tensor state (RNG states, lists of sample ids)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidArgumentError(f"fingerprint_bytes expects bytes or memoryview, got {type(data).__name__}")
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+if sys.byteorder != "little":  # pragma: no cover - every platform torch ships for is little-endian
+    raise ImportError("lakelog.fingerprint assumes a little-endian host")
