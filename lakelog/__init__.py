@@ -12,8 +12,8 @@ from .connect import connect
 from .errors import (
     DumpError,
     InvalidArgumentError,
-    LakeNotWritableError,
     LakelogError,
+    LakeNotWritableError,
     NoActiveRunError,
     QueryError,
     RunClosedError,
@@ -21,7 +21,6 @@ from .errors import (
     RunNotFoundError,
     WriterFailedError,
 )
-
 from .querylib import query
 
 if TYPE_CHECKING:

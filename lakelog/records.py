@@ -184,10 +184,7 @@ def _scalar_values(metrics: Mapping[str, Any]) -> tuple[list[str], list[float], 
                 raise InvalidArgumentError(f"log: {name!r} is a complex tensor; log its real part or abs()")
             tensor_names.append(name)
             tensors.append(value.detach().reshape(()))
-        elif isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_):
-            names.append(name)
-            numbers_.append(float(value))
-        elif isinstance(value, bool | np.bool_):
+        elif (isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)) or isinstance(value, bool | np.bool_):
             names.append(name)
             numbers_.append(float(value))
         else:

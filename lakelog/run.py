@@ -15,7 +15,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +38,7 @@ _current: Run | None = None
 
 
 def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _json_default(value: Any) -> Any:
@@ -382,5 +382,5 @@ def _close_at_exit() -> None:
         if not run.closed:
             try:
                 run.finish(status="exited")
-            except Exception as exc:  # noqa: BLE001 - report and go on closing the others
+            except Exception as exc:
                 log.error("lakelog: could not finish run %s at exit: %s", run.name, exc)
