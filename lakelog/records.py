@@ -13,8 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 import xxhash
 
@@ -24,10 +22,6 @@ from .hostcopy import HostCopy, as_host, resolve
 
 RESERVED = set(schemas.PREDICTIONS.names) | {"epoch", "rank", "run"}
 ID_SEPARATOR = "\x1f"
-
-
-def _times(stamp: float, n: int) -> pa.Array:
-    return pa.array(np.full(n, int(stamp * 1e6), dtype=np.int64)).cast(schemas.TIME)
 
 
 def _length(value: Any, arg: str) -> int:
@@ -46,14 +40,13 @@ def _digest(data: bytes | memoryview) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-def _array_digest(arr: pa.Array | np.ndarray | None) -> str | None:
-    """Exact digest of a column's values (not its buffers' slack)."""
-    if arr is None:
+def _values_digest(values: np.ndarray | list | None) -> str | None:
+    """Exact digest of one batch's column: raw bytes of a numpy array, or the joined text of a list."""
+    if values is None:
         return None
-    if isinstance(arr, np.ndarray):
-        return _digest(np.ascontiguousarray(arr).tobytes())
-    strings = pc.cast(arr, pa.string()).to_pylist()
-    return _digest(ID_SEPARATOR.join("" if s is None else s for s in strings).encode())
+    if isinstance(values, np.ndarray):
+        return _digest(values.dtype.str.encode() + np.ascontiguousarray(values).tobytes())
+    return _digest(ID_SEPARATOR.join(map(str, values)).encode())
 
 
 def _key_column(name: str, value: Any, n: int) -> HostCopy | np.ndarray | list:
@@ -70,17 +63,20 @@ def _key_column(name: str, value: Any, n: int) -> HostCopy | np.ndarray | list:
             raise InvalidArgumentError(f"keys[{name!r}]: expected integer or string ids, got a {value.dtype} tensor")
         return HostCopy(value, dtype=torch.int64)
     if isinstance(value, np.ndarray):
-        return value.copy()
-    return list(value)
+        if value.dtype.kind not in "iuUSO":
+            raise InvalidArgumentError(f"keys[{name!r}]: expected integer or string ids, got dtype {value.dtype}")
+        return value.astype(str).tolist() if value.dtype.kind in "USO" else value.astype(np.int64)
+    return _uniform_list(value, f"keys[{name!r}]")
 
 
-def _key_array(value: HostCopy | np.ndarray | list) -> pa.Array:
-    if isinstance(value, list):
-        try:
-            return pa.array(value)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise InvalidArgumentError(f"keys: values must all be strings or all integers ({exc})") from exc
-    return pa.array(resolve(value))
+def _uniform_list(values: Sequence, arg: str) -> list:
+    """A copy of a list of ids, checked to hold only strings or only integers (one C-level pass)."""
+    values = list(values)
+    kinds = set(map(type, values))
+    if kinds <= {str} or all(issubclass(k, numbers.Integral) and k is not bool for k in kinds):
+        return values if kinds <= {str, int} else [int(v) for v in values]
+    names = ", ".join(sorted(k.__name__ for k in kinds))
+    raise InvalidArgumentError(f"{arg}: expected all strings or all integers, got values of types {names}")
 
 
 def predictions_job(
@@ -91,7 +87,7 @@ def predictions_job(
     keys: Mapping[str, Any] | None = None,
     loss: Any = None,
     batch_idx: int | None = None,
-) -> Callable[[], dict[str, pa.Table]]:
+) -> Callable[[], dict[str, dict[str, Any]]]:
     """Validate one batch of predictions and return the builder of its rows (and its digest row)."""
     if not isinstance(logits, torch.Tensor | np.ndarray):
         raise InvalidArgumentError(f"logits: expected a tensor or numpy array of shape (batch, classes), got {type(logits).__name__}")
@@ -127,42 +123,34 @@ def predictions_job(
     if keys is not None and not isinstance(keys, Mapping):
         raise InvalidArgumentError(f"keys: expected a mapping of column name to per-sample values, got {type(keys).__name__}")
     host_keys = {name: _key_column(name, value, n) for name, value in (keys or {}).items()}
-    batch_column = pa.array(np.full(n, -1 if batch_idx is None else batch_idx, dtype=np.int64))
-    if batch_idx is None:
-        batch_column = pa.nulls(n, pa.int64())
 
-    def build() -> dict[str, pa.Table]:
+    def build() -> dict[str, dict[str, Any]]:
         values = resolve(host_logits).reshape(n, classes)
-        flat = pa.array(values.reshape(-1))
-        offsets = pa.array(np.arange(0, n * classes + 1, classes, dtype=np.int32))
         label_values = resolve(host_labels)
-        prediction = values.argmax(axis=1).astype(np.int64) if classes > 1 else (values[:, 0] > 0).astype(np.int64)
         loss_values = resolve(host_loss)
-        columns = {
-            "step": pa.array(np.full(n, step, dtype=np.int64)),
-            "batch_idx": batch_column,
-            "sample_idx": pa.array(np.arange(n, dtype=np.int32)),
-            "label": pa.nulls(n, pa.int64()) if label_values is None else pa.array(label_values),
-            "prediction": pa.array(prediction) if n else pa.array([], pa.int64()),
-            "logits": pa.ListArray.from_arrays(offsets, flat),
-            "loss": pa.nulls(n, pa.float32()) if loss_values is None else pa.array(loss_values.reshape(-1)),
+        prediction = values.argmax(axis=1) if classes > 1 else (values[:, 0] > 0)
+        key_values = {name: resolve(value) if not isinstance(value, list) else value for name, value in host_keys.items()}
+        rows = {
+            "step": np.full(n, step, dtype=np.int64),
+            "batch_idx": [batch_idx] * n if batch_idx is None else np.full(n, batch_idx, dtype=np.int64),
+            "sample_idx": np.arange(n, dtype=np.int32),
+            "label": [None] * n if label_values is None else label_values,
+            "prediction": prediction.astype(np.int64),
+            "logits": values,
+            "loss": [None] * n if loss_values is None else loss_values.reshape(-1),
+            **key_values,
         }
-        key_arrays = {name: _key_array(value) for name, value in host_keys.items()}
-        columns.update(key_arrays)
-        rows = pa.table(columns)
         keys_digest = _digest(
-            "|".join(f"{name}={_array_digest(arr)}" for name, arr in sorted(key_arrays.items())).encode()
+            "|".join(f"{name}={_values_digest(value)}" for name, value in sorted(key_values.items())).encode()
         )
-        digest = pa.table(
-            {
-                "step": pa.array([step], pa.int64()),
-                "batch_idx": pa.array([batch_idx], pa.int64()),
-                "n_samples": pa.array([n], pa.int32()),
-                "logits_digest": [_digest(np.ascontiguousarray(values).tobytes() + f"{n}x{classes}".encode())],
-                "labels_digest": [_array_digest(label_values)],
-                "keys_digest": [keys_digest],
-            }
-        )
+        digest = {
+            "step": [step],
+            "batch_idx": [batch_idx],
+            "n_samples": [n],
+            "logits_digest": [_digest(np.ascontiguousarray(values).tobytes() + f"{n}x{classes}".encode())],
+            "labels_digest": [_values_digest(label_values)],
+            "keys_digest": [keys_digest],
+        }
         return {"predictions": rows, "pred_digests": digest}
 
     return build
@@ -171,10 +159,15 @@ def predictions_job(
 def _scalar_values(metrics: Mapping[str, Any]) -> tuple[list[str], list[float], list[str], HostCopy | None]:
     """Split metrics into plain numbers and tensors; tensors go to the host as one stacked copy per call."""
     names: list[str] = []
-    numbers_: list[float] = []
+    values: list[float] = []
     tensor_names: list[str] = []
     tensors: list[torch.Tensor] = []
     for name, value in metrics.items():
+        kind = type(value)
+        if (kind is float or kind is int) and type(name) is str and name:  # the common case, checked cheaply
+            names.append(name)
+            values.append(float(value))
+            continue
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError(f"log: metric names must be non-empty strings, got {name!r}")
         if isinstance(value, torch.Tensor):
@@ -184,9 +177,9 @@ def _scalar_values(metrics: Mapping[str, Any]) -> tuple[list[str], list[float], 
                 raise InvalidArgumentError(f"log: {name!r} is a complex tensor; log its real part or abs()")
             tensor_names.append(name)
             tensors.append(value.detach().reshape(()))
-        elif (isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)) or isinstance(value, bool | np.bool_):
+        elif isinstance(value, numbers.Real):  # numpy scalars, bools, fractions
             names.append(name)
-            numbers_.append(float(value))
+            values.append(float(value))
         else:
             raise InvalidArgumentError(
                 f"log: {name!r} must be a Python number or a one-element tensor, got {type(value).__name__}"
@@ -194,39 +187,37 @@ def _scalar_values(metrics: Mapping[str, Any]) -> tuple[list[str], list[float], 
     pending = None
     if tensors:
         device = tensors[0].device
-        same = [t if t.device == device else t.to(device, non_blocking=True) for t in tensors]
         wide = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
-        pending = HostCopy(torch.stack([t.to(wide) for t in same]), dtype=torch.float64)
-    return names, numbers_, tensor_names, pending
+        same = [t.to(device=device, dtype=wide, non_blocking=True) for t in tensors]
+        pending = HostCopy(torch.stack(same), dtype=torch.float64)
+    return names, values, tensor_names, pending
 
 
-def scalars_job(metrics: Mapping[str, Any], *, step: int) -> Callable[[], dict[str, pa.Table]]:
+def scalars_job(
+    metrics: Mapping[str, Any], *, step: int, last: dict[str, float] | None = None
+) -> Callable[[], dict[str, dict[str, list]]]:
+    """Scalars become plain column lists, converted to Arrow in bulk when the part file is written.
+
+    ``last`` receives the latest value of each metric (on the writer thread) for the run's summary.
+    """
     if not isinstance(metrics, Mapping):
         raise InvalidArgumentError(f"log: expected a mapping of name to value, got {type(metrics).__name__}")
     names, values, tensor_names, pending = _scalar_values(metrics)
-    stamp = time.time()
+    stamp = int(time.time() * 1e6)
 
-    def build() -> dict[str, pa.Table]:
-        all_names = names + tensor_names
-        all_values = np.asarray(values, dtype=np.float64)
-        if pending is not None:
-            all_values = np.concatenate([all_values, pending.numpy().reshape(-1)])
+    def build() -> dict[str, dict[str, list]]:
+        all_names = names + tensor_names if tensor_names else names
+        all_values = values + pending.numpy().reshape(-1).tolist() if pending is not None else values
+        if last is not None:
+            last.update(zip(all_names, all_values, strict=True))
         n = len(all_names)
-        table = pa.table(
-            {
-                "step": pa.array(np.full(n, step, dtype=np.int64)),
-                "name": pa.array(all_names, pa.string()),
-                "value": pa.array(all_values),
-                "time": _times(stamp, n),
-            }
-        )
-        return {"scalars": table}
+        return {"scalars": {"step": [step] * n, "name": all_names, "value": all_values, "time": [stamp] * n}}
 
     return build
 
 
 def _ids_array(sample_ids: Any) -> HostCopy | np.ndarray | list:
-    n = _length(sample_ids, "sample_ids")
+    _length(sample_ids, "sample_ids")
     if isinstance(sample_ids, torch.Tensor):
         if sample_ids.is_floating_point() or sample_ids.is_complex():
             raise InvalidArgumentError(f"sample_ids: expected integer or string ids, got a {sample_ids.dtype} tensor")
@@ -235,9 +226,7 @@ def _ids_array(sample_ids: Any) -> HostCopy | np.ndarray | list:
         if sample_ids.dtype.kind == "f":
             raise InvalidArgumentError(f"sample_ids: expected integer or string ids, got dtype {sample_ids.dtype}")
         return sample_ids.copy()
-    ids = list(sample_ids)
-    assert len(ids) == n
-    return ids
+    return _uniform_list(sample_ids, "sample_ids")
 
 
 def _input_tensors(inputs: Any) -> list[tuple[str, torch.Tensor]]:
@@ -271,7 +260,7 @@ def batch_job(
     inputs: Any = None,
     batch_idx: int | None = None,
     rng: Mapping[str, str | None] | None = None,
-) -> Callable[[], dict[str, pa.Table]]:
+) -> Callable[[], dict[str, dict[str, list]]]:
     """Validate one batch's ids and inputs; the input fingerprint is computed where the inputs live."""
     from .fingerprint import fingerprint_many
 
@@ -280,33 +269,30 @@ def batch_job(
     pending_fp = HostCopy(fingerprint_many([t for _, t in named])) if named else None
     shapes = ";".join(f"{name}:{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for name, t in named) or None
     rng = dict(rng or {})
-    stamp = time.time()
+    stamp = int(time.time() * 1e6)
 
-    def build() -> dict[str, pa.Table]:
-        ids = _key_array(host_ids) if not isinstance(host_ids, list) else pa.array([str(i) for i in host_ids], pa.string())
-        ids = pc.cast(ids, pa.string())
-        strings = ids.to_pylist()
+    def build() -> dict[str, dict[str, list]]:
+        raw = resolve(host_ids)
+        strings = [str(v) for v in (raw.tolist() if isinstance(raw, np.ndarray) else raw)]
         input_fp = None
         if pending_fp is not None:
             words = pending_fp.numpy()
             input_fp = _digest(np.ascontiguousarray(words).tobytes() + (shapes or "").encode())
-        table = pa.table(
-            {
-                "step": pa.array([step], pa.int64()),
-                "batch_idx": pa.array([batch_idx], pa.int64()),
-                "n_samples": pa.array([len(strings)], pa.int32()),
-                "sample_ids": pa.array([strings], pa.list_(pa.string())),
-                "ids_hash": [_digest(ID_SEPARATOR.join(strings).encode())],
-                "ids_set_hash": [_digest(ID_SEPARATOR.join(sorted(strings)).encode())],
-                "input_fingerprint": pa.array([input_fp], pa.string()),
-                "input_shapes": pa.array([shapes], pa.string()),
-                "rng_torch": pa.array([rng.get("torch")], pa.string()),
-                "rng_cuda": pa.array([rng.get("cuda")], pa.string()),
-                "rng_numpy": pa.array([rng.get("numpy")], pa.string()),
-                "rng_python": pa.array([rng.get("python")], pa.string()),
-                "time": _times(stamp, 1),
-            }
-        )
-        return {"batches": table}
+        row = {
+            "step": [step],
+            "batch_idx": [batch_idx],
+            "n_samples": [len(strings)],
+            "sample_ids": [strings],
+            "ids_hash": [_digest(ID_SEPARATOR.join(strings).encode())],
+            "ids_set_hash": [_digest(ID_SEPARATOR.join(sorted(strings)).encode())],
+            "input_fingerprint": [input_fp],
+            "input_shapes": [shapes],
+            "rng_torch": [rng.get("torch")],
+            "rng_cuda": [rng.get("cuda")],
+            "rng_numpy": [rng.get("numpy")],
+            "rng_python": [rng.get("python")],
+            "time": [stamp],
+        }
+        return {"batches": row}
 
     return build

@@ -219,10 +219,7 @@ class Run:
     def log(self, metrics: Mapping[str, Any], *, step: int | None = None, epoch: int | None = None) -> None:
         """Scalars in long format; values may be numbers or one-element tensors on any device."""
         step, epoch = self._position(step, epoch)
-        self._writer.submit(epoch, records.scalars_job(metrics, step=step))
-        for name, value in metrics.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                self._last_scalars[name] = float(value)
+        self._writer.submit(epoch, records.scalars_job(metrics, step=step, last=self._last_scalars))
 
     def log_predictions(
         self,

@@ -1,0 +1,175 @@
+"""Cost of logging on the training thread: lakelog vs the seeds' CSV / JSONL ways vs TensorBoard vs nothing.
+
+One synthetic training loop (batch 256, 2 classes, two file-name keys per sample), measured side by
+side in one run. Prints time per logged batch on the training thread, end-to-end rows/s, bytes per
+row on disk, and the ratios the project targets:
+  predictions: >= 10x less training-thread time than csv.writer, files >= 5x smaller;
+  scalars (8 per step): no slower than a flushed JSON line, >= 10x faster than SummaryWriter.add_scalar.
+
+    python benchmarks/bench_writer.py [--steps 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import lakelog
+
+BATCH, CLASSES = 256, 2
+
+
+def make_loop(steps: int):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, CLASSES))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    data = torch.randn(steps, BATCH, 32)
+    labels = torch.randint(0, CLASSES, (steps, BATCH))
+    names1 = [[f"{s:06d}-{i:03d}-a.jpg" for i in range(BATCH)] for s in range(steps)]
+    names2 = [[f"{s:06d}-{i:03d}-b.jpg" for i in range(BATCH)] for s in range(steps)]
+
+    def step(s: int):
+        logits = model(data[s])
+        loss = nn.functional.cross_entropy(logits, labels[s])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return logits.detach(), labels[s], names1[s], names2[s], loss.detach()
+
+    return step
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def bench_predictions(steps: int, tmp: Path) -> dict[str, float]:
+    results: dict[str, float] = {}
+    # no logging: the loop alone
+    step = make_loop(steps)
+    start = time.perf_counter()
+    for s in range(steps):
+        step(s)
+    results["none_loop_s"] = time.perf_counter() - start
+
+    # the seeds' way: csv.writer, one row per sample, flushed after each batch
+    step = make_loop(steps)
+    csv_path = tmp / "batch_predictions.csv"
+    spent = 0.0
+    start = time.perf_counter()
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["batch_idx", "epoch", "sample_idx", "image1", "image2", "winner", "logit0", "logit1"])
+        for s in range(steps):
+            logits, labels, n1, n2, _ = step(s)
+            t0 = time.perf_counter()
+            values, winners = logits.tolist(), labels.tolist()
+            for i in range(BATCH):
+                writer.writerow([s, 0, i, n1[i], n2[i], winners[i], f"{values[i][0]:.10f}", f"{values[i][1]:.10f}"])
+            f.flush()
+            spent += time.perf_counter() - t0
+    results["csv_total_s"] = time.perf_counter() - start
+    results["csv_thread_ms"] = spent / steps * 1e3
+    results["csv_bytes_per_row"] = csv_path.stat().st_size / (steps * BATCH)
+
+    # lakelog
+    step = make_loop(steps)
+    spent = 0.0
+    start = time.perf_counter()
+    run = lakelog.init(tmp / "lake", name="bench")
+    for s in range(steps):
+        logits, labels, n1, n2, _ = step(s)
+        t0 = time.perf_counter()
+        run.log_predictions(logits, step=s, labels=labels, keys={"image1": n1, "image2": n2})
+        spent += time.perf_counter() - t0
+    run.finish()
+    results["lakelog_total_s"] = time.perf_counter() - start
+    results["lakelog_thread_ms"] = spent / steps * 1e3
+    results["lakelog_bytes_per_row"] = folder_bytes(tmp / "lake" / "bench" / "predictions") / (steps * BATCH)
+
+    # end-to-end write throughput of the writer alone (no training): log then finish
+    run = lakelog.init(tmp / "lake", name="throughput")
+    logits, labels, n1, n2, _ = step(0)
+    start = time.perf_counter()
+    for s in range(steps):
+        run.log_predictions(logits, step=s, labels=labels, keys={"image1": n1, "image2": n2})
+    run.finish()
+    results["lakelog_rows_per_s"] = steps * BATCH / (time.perf_counter() - start)
+    return results
+
+
+def bench_scalars(steps: int, tmp: Path) -> dict[str, float]:
+    from torch.utils.tensorboard import SummaryWriter
+
+    names = [f"metric_{i}" for i in range(8)]
+    values = [float(i) / 7 for i in range(8)]
+    results: dict[str, float] = {}
+
+    with open(tmp / "telemetry.jsonl", "a") as f:
+        start = time.perf_counter()
+        for s in range(steps):
+            f.write(json.dumps({"batch_idx": s, "epoch": 0, **dict(zip(names, values, strict=True))}) + "\n")
+            f.flush()
+        results["jsonl_us"] = (time.perf_counter() - start) / steps * 1e6
+
+    tb = SummaryWriter(str(tmp / "tb"))
+    start = time.perf_counter()
+    for s in range(steps):
+        for name, value in zip(names, values, strict=True):
+            tb.add_scalar(name, value, s)
+    results["tensorboard_us"] = (time.perf_counter() - start) / steps * 1e6
+    tb.close()
+
+    run = lakelog.init(tmp / "lake", name="scalars")
+    start = time.perf_counter()
+    for s in range(steps):
+        run.log(dict(zip(names, values, strict=True)), step=s)
+    results["lakelog_us"] = (time.perf_counter() - start) / steps * 1e6
+    run.finish()
+
+    loss = torch.tensor(0.5)
+    run = lakelog.init(tmp / "lake", name="scalars_tensors")
+    start = time.perf_counter()
+    for s in range(steps):
+        run.log({name: loss for name in names}, step=s)
+    results["lakelog_tensor_us"] = (time.perf_counter() - start) / steps * 1e6
+    run.finish()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=400, help="logged batches / steps per way")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        p = bench_predictions(args.steps, tmp)
+        s = bench_scalars(args.steps * 5, tmp)
+    print(f"predictions ({args.steps} batches of {BATCH}, {CLASSES} classes, 2 file-name keys)")
+    print(f"  training loop alone           {p['none_loop_s'] / args.steps * 1e3:8.3f} ms/step")
+    print(f"  csv.writer on training thread {p['csv_thread_ms']:8.3f} ms/batch   {p['csv_bytes_per_row']:6.1f} B/row")
+    print(f"  lakelog on training thread    {p['lakelog_thread_ms']:8.3f} ms/batch   {p['lakelog_bytes_per_row']:6.1f} B/row")
+    print(f"  lakelog end to end            {p['lakelog_rows_per_s']:,.0f} rows/s")
+    print(f"  ratio training-thread time csv/lakelog   {p['csv_thread_ms'] / p['lakelog_thread_ms']:6.1f}x (target >= 10x)")
+    print(f"  ratio bytes per row csv/lakelog          {p['csv_bytes_per_row'] / p['lakelog_bytes_per_row']:6.1f}x (target >= 5x)")
+    print(f"  overhead vs no logging (loop time)       {p['lakelog_total_s'] / p['none_loop_s']:6.2f}x (csv: {p['csv_total_s'] / p['none_loop_s']:.2f}x)")
+    print("scalars (8 per step)")
+    print(f"  JSON line + flush             {s['jsonl_us']:8.1f} us/step")
+    print(f"  TensorBoard add_scalar x8     {s['tensorboard_us']:8.1f} us/step")
+    print(f"  lakelog run.log (floats)      {s['lakelog_us']:8.1f} us/step")
+    print(f"  lakelog run.log (tensors)     {s['lakelog_tensor_us']:8.1f} us/step")
+    print(f"  ratio JSON/lakelog            {s['jsonl_us'] / s['lakelog_us']:6.2f}x (target >= 1x)")
+    print(f"  ratio TensorBoard/lakelog     {s['tensorboard_us'] / s['lakelog_us']:6.1f}x (target >= 10x)")
+
+
+if __name__ == "__main__":
+    main()
