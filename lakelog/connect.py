@@ -21,6 +21,7 @@ from .errors import RunNotFoundError
 from .layout import PART_SUFFIX, RUN_FILE, TABLES, Lake
 from .schemas import empty_table
 
+_PARTITIONING = pads.partitioning(pa.schema([("epoch", pa.int64()), ("rank", pa.int64())]), flavor="hive")
 RUNS_COLUMNS = ("run", "name", "created", "finished", "status", "seed", "world_size", "duration_s",
                 "config", "summary", "environment", "root")
 
@@ -29,7 +30,7 @@ def _run_of_file(table: str) -> str:
     return f"regexp_extract(filename, '([^/\\\\]+)[/\\\\]{table}[/\\\\]epoch=', 1)"
 
 
-def _locate(target: Any) -> list[tuple[Lake, list[str]]]:
+def _locate(target: Any, filesystem: pafs.FileSystem | None = None) -> list[tuple[Lake, list[str]]]:
     """Turn roots, run folders and Run objects into (lake, run names) pairs."""
     items = target if isinstance(target, list | tuple) else [target]
     located: list[tuple[Lake, list[str]]] = []
@@ -39,7 +40,7 @@ def _locate(target: Any) -> list[tuple[Lake, list[str]]]:
             continue
         if isinstance(item, pafs.FileSystem):
             continue
-        lake = Lake.open(item)
+        lake = Lake.open(item, filesystem=filesystem)
         if not lake.exists(lake.base):
             raise RunNotFoundError(f"root: {lake.root!r} does not exist")
         if lake.is_file(lake.join(RUN_FILE)):  # a run folder, not a root
@@ -111,9 +112,11 @@ def _remote_view(con: duckdb.DuckDBPyConnection, table: str, located: list[tuple
             ]
             if not files:
                 continue
-            dataset = pads.dataset(files, filesystem=lake.fs, format="parquet",
-                                   partitioning=pads.partitioning(flavor="hive"), partition_base_dir=folder)
-            data = dataset.to_table()
+            # Union the columns of every part file (as DuckDB's union_by_name does for local lakes)
+            # and type the partition keys as the local views do.
+            options = pads.FileSystemFactoryOptions(partition_base_dir=folder, partitioning=_PARTITIONING)
+            factory = pads.FileSystemDatasetFactory(lake.fs, files, pads.ParquetFileFormat(), options)
+            data = factory.finish(factory.inspect(promote_options="permissive")).to_table()
             parts.append(data.append_column("run", pa.array([name] * data.num_rows, pa.string())))
     if not parts:
         return False
@@ -127,13 +130,16 @@ def connect(
     target: str | os.PathLike[str] | Sequence[Any] | Any = "runs",
     *,
     database: str = ":memory:",
+    filesystem: pafs.FileSystem | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """Views ``runs``, ``predictions``, ``scalars``, ``batches``, ``params``, ``holdout``… over every run.
 
     ``target`` is a lake root, a run folder, a Run, or a list of those. Every view has a ``run``
     column; tables that no run has written yet are empty views with the documented columns.
+    ``filesystem`` (e.g. a configured ``pyarrow.fs.S3FileSystem``) reads roots given as paths in it,
+    as ``lakelog.init(..., filesystem=...)`` writes them; object-store views are a snapshot taken now.
     """
-    located = _locate(target)
+    located = _locate(target, filesystem)
     con = duckdb.connect(database)
     con.register("_runs_arrow", _runs_table(located))
     con.execute("CREATE OR REPLACE VIEW runs AS SELECT * FROM _runs_arrow")

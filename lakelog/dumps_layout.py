@@ -13,6 +13,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from .errors import RunNotFoundError
@@ -79,7 +80,7 @@ def dump_interval(steps: list[int]) -> int | None:
     """The most common distance between consecutive dumps (None with fewer than three dumps)."""
     if len(steps) < 3:
         return None
-    interval, _ = Counter(b - a for a, b in zip(steps, steps[1:], strict=False)).most_common(1)[0]
+    interval, _ = Counter(b - a for a, b in pairwise(steps)).most_common(1)[0]
     return interval if interval > 0 else None
 
 

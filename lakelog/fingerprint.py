@@ -61,7 +61,7 @@ _MASK64 = (1 << 64) - 1
 
 # Words per chunk. Small chunks on CPU keep each chunk's chain of ops in the L2 cache; large chunks on
 # accelerators keep the number of kernel launches low. Neither changes the result.
-CHUNK_WORDS_CPU = 1 << 16
+CHUNK_WORDS_CPU = 1 << 17
 CHUNK_WORDS_CUDA = 1 << 22
 
 # Per-lane index keys (odd, so i -> i * G is a bijection): the golden-ratio gamma of splitmix64, and
@@ -103,104 +103,141 @@ def _finalize_(x: torch.Tensor, tmp: torch.Tensor, lane: int) -> None:
             x.mul_(mult)
 
 
-def _lane_sums(words: torch.Tensor, first_index: int = 0) -> list[torch.Tensor]:
-    """Step 3 for 1-D int64 `words` whose first word has global index `first_index`: two 0-d sums."""
-    n = words.numel()
-    device = words.device
-    if n == 0:
-        zero = torch.zeros((), dtype=torch.int64, device=device)
-        return [zero, zero]
-    chunk = _chunk_words(device)
-    size = min(n, chunk)
-    x = torch.empty(size, dtype=torch.int64, device=device)
-    tmp = torch.empty(size, dtype=torch.int64, device=device)
+def _large_sums(pieces: list[torch.Tensor], chunk: int) -> torch.Tensor:
+    """Step 3 for one tensor whose words are `pieces` joined: (2,) int64, in chunks of `chunk` words.
+
+    Each lane keeps a running tensor of index keys ``i * G`` and advances it by ``chunk * G`` per
+    chunk, so no index data comes from the host and the result does not depend on `chunk`.
+    """
+    device = pieces[0].device
+    size = min(chunk, sum(p.numel() for p in pieces))
+    x, tmp = (torch.empty(size, dtype=torch.int64, device=device) for _ in range(2))
+    keys = []
+    for lane in (0, 1):
+        k = torch.arange(size, dtype=torch.int64, device=device)
+        keys.append(k.mul_(_SIGNED_KEYS[lane]))
     partial: list[list[torch.Tensor]] = [[], []]
-    for start in range(0, n, chunk):
-        w = words[start : start + chunk]
-        m = w.numel()
-        xs, ts = x[:m], tmp[:m]
-        base = first_index + start
-        for lane in (0, 1):
-            # i * G for the global indices of this chunk; arange + wrapping mul, no host data.
-            torch.arange(base, base + m, dtype=torch.int64, device=device, out=ts)
-            ts.mul_(_SIGNED_KEYS[lane])
-            torch.bitwise_xor(w, ts, out=xs)
-            _finalize_(xs, ts, lane)
-            partial[lane].append(xs.sum())
-    return [p[0] if len(p) == 1 else torch.stack(p).sum() for p in partial]
+    index = 0  # global index of the next word; keys[lane][j] == (index + j) * G[lane] (mod 2**64)
+    for piece in pieces:
+        for start in range(0, piece.numel(), chunk):
+            w = piece[start : start + chunk]
+            m = w.numel()
+            for lane in (0, 1):
+                key = keys[lane][:m]
+                xs = x[:m]
+                torch.bitwise_xor(w, key, out=xs)
+                _finalize_(xs, tmp[:m], lane)
+                partial[lane].append(xs.sum())
+                # Advance the keys to the next chunk (the last piece may be a 1-word tail).
+                keys[lane].add_(_signed(m * _INDEX_KEYS[lane]))
+            index += m
+    return torch.stack([torch.stack(p).sum() if len(p) > 1 else p[0] for p in partial])
+
+
+def _group_sums(groups: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Step 3 for several small tensors at once: (k, 2) int64, one row per entry of `groups`.
+
+    Hashing a 64-element bias costs the same ~30 kernel calls as a chunk of a big tensor, so small
+    tensors are concatenated, mixed together with their own word indices, and split again with a
+    cumulative sum read at the tensor boundaries.
+    """
+    device = groups[0][0].device
+    counts = [sum(p.numel() for p in pieces) for pieces in groups]
+    words = torch.cat([p for pieces in groups for p in pieces])
+    total = words.numel()
+    ramp = torch.arange(max(counts), dtype=torch.int64, device=device)
+    local = torch.cat([ramp[:c] for c in counts])  # each word's index within its own tensor
+    x, tmp = torch.empty_like(words), torch.empty_like(words)
+    cums = torch.zeros(total + 1, dtype=torch.int64, device=device)
+    bounds = [0]
+    for c in counts:
+        bounds.append(bounds[-1] + c)
+    lanes = []
+    for lane in (0, 1):
+        torch.mul(local, _SIGNED_KEYS[lane], out=tmp)
+        torch.bitwise_xor(words, tmp, out=x)
+        _finalize_(x, tmp, lane)
+        torch.cumsum(x, 0, out=cums[1:])
+        at = torch.stack([cums[b] for b in bounds])
+        lanes.append(at[1:] - at[:-1])
+    return torch.stack(lanes, dim=1)
 
 
 @functools.lru_cache(maxsize=4096)
 def _header(dtype: torch.dtype, shape: tuple[int, ...], layout: str, nbytes: int) -> tuple[int, int]:
     """Step 4: two signed 64-bit halves of the header hash, so dtype and shape are part of the fingerprint."""
     name = str(dtype).removeprefix("torch.")
-    text = f"lakelog-fingerprint-v{VERSION}|{name}|{tuple(shape)}|{layout}|{nbytes}"
+    text = f"lakelog-fingerprint-v{VERSION}|{name}|{shape}|{layout}|{nbytes}"
     h = xxhash.xxh3_128_intdigest(text.encode())
     return _signed(h >> 64), _signed(h)
 
 
-def _dense_words(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Steps 1-2: the full words of a strided tensor (a view when possible) and the padded tail word."""
+def _dense_words(t: torch.Tensor) -> list[torch.Tensor]:
+    """Steps 1-2 for a strided tensor: its words as 1-D int64 pieces (a view of `t` when possible).
+
+    The pieces are the full words and, when the byte count is not a multiple of 8, one zero-padded
+    tail word; they are hashed as one sequence, so an odd-sized tensor needs no full copy.
+    """
     flat = t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return flat.new_empty(0, dtype=torch.int64), None
     raw = flat.view(torch.uint8)
     if raw.storage_offset() % 8:
         # A view into the middle of a storage may be misaligned for int64: copy to aligned memory.
         raw = raw.clone()
     nbytes = raw.numel()
     full = nbytes - nbytes % 8
-    words = raw[:full].view(torch.int64)
-    tail = None
+    pieces = [raw[:full].view(torch.int64)]
     if full != nbytes:
         pad = raw.new_zeros(8)
         pad[: nbytes - full] = raw[full:]
-        tail = pad.view(torch.int64)
-    return words, tail
+        pieces.append(pad.view(torch.int64))
+    return pieces
 
 
-def _unfinalized(t: torch.Tensor) -> torch.Tensor:
-    """`S XOR H` (steps 1-4) as an int64 tensor of shape (2,) on `t.device`; step 5 is done in bulk later."""
+def _prepare(t: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
+    """Check `t` and return its word pieces (steps 1-2) and header halves (step 4)."""
     if not isinstance(t, torch.Tensor):
         raise InvalidArgumentError(f"fingerprint expects a torch.Tensor, got {type(t).__name__}")
     if t.device.type == "meta":
         raise InvalidArgumentError("cannot fingerprint a meta tensor: it holds no data")
     if t.is_quantized:
         raise InvalidArgumentError("cannot fingerprint a quantized tensor; fingerprint t.int_repr() instead")
+    if t.is_nested:
+        raise InvalidArgumentError("cannot fingerprint a nested tensor; fingerprint its components")
     layout = str(t.layout).removeprefix("torch.")
     shape = tuple(t.shape)
     if t.layout == torch.strided:
-        if t.is_nested:
-            raise InvalidArgumentError("cannot fingerprint a nested tensor; fingerprint its components")
-        words, tail = _dense_words(t)
+        pieces = _dense_words(t)
         nbytes = t.numel() * t.element_size()
-        sums = _lane_sums(words)
-        if tail is not None:
-            tail_sums = _lane_sums(tail, first_index=words.numel())
-            sums = [s + ts for s, ts in zip(sums, tail_sums, strict=True)]
-    elif t.is_sparse or layout.startswith("sparse"):
+    elif layout.startswith("sparse"):
         coo = t.detach()
         if t.layout != torch.sparse_coo:
             coo = coo.to_sparse_coo()
         coo = coo.coalesce()
-        parts = [_finalized(_unfinalized(coo.indices())), _finalized(_unfinalized(coo.values()))]
-        words = torch.cat(parts)
-        nbytes = words.numel() * 8
-        sums = _lane_sums(words)
+        pieces = [fingerprint_many([coo.indices(), coo.values()]).reshape(-1)]
+        nbytes = 32
     else:
         raise InvalidArgumentError(f"cannot fingerprint a tensor with layout {t.layout}")
-    h0, h1 = _header(t.dtype, shape, layout, nbytes)
-    return torch.stack([sums[0].bitwise_xor(h0), sums[1].bitwise_xor(h1)])
+    return pieces, _header(t.dtype, shape, layout, nbytes)
+
+
+def _int64_on(values: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """A small host table on `device` without making the host wait (pinned memory, async copy)."""
+    table = torch.tensor(values, dtype=torch.int64).reshape(-1, 2)
+    if device.type == "cpu":
+        return table
+    if device.type == "cuda":
+        table = table.pin_memory()
+    return table.to(device, non_blocking=True)
 
 
 def _finalized(pre: torch.Tensor) -> torch.Tensor:
-    """Step 5 on `pre` of shape (..., 2): each lane's finalizer on its column, as a new tensor."""
+    """Step 5 on `pre` of shape (n, 2): each lane's finalizer on its column, as a new tensor."""
     lanes = []
     for lane in (0, 1):
-        x = pre[..., lane].clone()
+        x = pre[:, lane].clone()
         _finalize_(x, torch.empty_like(x), lane)
         lanes.append(x)
-    return torch.stack(lanes, dim=-1)
+    return torch.stack(lanes, dim=1)
 
 
 def fingerprint(t: torch.Tensor) -> torch.Tensor:
@@ -209,23 +246,62 @@ def fingerprint(t: torch.Tensor) -> torch.Tensor:
     Computed with torch ops where `t` lives and returned without a host-device sync, so it can be
     called inside a training step; `to_hex` turns it into text when the caller is ready to wait.
     """
-    return _finalized(_unfinalized(t))
+    return fingerprint_many([t])[0]
 
 
 def fingerprint_many(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Fingerprints of several tensors as one (n, 2) int64 tensor, so the caller needs one transfer.
 
-    The result lives on the first tensor's device. Tensors on other devices are hashed where they are
-    and only their (2,) results are moved (which waits for that device when the target is the CPU).
-    An empty sequence gives a (0, 2) tensor on the CPU.
+    Row i equals ``fingerprint(tensors[i])``. Small tensors on one device are hashed together, which
+    is most of the saving for a model's many biases and norms. The result lives on the first tensor's
+    device; tensors on other devices are hashed where they are and only their (k, 2) results move
+    (which waits for that device when the target is the CPU). No tensors give a (0, 2) CPU tensor.
     """
     tensors = list(tensors)
     if not tensors:
         return torch.empty((0, 2), dtype=torch.int64)
-    device = tensors[0].device
-    pre = [_unfinalized(t) for t in tensors]
-    pre = [p if p.device == device else p.to(device) for p in pre]
-    return _finalized(torch.stack(pre))
+    prepared = [_prepare(t) for t in tensors]
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (pieces, _) in enumerate(prepared):
+        by_device.setdefault(pieces[0].device, []).append(i)
+    target = tensors[0].device
+    rows: list[torch.Tensor | None] = [None] * len(tensors)
+    for device, members in by_device.items():
+        chunk = _chunk_words(device)
+        blocks: list[torch.Tensor] = []
+        owners: list[list[int]] = []
+        small: list[int] = []
+        small_words = 0
+
+        def flush_small() -> None:
+            nonlocal small, small_words
+            if small:
+                blocks.append(_group_sums([prepared[i][0] for i in small]))
+                owners.append(small)
+            small, small_words = [], 0
+
+        for i in members:
+            n = sum(p.numel() for p in prepared[i][0])
+            if n == 0:
+                blocks.append(torch.zeros((1, 2), dtype=torch.int64, device=device))
+                owners.append([i])
+            elif n > chunk // 4:
+                blocks.append(_large_sums(prepared[i][0], chunk).reshape(1, 2))
+                owners.append([i])
+            else:
+                if small_words + n > chunk:
+                    flush_small()
+                small.append(i)
+                small_words += n
+        flush_small()
+        block = torch.cat(blocks)
+        if block.device != target:
+            block = block.to(target)
+        for r, i in enumerate(i for own in owners for i in own):
+            rows[i] = block[r]
+    sums = torch.stack(rows)  # type: ignore[arg-type]
+    headers = _int64_on([h for _, h in prepared], target)
+    return _finalized(sums.bitwise_xor_(headers))
 
 
 def to_hex(fp: torch.Tensor) -> list[str] | str:

@@ -46,6 +46,17 @@ def is_uri(root: str | os.PathLike[str]) -> bool:
     return isinstance(root, str) and "://" in root and not root.startswith("file://")
 
 
+def _object_store_uri(uri: str) -> str:
+    """Ask pyarrow's S3 filesystem to delay opening output streams unless the URI says otherwise.
+
+    A delayed open sends a small part file (most of them) as one PutObject, which is atomic like a
+    multipart upload but one round trip instead of three.
+    """
+    if not uri.startswith("s3://") or "allow_delayed_open=" in uri:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}allow_delayed_open=true"
+
+
 @dataclass(frozen=True)
 class Lake:
     """A lake root resolved to a pyarrow filesystem and a base path inside it."""
@@ -59,10 +70,10 @@ class Lake:
     def open(cls, root: str | os.PathLike[str], *, filesystem: pafs.FileSystem | None = None) -> Lake:
         if isinstance(root, str) and root.startswith("file://"):
             root = root[len("file://") :]
-        if filesystem is not None:
-            return cls(str(root), filesystem, str(root).split("://", 1)[-1].rstrip("/"), False)
+        if filesystem is not None and not isinstance(filesystem, pafs.LocalFileSystem):
+            return cls(str(root), filesystem, str(root).split("://", 1)[-1].split("?", 1)[0].rstrip("/"), False)
         if is_uri(root):
-            fs, base = pafs.FileSystem.from_uri(str(root))
+            fs, base = pafs.FileSystem.from_uri(_object_store_uri(str(root)))
             return cls(str(root), fs, base.rstrip("/"), False)
         path = Path(root).expanduser().absolute()
         return cls(str(path), pafs.LocalFileSystem(), str(path), True)

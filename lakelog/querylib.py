@@ -7,13 +7,16 @@ A file starts with a comment header::
     -- param run_a: the reference run
     -- param tol = 0.0: largest absolute logit difference still counted as equal
 
-Declared parameters are checked against the ``$name`` placeholders the SQL uses, defaults fill
+A ``-- flatten: config`` line asks the loader to spread a JSON text column into one column per
+leaf (``config.lr``, ``config.opt.name``): DuckDB cannot pivot on data-dependent column names in a
+statement with bound parameters. Declared parameters are checked against the ``$name`` placeholders the SQL uses, defaults fill
 what the caller leaves out, and values always travel as DuckDB parameters, never as SQL text.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -49,6 +52,8 @@ class Query:
     sql: str
     path: Path
     params: tuple[Param, ...] = field(default_factory=tuple)
+    flatten: tuple[str, ...] = ()
+    """JSON text columns the loader spreads into one column per leaf (``config`` -> ``config.lr``)."""
 
     def bind(self, values: dict[str, Any]) -> dict[str, Any]:
         """Check the caller's values against the declared parameters and fill the defaults."""
@@ -70,6 +75,20 @@ class Query:
         used = set(_PLACEHOLDER.findall(self.sql))
         return {k: v for k, v in bound.items() if k in used}
 
+    def coerce(self, raw: dict[str, str]) -> dict[str, Any]:
+        """Turn command-line strings into values of the type of each parameter's default.
+
+        A parameter without a default (a run name, say) stays a string, so a run named ``123``
+        or ``a'; DROP TABLE x; --`` is passed as exactly that text.
+        """
+        declared = {p.name: p for p in self.params}
+        out: dict[str, Any] = {}
+        for name, text in raw.items():
+            param = declared.get(name)
+            default = None if param is None or param.required else param.default
+            out[name] = _convert(name, text, default)
+        return out
+
 
 def queries_dir() -> Path:
     """The installed copy of queries/ (wheel) or the repository's (editable install, tests)."""
@@ -79,6 +98,24 @@ def queries_dir() -> Path:
     here = Path(__file__).resolve().parent
     packaged = here / "_queries"
     return packaged if packaged.is_dir() else here.parent / "queries"
+
+
+def _convert(name: str, text: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise QueryError(f"parameter {name!r}: expected true or false, got {text!r}")
+    if isinstance(default, int | float):
+        for kind in (int, float) if isinstance(default, int) else (float,):
+            try:
+                return kind(text)
+            except ValueError:
+                continue
+        raise QueryError(f"parameter {name!r}: expected a number, got {text!r}")
+    return text
 
 
 def _literal(text: str) -> Any:
@@ -94,6 +131,7 @@ def parse(path: Path) -> Query:
     name = None
     doc: list[str] = []
     params: list[Param] = []
+    flatten: list[str] = []
     body_start = 0
     for number, line in enumerate(lines, 1):
         stripped = line.strip()
@@ -103,6 +141,8 @@ def parse(path: Path) -> Query:
         text = stripped[2:].strip()
         if text.startswith("name:"):
             name = text[5:].strip()
+        elif text.startswith("flatten:"):
+            flatten.extend(c.strip() for c in text[8:].split(",") if c.strip())
         elif text.startswith("param "):
             match = _PARAM.match(text)
             if not match:
@@ -120,7 +160,7 @@ def parse(path: Path) -> Query:
     undeclared = sorted(set(_PLACEHOLDER.findall(sql)) - declared)
     if undeclared:
         raise QueryError(f"{path}: SQL uses ${', $'.join(undeclared)} but the header does not declare it")
-    return Query(name=name, doc=" ".join(doc), sql=sql, path=path, params=tuple(params))
+    return Query(name=name, doc=" ".join(doc), sql=sql, path=path, params=tuple(params), flatten=tuple(flatten))
 
 
 @cache
@@ -146,10 +186,53 @@ def get(name: str) -> Query:
     return queries[name]
 
 
+def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> pl.DataFrame:
+    """Run through a relation: DuckDB 2 results of ``execute`` have no ``.pl()``, relations do."""
+    rel = con.sql(sql, params=params) if params else con.sql(sql)
+    return pl.DataFrame() if rel is None else rel.pl()
+
+
+def _leaves(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _leaves(item, f"{prefix}.{key}", out)
+    elif isinstance(value, list | dict):
+        out[prefix] = json.dumps(value)
+    else:
+        out[prefix] = value
+
+
+def _flatten(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """Spread JSON text columns into one column per leaf (nested keys joined with '.')."""
+    for column in columns:
+        if column not in frame.columns:
+            continue
+        rows = []
+        for text in frame[column].to_list():
+            leaves: dict[str, Any] = {}
+            try:
+                _leaves(json.loads(text) if text else {}, column, leaves)
+            except json.JSONDecodeError:
+                leaves = {}
+            rows.append(leaves)
+        position = frame.columns.index(column)
+        frame = frame.drop(column)
+        for offset, key in enumerate(sorted({k for row in rows for k in row})):
+            if key in frame.columns:
+                continue
+            values = [row.get(key) for row in rows]
+            kinds = {type(v) for v in values if v is not None}
+            if len(kinds) > 1 and not kinds <= {int, float}:  # mixed types: show them as JSON text
+                values = [None if v is None else json.dumps(v) for v in values]
+            series = pl.Series(key, values, strict=False)
+            frame = frame.insert_column(position + offset, series)
+    return frame
+
+
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> pl.DataFrame:
     """Run SQL with bound parameters and return a polars frame; DuckDB errors become QueryError."""
     try:
-        return con.execute(sql, params or {}).pl()
+        return _frame(con, sql, params or {})
     except duckdb.Error as exc:
         raise QueryError(str(exc).splitlines()[0]) from exc
 
@@ -163,6 +246,6 @@ def query(name: str, *, root: Any = "runs", con: duckdb.DuckDBPyConnection | Non
 
         con = connect(root)
     try:
-        return con.execute(q.sql, bound).pl()
+        return _flatten(_frame(con, q.sql, bound), q.flatten)
     except duckdb.Error as exc:
         raise QueryError(f"query {name!r} ({q.path}) failed: {str(exc).splitlines()[0]}") from exc

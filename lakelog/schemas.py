@@ -109,8 +109,16 @@ WORKERS = pa.schema(
         ("numpy_seed", pa.int64()),
         ("python_seed", pa.string()),
         ("time", TIME),
+        ("loader", pa.string()),
+        ("pass_idx", pa.int64()),
+        ("pid", pa.int64()),
+        ("numpy_state", pa.string()),
+        ("python_state", pa.string()),
+        ("dataset_rng_state", pa.string()),
     ]
 )
+"""One row per DataLoader worker per pass over the loader (``lakelog.record_workers``): the seeds it got and
+fingerprints of its NumPy, ``random`` and dataset-held generator states right after ``worker_init_fn``."""
 
 DUMP_INDEX = pa.schema(
     [

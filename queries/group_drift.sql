@@ -1,0 +1,59 @@
+-- name: group_drift
+-- Per captured step and parameter group, how far runs A and B have drifted apart, from the
+-- per-parameter summaries (params table, kind 'param'): n_equal of n_params parameters bit-identical
+-- (fingerprints), equal_numel_frac the share of the group's elements in identical tensors,
+-- norm_a / norm_b the group's weight norms (sqrt of the sum of squared parameter norms), norm_gap =
+-- sqrt(sum over parameters of (norm_a - norm_b)^2) (a lower bound on the distance between the weights)
+-- and rel_gap = norm_gap / norm_a; with the loss and accuracy of both runs at that step and their
+-- difference. Per group: first_drift_step (the first step with any parameter differing), max_rel_gap,
+-- and drift_rank (1 = drifted first; ties broken by the larger max_rel_gap).
+-- param run_a: the reference run
+-- param run_b: the run compared with it
+-- param loss_name = 'loss': the scalar holding the training loss
+-- param acc_name = 'acc': the scalar holding the training accuracy
+WITH
+pa AS (SELECT * FROM params WHERE run = $run_a AND coalesce(kind, 'param') = 'param'),
+pb AS (SELECT * FROM params WHERE run = $run_b AND coalesce(kind, 'param') = 'param'),
+j AS (
+    SELECT a.step, a.epoch, coalesce(a."group", '(no group)') AS grp, a.name, a.numel,
+        a.norm AS norm_a, b.norm AS norm_b,
+        a.fingerprint = b.fingerprint AS equal
+    FROM pa a JOIN pb b ON a.step = b.step AND a.rank = b.rank AND a.name = b.name
+),
+g AS (
+    SELECT step, min(epoch) AS epoch, grp,
+        count(*) AS n_params,
+        count(*) FILTER (WHERE equal) AS n_equal,
+        coalesce(sum(numel) FILTER (WHERE equal), 0) / nullif(sum(numel), 0) AS equal_numel_frac,
+        sqrt(sum(norm_a * norm_a)) AS norm_a,
+        sqrt(sum(norm_b * norm_b)) AS norm_b,
+        sqrt(sum((norm_a - norm_b) * (norm_a - norm_b))) AS norm_gap
+    FROM j GROUP BY step, grp
+),
+sa AS (SELECT step, rank, name, value FROM scalars WHERE run = $run_a AND name IN ($loss_name, $acc_name)),
+sb AS (SELECT step, rank, name, value FROM scalars WHERE run = $run_b AND name IN ($loss_name, $acc_name)),
+s AS (
+    SELECT coalesce(a.step, b.step) AS step,
+        max(a.value) FILTER (WHERE a.name = $loss_name) AS loss_a,
+        max(b.value) FILTER (WHERE b.name = $loss_name) AS loss_b,
+        max(a.value) FILTER (WHERE a.name = $acc_name) AS acc_a,
+        max(b.value) FILTER (WHERE b.name = $acc_name) AS acc_b
+    FROM sa a FULL OUTER JOIN sb b ON a.step = b.step AND a.rank = b.rank AND a.name = b.name
+    GROUP BY 1
+),
+drift AS (
+    SELECT g.*,
+        g.norm_gap / nullif(g.norm_a, 0) AS rel_gap,
+        min(g.step) FILTER (WHERE g.n_equal < g.n_params) OVER (PARTITION BY g.grp) AS first_drift_step,
+        max(g.norm_gap / nullif(g.norm_a, 0)) OVER (PARTITION BY g.grp) AS max_rel_gap
+    FROM g
+)
+SELECT
+    d.step, d.epoch, d.grp AS "group", d.n_params, d.n_equal, d.equal_numel_frac,
+    d.norm_a, d.norm_b, d.norm_gap, d.rel_gap,
+    s.loss_a, s.loss_b, s.loss_b - s.loss_a AS loss_diff,
+    s.acc_a, s.acc_b, s.acc_b - s.acc_a AS acc_diff,
+    d.first_drift_step, d.max_rel_gap,
+    dense_rank() OVER (ORDER BY d.first_drift_step NULLS LAST, d.max_rel_gap DESC, d.grp) AS drift_rank
+FROM drift d LEFT JOIN s ON s.step = d.step
+ORDER BY d.step, drift_rank

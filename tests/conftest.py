@@ -1,0 +1,275 @@
+"""Shared fixtures: tiny real training runs (real torch model, optimizer, writer, Parquet) with known causes.
+
+A pair of runs shares everything except one cause introduced at a known step, so the query tests
+can check that each question names the right step, layer and group. The runs are small (64 samples,
+batch 8, 2 epochs = 16 steps) and built once per test session.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import xxhash
+from torch import nn
+
+import lakelog
+from lakelog import records
+from lakelog.fingerprint import fingerprint_hex
+
+N_SAMPLES = 64
+BATCH = 8
+STEPS_PER_EPOCH = N_SAMPLES // BATCH
+GROUPS = {"backbone": "backbone.", "head": "head."}
+CAUSE_STEP = 5
+HAS_TELEMETRY = importlib.util.find_spec("lakelog.telemetry") is not None
+HAS_DETERMINISM = importlib.util.find_spec("lakelog.determinism") is not None
+
+
+class Net(nn.Module):
+    def __init__(self, features: int = 6, hidden: int = 16, classes: int = 2, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def dataset(n: int = N_SAMPLES, *, features: int = 6, imbalance: float | None = None, random_labels: bool = False):
+    """A fixed synthetic dataset: the same for every run, drawn from its own generator."""
+    g = torch.Generator().manual_seed(1234)
+    x = torch.randn(n, features, generator=g)
+    if random_labels:
+        y = torch.randint(0, 2, (n,), generator=g)
+    elif imbalance is not None:
+        y = (torch.rand(n, generator=g) > imbalance).long()
+    else:
+        y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    names = [f"s{i:03d}" for i in range(n)]
+    return x, y, names
+
+
+def rng_states() -> dict[str, str]:
+    """RNG fingerprints at batch start (used until lakelog.determinism provides log_batch(rng=True))."""
+    return {
+        "torch": xxhash.xxh3_128_hexdigest(torch.get_rng_state().numpy().tobytes()),
+        "numpy": xxhash.xxh3_128_hexdigest(np.random.get_state()[1].tobytes()),
+        "python": xxhash.xxh3_128_hexdigest(repr(random.getstate()).encode()),
+    }
+
+
+def _group_of(name: str) -> str | None:
+    return next((g for g, prefix in GROUPS.items() if name.startswith(prefix)), None)
+
+
+def param_rows(model: nn.Module, optimizer: torch.optim.Optimizer, step: int, previous: dict) -> dict[str, list]:
+    """PARAMS rows as run.watch writes them (used until lakelog.telemetry exists)."""
+    rows: dict[str, list] = {k: [] for k in ("step", "name", "kind", "group", "shape", "numel", "dtype", "norm",
+                                             "mean", "std", "min", "max", "absmax", "nan_count", "inf_count",
+                                             "grad_norm", "grad_absmax", "update_norm", "update_ratio",
+                                             "fingerprint", "grad_fingerprint")}
+
+    def add(name: str, kind: str, t: torch.Tensor, grad: torch.Tensor | None, update: float | None) -> None:
+        t = t.detach()
+        finite = t[torch.isfinite(t)]
+        norm = float(t.float().norm())
+        values = {
+            "step": step, "name": name, "kind": kind, "group": _group_of(name), "shape": str(list(t.shape)),
+            "numel": t.numel(), "dtype": str(t.dtype).removeprefix("torch."), "norm": norm,
+            "mean": float(t.mean()), "std": float(t.std()) if t.numel() > 1 else 0.0,
+            "min": float(finite.min()) if finite.numel() else None, "max": float(finite.max()) if finite.numel() else None,
+            "absmax": float(t.abs().max()), "nan_count": int(torch.isnan(t).sum()), "inf_count": int(torch.isinf(t).sum()),
+            "grad_norm": None if grad is None else float(grad.norm()),
+            "grad_absmax": None if grad is None else float(grad.abs().max()),
+            "update_norm": update, "update_ratio": None if update is None else update / max(norm, 1e-30),
+            "fingerprint": fingerprint_hex(t), "grad_fingerprint": None if grad is None else fingerprint_hex(grad),
+        }
+        for key, value in values.items():
+            rows[key].append(value)
+
+    for name, p in model.named_parameters():
+        update = None if name not in previous else float((p.detach() - previous[name]).norm())
+        add(name, "param", p, p.grad, update)
+        previous[name] = p.detach().clone()
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                add(names[id(p)], f"optim:{key}", value, None, None)
+    return rows
+
+
+@dataclass
+class Trained:
+    name: str
+    steps: int
+    first_nan: tuple[int, str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def train(
+    root: Path,
+    name: str,
+    *,
+    seed: int = 0,
+    epochs: int = 2,
+    cause: str | None = None,
+    cause_step: int = CAUSE_STEP,
+    lrs: tuple[float, float] = (0.05, 0.5),
+    capture_rng: bool = True,
+    watch: bool = True,
+    log_batches: bool = True,
+    log_predictions: bool = True,
+    data: tuple | None = None,
+    batch: int = BATCH,
+    model: nn.Module | None = None,
+    optimizer_params: str = "both",
+    start_epoch: int = 0,
+    state: dict | None = None,
+    replay_epoch: int | None = None,
+    mode: str = "error",
+    holdout: tuple | None = None,
+    config: dict | None = None,
+) -> Trained:
+    """Train a tiny model and log everything lakelog captures; ``cause`` changes one thing at ``cause_step``.
+
+    Causes: shuffle (the rest of the epoch's order is reshuffled), reorder (one batch reversed),
+    dropout (the global RNG is reseeded), lr (the head's LR is multiplied by 10), transform (one
+    sample's input is negated). ``state`` resumes from a checkpoint dict (model, optimizer, RNG);
+    ``replay_epoch`` makes a resumed run draw that epoch's order instead of its own (the bug).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster on a shared 2-core machine
+    try:
+        return _train(root, name, seed=seed, epochs=epochs, cause=cause, cause_step=cause_step, lrs=lrs,
+                      capture_rng=capture_rng, watch=watch, log_batches=log_batches,
+                      log_predictions=log_predictions, data=data, batch=batch, model=model,
+                      optimizer_params=optimizer_params, start_epoch=start_epoch, state=state,
+                      replay_epoch=replay_epoch, mode=mode, holdout=holdout, config=config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(root, name, *, seed, epochs, cause, cause_step, lrs, capture_rng, watch, log_batches,
+           log_predictions, data, batch, model, optimizer_params, start_epoch, state, replay_epoch, mode,
+           holdout, config) -> Trained:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    x_all, y_all, names = data if data is not None else dataset()
+    n = len(names)
+    steps_per_epoch = n // batch
+    model = model if model is not None else Net(features=x_all.shape[1])
+    backbone = [p for n_, p in model.named_parameters() if n_.startswith("backbone.")]
+    head = [p for n_, p in model.named_parameters() if n_.startswith("head.")]
+    groups = [{"params": head, "lr": lrs[1]}]
+    if optimizer_params == "both":
+        groups.insert(0, {"params": backbone, "lr": lrs[0]})
+    optimizer = torch.optim.SGD(groups, momentum=0.9)
+    group_names = ["backbone", "head"] if optimizer_params == "both" else ["head"]
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+    trained = Trained(name, 0)
+    previous: dict[str, torch.Tensor] = {}
+    run = lakelog.init(root, name=name, seed=seed, mode=mode,
+                       config=config if config is not None else {"lr": list(lrs), "batch": batch, "cause": cause})
+    if watch and HAS_TELEMETRY:
+        # A resumed segment has no step logged yet, so its initial capture would be stamped step 0.
+        run.watch(model, optimizer, every=1, groups=GROUPS, initial=state is None,
+                  holdout=None if holdout is None else [holdout])
+    with run:
+        for epoch in range(start_epoch, epochs):
+            order_epoch = replay_epoch if replay_epoch is not None else epoch
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + order_epoch))
+            for b in range(steps_per_epoch):
+                step = epoch * steps_per_epoch + b
+                if cause == "shuffle" and step == cause_step:
+                    rest = order[b * batch:]
+                    order[b * batch:] = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(99))]
+                idx = order[b * batch:(b + 1) * batch].clone()
+                if cause == "reorder" and step == cause_step:
+                    idx = idx.flip(0)
+                if cause == "dropout" and step == cause_step:
+                    torch.manual_seed(12345)
+                x, y = x_all[idx].clone(), y_all[idx]
+                if cause == "transform" and step == cause_step:
+                    x[2] = -x[2]
+                batch_names = [names[i] for i in idx.tolist()]
+                if log_batches:
+                    if HAS_DETERMINISM or not capture_rng:
+                        run.log_batch(sample_ids=batch_names, inputs=x, step=step, epoch=epoch, batch_idx=b,
+                                      rng=capture_rng)
+                    else:
+                        run.submit(records.batch_job(step=step, sample_ids=batch_names, inputs=x, batch_idx=b,
+                                                     rng=rng_states()), epoch=epoch)
+                model.train()
+                out = model(x)
+                per_sample = F.cross_entropy(out, y, reduction="none")
+                loss = per_sample.mean()
+                if log_predictions:
+                    run.log_predictions(out.detach(), step=step, epoch=epoch, labels=y, keys={"sample": batch_names},
+                                        loss=per_sample.detach(), batch_idx=b)
+                optimizer.zero_grad()
+                loss.backward()
+                if cause == "lr" and step == cause_step:
+                    optimizer.param_groups[-1]["lr"] *= 10
+                optimizer.step()
+                if watch and not HAS_TELEMETRY:
+                    run.write_rows("params", param_rows(model, optimizer, step, previous), epoch=epoch)
+                if trained.first_nan is None:
+                    bad = [n_ for n_, p in model.named_parameters() if not torch.isfinite(p).all()]
+                    if bad:
+                        trained.first_nan = (step, bad[0])
+                acc = (out.argmax(1) == y).float().mean()
+                metrics: dict[str, Any] = {"loss": float(loss.detach()), "acc": float(acc)}
+                for g, group in zip(group_names, optimizer.param_groups, strict=True):
+                    metrics[f"lr/{g}"] = group["lr"]
+                if holdout is not None and not (watch and HAS_TELEMETRY):
+                    hx, hy = holdout
+                    model.eval()
+                    with torch.no_grad():
+                        metrics["holdout/acc"] = float((model(hx).argmax(1) == hy).float().mean())
+                run.log(metrics, step=step, epoch=epoch)
+                trained.steps += 1
+        trained.info["checkpoint"] = {
+            "model": {k: v.clone() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+    return trained
+
+
+@pytest.fixture(scope="session")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A lake with a reference run and one run per known cause (all at step CAUSE_STEP)."""
+    root = tmp_path_factory.mktemp("pairs")
+    train(root, "base")
+    train(root, "same")
+    for cause in ("shuffle", "reorder", "dropout", "lr", "transform"):
+        train(root, cause, cause=cause)
+    train(root, "dropout_norng", cause="dropout", capture_rng=False)
+    train(root, "base_norng", capture_rng=False)
+    train(root, "short", epochs=1)
+    train(root, "no_batches", log_batches=False)
+    train(root, "three_classes", model=_three_class_net())
+    # Resume: B trains epoch 0, stops, and resumes from its checkpoint for epoch 1.
+    first = train(root, "resumed_ok", epochs=1)
+    train(root, "resumed_ok", start_epoch=1, state=first.info["checkpoint"], mode="resume")
+    first = train(root, "resumed_replay", epochs=1)
+    train(root, "resumed_replay", start_epoch=1, state=first.info["checkpoint"], mode="resume", replay_epoch=0)
+    return root
+
+
+def _three_class_net() -> Net:
+    torch.manual_seed(0)
+    return Net(classes=3)

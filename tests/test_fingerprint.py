@@ -1,0 +1,451 @@
+"""Tests of lakelog.fingerprint: exactness, sensitivity, every dtype, and the kernel against a reference.
+
+The pure-Python reference below re-implements the algorithm from the module docstring with Python
+integers (no torch arithmetic), so equality proves the torch kernel computes the documented hash.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import torch
+import xxhash
+
+import lakelog.fingerprint as fpmod
+from lakelog.errors import InvalidArgumentError
+from lakelog.fingerprint import (
+    combine_hex,
+    fingerprint,
+    fingerprint_bytes,
+    fingerprint_hex,
+    fingerprint_many,
+    to_hex,
+)
+
+M64 = (1 << 64) - 1
+INDEX_KEYS = (0x9E3779B97F4A7C15, 0xD1B54A32D192ED03)
+FINALIZERS = (
+    (30, 0xBF58476D1CE4E5B9, 27, 0x94D049BB133111EB, 31),  # splitmix64
+    (33, 0xFF51AFD7ED558CCD, 33, 0xC4CEB9FE1A85EC53, 33),  # murmur3 fmix64
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure-Python reference
+
+
+def ref_finalize(x: int, lane: int) -> int:
+    a, c1, b, c2, d = FINALIZERS[lane]
+    x &= M64
+    x ^= x >> a
+    x = (x * c1) & M64
+    x ^= x >> b
+    x = (x * c2) & M64
+    x ^= x >> d
+    return x
+
+
+def ref_from_bytes(data: bytes, dtype_name: str, shape: tuple[int, ...], layout: str = "strided") -> str:
+    nbytes = len(data)
+    padded = data + b"\0" * (-nbytes % 8)
+    words = struct.unpack(f"<{len(padded) // 8}Q", padded)
+    text = f"lakelog-fingerprint-v1|{dtype_name}|{shape}|{layout}|{nbytes}"
+    header = xxhash.xxh3_128_intdigest(text.encode())
+    halves = (header >> 64, header & M64)
+    out = []
+    for lane in (0, 1):
+        s = 0
+        for i, w in enumerate(words):
+            s = (s + ref_finalize(w ^ ((i * INDEX_KEYS[lane]) & M64), lane)) & M64
+        out.append(ref_finalize(s ^ halves[lane], lane))
+    return f"{out[0]:016x}{out[1]:016x}"
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """The logical contents of `t` as bytes, via numpy (only used to *read* bits, not to hash)."""
+    flat = t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def ref(t: torch.Tensor) -> str:
+    if t.layout != torch.strided:
+        coo = (t if t.layout == torch.sparse_coo else t.to_sparse_coo()).coalesce()
+        inner = ref(coo.indices()) + ref(coo.values())
+        data = b"".join(
+            struct.pack("<Q", int(inner[k : k + 16], 16)) for k in range(0, 64, 16)
+        )
+        return ref_from_bytes(data, str(t.dtype)[6:], tuple(t.shape), str(t.layout)[6:])
+    return ref_from_bytes(tensor_bytes(t), str(t.dtype)[6:], tuple(t.shape))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _opt_dtypes(*names: str) -> list[torch.dtype]:
+    return [getattr(torch, n) for n in names if hasattr(torch, n)]
+
+
+def make(dtype: torch.dtype, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """Deterministic tensor of any dtype, built from random bytes (no global RNG touched)."""
+    gen = torch.Generator().manual_seed(seed)
+    numel = 1
+    for s in shape:
+        numel *= s
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    raw = torch.randint(0, 256, (numel * itemsize,), dtype=torch.uint8, generator=gen)
+    if dtype == torch.bool:
+        raw &= 1
+    return raw.view(dtype).reshape(shape)
+
+
+def flip_first_bit(t: torch.Tensor, byte: int = 0) -> torch.Tensor:
+    u = t.clone().reshape(-1).view(torch.uint8)
+    u[byte] ^= 1
+    return u.view(t.dtype).reshape(t.shape)
+
+
+DTYPES = [
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+    torch.complex128,
+    *_opt_dtypes("uint16", "uint32", "uint64"),
+    *_opt_dtypes("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"),
+]
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 8 words, so small test tensors exercise the chunked and grouped paths."""
+    monkeypatch.setattr(fpmod, "CHUNK_WORDS_CPU", 8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The kernel equals the documented algorithm
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(), (0,), (1,), (3,), (5, 7), (2, 3, 4)], ids=str)
+def test_kernel_matches_reference(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    t = make(dtype, shape, seed=len(shape))
+    assert fingerprint_hex(t) == ref(t)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 8, 64, 1 << 17])
+def test_kernel_matches_reference_across_chunk_sizes(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    monkeypatch.setattr(fpmod, "CHUNK_WORDS_CPU", chunk)
+    # Odd byte count (tail word), words with the sign bit set (logical-shift emulation), tiny and
+    # large tensors (grouped and chunked paths) in one call.
+    tensors = [
+        make(torch.float32, (301,), seed=1),
+        make(torch.int64, (40,), seed=2) | (1 << 63),
+        make(torch.uint8, (13,), seed=3),
+        torch.full((9,), -1, dtype=torch.int64),
+        make(torch.float16, (2, 2), seed=4),
+        torch.empty(0),
+    ]
+    assert to_hex(fingerprint_many(tensors)) == [ref(t) for t in tensors]
+
+
+def test_large_tensor_chunking_invariance(monkeypatch: pytest.MonkeyPatch) -> None:
+    t = make(torch.float32, (100_003,), seed=5)
+    results = set()
+    for chunk in (1 << 17, 1 << 12, 1000, 333):
+        monkeypatch.setattr(fpmod, "CHUNK_WORDS_CPU", chunk)
+        results.add(fingerprint_hex(t))
+    assert len(results) == 1
+
+
+def test_wrapping_sum_matches_reference() -> None:
+    # Many large words: the lane sums overflow int64 many times and must wrap exactly like mod 2**64.
+    t = torch.full((2000,), 0x7FFF_FFFF_FFFF_FFFF, dtype=torch.int64)
+    assert fingerprint_hex(t) == ref(t)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Equal exactly when the bits are equal
+
+
+def test_result_is_int64_pair_on_device() -> None:
+    t = torch.randn(10, generator=torch.Generator().manual_seed(0))
+    fp = fingerprint(t)
+    assert fp.dtype == torch.int64
+    assert fp.shape == (2,)
+    assert fp.device == t.device
+
+
+def test_equal_for_identical_bits() -> None:
+    t = make(torch.float32, (17, 5), seed=7)
+    same = t.view(torch.int32).clone().view(torch.float32)  # a copy made through another dtype
+    assert torch.equal(fingerprint(t), fingerprint(same))
+    assert torch.equal(fingerprint(t), fingerprint(t.clone()))
+    finite = torch.randn(17, 5, generator=torch.Generator().manual_seed(7))
+    assert fingerprint_hex(finite) == fingerprint_hex(finite.double().float())  # exact round trip
+
+
+def test_non_contiguous_hashes_as_contiguous() -> None:
+    t = make(torch.float32, (6, 9), seed=8)
+    views = [t.t(), t[:, ::2], t[1:], t[1:, 1:], t.reshape(-1)[1:], t[0:1].expand(4, 9), t.unsqueeze(0)]
+    for v in views:
+        assert fingerprint_hex(v) == fingerprint_hex(v.contiguous())
+        assert fingerprint_hex(v) == ref(v)
+
+
+def test_misaligned_storage_offset() -> None:
+    base = make(torch.int8, (101,), seed=9)
+    for start in range(1, 9):
+        v = base[start:]
+        assert fingerprint_hex(v) == ref(v)
+
+
+def test_conj_and_neg_views() -> None:
+    c = make(torch.complex64, (5,), seed=10)
+    assert c.conj().is_conj()
+    assert fingerprint_hex(c.conj()) == fingerprint_hex(c.conj().resolve_conj())
+    assert fingerprint_hex(c.conj()) != fingerprint_hex(c)
+
+
+def test_parameter_with_grad_is_left_untouched() -> None:
+    p = torch.nn.Parameter(torch.randn(33, generator=torch.Generator().manual_seed(1)))
+    before = p.detach().clone()
+    fp = fingerprint(p)
+    assert not fp.requires_grad
+    assert torch.equal(p.detach(), before)
+    assert p.grad is None
+
+
+@pytest.mark.usefixtures("small_chunks")
+def test_inputs_not_modified_on_any_path() -> None:
+    tensors = [make(torch.float32, (n,), seed=n) for n in (1, 3, 16, 17, 100)]
+    copies = [t.clone() for t in tensors]
+    fingerprint_many(tensors)
+    for t, c in zip(tensors, copies, strict=True):
+        assert torch.equal(t.view(torch.int32), c.view(torch.int32))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sensitive to every change
+
+
+def test_one_ulp_change() -> None:
+    t = torch.randn(1000, generator=torch.Generator().manual_seed(2))
+    u = t.clone()
+    u[500] = torch.nextafter(u[500], torch.tensor(float("inf")))
+    assert not torch.equal(t, u) and torch.allclose(t, u)
+    assert fingerprint_hex(t) != fingerprint_hex(u)
+
+
+def test_permutation_and_swap() -> None:
+    t = torch.arange(64, dtype=torch.float32)
+    assert fingerprint_hex(t) != fingerprint_hex(t.flip(0))
+    swapped = t.clone()
+    swapped[[3, 40]] = swapped[[40, 3]]
+    assert fingerprint_hex(t) != fingerprint_hex(swapped)
+    # Swapping two adjacent float32 within one 64-bit word also counts.
+    assert fingerprint_hex(torch.tensor([1.0, 2.0])) != fingerprint_hex(torch.tensor([2.0, 1.0]))
+
+
+def test_sign_flip_and_negative_zero() -> None:
+    t = torch.randn(100, generator=torch.Generator().manual_seed(3))
+    u = t.clone()
+    u[7] = -u[7]
+    assert fingerprint_hex(t) != fingerprint_hex(u)
+    assert fingerprint_hex(torch.tensor([0.0])) != fingerprint_hex(torch.tensor([-0.0]))
+    assert fingerprint_hex(torch.zeros(4)) != fingerprint_hex(-torch.zeros(4))
+
+
+def test_cancelling_changes() -> None:
+    t = torch.arange(100, dtype=torch.int64)
+    u = t.clone()
+    u[10] += 12345
+    u[90] -= 12345
+    assert t.sum() == u.sum()
+    assert fingerprint_hex(t) != fingerprint_hex(u)
+    f = torch.ones(100)
+    g = f.clone()
+    g[1] += 0.5
+    g[2] -= 0.5
+    assert f.sum() == g.sum() and f.norm(1) == g.norm(1)
+    assert fingerprint_hex(f) != fingerprint_hex(g)
+
+
+def test_nan_payloads() -> None:
+    a = torch.tensor([0x7FC00000], dtype=torch.int32).view(torch.float32)
+    b = torch.tensor([0x7FC00001], dtype=torch.int32).view(torch.float32)
+    assert a.isnan().all() and b.isnan().all()
+    assert fingerprint_hex(a) != fingerprint_hex(b)
+    assert fingerprint_hex(a) == fingerprint_hex(a.clone())
+
+
+def test_dtype_and_shape_are_part_of_the_hash() -> None:
+    assert fingerprint_hex(torch.zeros(4, dtype=torch.int32)) != fingerprint_hex(torch.zeros(4))
+    t = torch.randn(6, generator=torch.Generator().manual_seed(4))
+    assert fingerprint_hex(t) != fingerprint_hex(t.view(torch.int32))
+    assert fingerprint_hex(t.reshape(2, 3)) != fingerprint_hex(t.reshape(3, 2))
+    assert fingerprint_hex(t) != fingerprint_hex(t.reshape(1, 6))
+    assert fingerprint_hex(torch.zeros(())) != fingerprint_hex(torch.zeros(1))
+    # Zero padding of the last word is not confused with real zero bytes.
+    assert fingerprint_hex(torch.zeros(3, dtype=torch.uint8)) != fingerprint_hex(torch.zeros(8, dtype=torch.uint8))
+
+
+def test_empty_tensors() -> None:
+    shapes = [(0,), (0, 3), (3, 0), (0, 0)]
+    hexes = [fingerprint_hex(torch.empty(s)) for s in shapes]
+    assert len(set(hexes)) == len(shapes)
+    assert fingerprint_hex(torch.empty(0)) != fingerprint_hex(torch.empty(0, dtype=torch.int64))
+    assert hexes[0] == ref(torch.empty(0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_dtype_detects_one_bit(dtype: torch.dtype) -> None:
+    t = make(dtype, (3, 11), seed=11)
+    base = fingerprint_hex(t)
+    assert base == fingerprint_hex(t.clone())
+    nbytes = t.numel() * t.element_size()
+    for byte in (0, nbytes // 2, nbytes - 1):
+        assert fingerprint_hex(flip_first_bit(t, byte)) != base
+
+
+def test_no_collisions_among_many_small_variants() -> None:
+    # Every single-bit flip of a 64-byte tensor gives a distinct fingerprint.
+    t = torch.zeros(16, dtype=torch.int32)
+    variants = [t] + [flip_first_bit(t, byte) for byte in range(64)]
+    variants += [(t.view(torch.uint8) ^ (1 << b)).view(torch.int32) for b in range(1, 8)]
+    hexes = to_hex(fingerprint_many(variants))
+    assert len(set(hexes)) == len(variants)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sparse
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks are implicitly disabled")
+def test_sparse_coo() -> None:
+    i = torch.tensor([[0, 1, 2], [2, 0, 1]])
+    v = torch.tensor([1.0, 2.0, 3.0])
+    s = torch.sparse_coo_tensor(i, v, (3, 3))
+    assert fingerprint_hex(s) == ref(s)
+    assert fingerprint_hex(s) == fingerprint_hex(s.coalesce())
+    assert fingerprint_hex(s) != fingerprint_hex(s.to_dense())
+    changed_value = torch.sparse_coo_tensor(i, torch.tensor([1.0, 2.0, 3.5]), (3, 3))
+    changed_index = torch.sparse_coo_tensor(torch.tensor([[0, 1, 2], [2, 0, 0]]), v, (3, 3))
+    bigger = torch.sparse_coo_tensor(i, v, (4, 3))
+    assert len({fingerprint_hex(x) for x in (s, changed_value, changed_index, bigger)}) == 4
+    # Duplicate entries are summed by coalescing, as the tensor's value says.
+    dup = torch.sparse_coo_tensor(torch.tensor([[0, 0], [1, 1]]), torch.tensor([1.0, 2.0]), (2, 2))
+    one = torch.sparse_coo_tensor(torch.tensor([[0], [1]]), torch.tensor([3.0]), (2, 2))
+    assert fingerprint_hex(dup) == fingerprint_hex(one)
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks are implicitly disabled")
+def test_sparse_csr_and_empty_sparse() -> None:
+    dense = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
+    csr = dense.to_sparse_csr()
+    assert fingerprint_hex(csr) == ref(csr)
+    assert fingerprint_hex(csr) != fingerprint_hex(dense.to_sparse())
+    empty = torch.sparse_coo_tensor(torch.empty(2, 0, dtype=torch.int64), torch.empty(0), (3, 3))
+    assert fingerprint_hex(empty) == ref(empty)
+
+
+# ---------------------------------------------------------------------------------------------------
+# API
+
+
+def test_fingerprint_many_equals_stacked_fingerprints() -> None:
+    tensors = [make(d, (n,), seed=n) for n, d in enumerate(DTYPES)]
+    tensors += [torch.randn(70_000, generator=torch.Generator().manual_seed(5)), torch.empty(0)]
+    many = fingerprint_many(tensors)
+    assert many.shape == (len(tensors), 2)
+    assert torch.equal(many, torch.stack([fingerprint(t) for t in tensors]))
+    assert fingerprint_many([]).shape == (0, 2)
+    assert fingerprint_many(iter(tensors[:2])).shape == (2, 2)
+
+
+def test_no_rng_consumed() -> None:
+    tensors = [torch.randn(n) for n in (3, 1000, 300_000)]
+    state = torch.get_rng_state()
+    fingerprint_many(tensors)
+    fingerprint_hex(tensors[0])
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_to_hex_format() -> None:
+    fp = torch.tensor([-1, 1], dtype=torch.int64)
+    assert to_hex(fp) == "ffffffffffffffff0000000000000001"
+    assert to_hex(torch.stack([fp, fp])) == [to_hex(fp)] * 2
+    assert to_hex(torch.empty(0, 2, dtype=torch.int64)) == []
+    with pytest.raises(InvalidArgumentError):
+        to_hex(torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(InvalidArgumentError):
+        to_hex(torch.zeros(2))
+
+
+def test_combine_hex_is_order_aware() -> None:
+    a, b = fingerprint_hex(torch.zeros(1)), fingerprint_hex(torch.ones(1))
+    c = combine_hex([a, b])
+    assert len(c) == 32 and int(c, 16) >= 0
+    assert c == combine_hex((a, b))
+    assert c != combine_hex([b, a])
+    assert c != combine_hex([a])
+    assert combine_hex([]) != combine_hex([a])
+    with pytest.raises(InvalidArgumentError):
+        combine_hex(a)
+    with pytest.raises(InvalidArgumentError):
+        combine_hex(["xyz"])
+
+
+def test_fingerprint_bytes() -> None:
+    data = b"some rng state"
+    assert fingerprint_bytes(data) == xxhash.xxh3_128_hexdigest(data)
+    assert fingerprint_bytes(memoryview(data)) == fingerprint_bytes(data)
+    assert len(fingerprint_bytes(b"")) == 32
+    with pytest.raises(InvalidArgumentError):
+        fingerprint_bytes("text")  # type: ignore[arg-type]
+
+
+def test_rejects_non_tensors_and_meta() -> None:
+    with pytest.raises(InvalidArgumentError):
+        fingerprint([1, 2, 3])  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError):
+        fingerprint(torch.empty(3, device="meta"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# CUDA (run where a GPU is present)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+def test_cuda_matches_cpu_without_sync() -> None:
+    tensors = [make(d, (5, 7), seed=3) for d in DTYPES]
+    tensors += [torch.randn(3_000_001, generator=torch.Generator().manual_seed(0))]
+    on_gpu = [t.cuda() for t in tensors]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fps = fingerprint_many(on_gpu)
+        single = fingerprint(on_gpu[0])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert fps.device == on_gpu[0].device and single.device == on_gpu[0].device
+    assert to_hex(fps) == to_hex(fingerprint_many(tensors))
+
+
+@cuda
+def test_mixed_devices_result_on_first_device() -> None:
+    a, b = torch.arange(10.0), torch.arange(10.0, 20.0)
+    out = fingerprint_many([a, b.cuda()])
+    assert out.device == a.device
+    assert torch.equal(out, fingerprint_many([a, b]))
