@@ -66,8 +66,10 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     params = [torch.randn(s, generator=gen).to(device) for s in resnet50_shapes()]
     numel = sum(p.numel() for p in params)
-    print(f"{len(params)} tensors, {numel / 1e6:.2f}M float32 ({numel * 4 / 2**20:.0f} MiB) on {device}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{len(params)} tensors, {numel / 1e6:.2f}M float32 ({numel * 4 / 2**20:.0f} MiB) on {device}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
     def fp_to_host() -> list[str] | str:
         return to_hex(fingerprint_many(params))  # the one transfer a capture would do

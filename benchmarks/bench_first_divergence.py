@@ -2,9 +2,10 @@
 
 Two runs of ``--rows`` prediction rows each (batch 256, 2 classes, two file-name keys, as in the
 seeds' batch logger), identical until three quarters of the way in, where run B's logits move by
-0.01. The lakes are written in bulk through lakelog's own PartWriter (its hive partitions, part-file
-size and Parquet encodings), with a pred_digests row per batch computed by lakelog.records' own
-digest functions; the seeds' CSVs are written with pyarrow's CSV writer. Then, side by side:
+0.01. The lakes are written in bulk with pyarrow in the layout lakelog's PartWriter produces (hive
+partitions, its part-file names and size, zstd level and per-column encodings), with a pred_digests
+row per batch computed by lakelog.records' own digest functions; b's part files before the
+divergence are copies of a's. The seeds' CSVs are written with pyarrow's CSV writer. Side by side:
 
 - lakelog: ``lakelog.query("first_divergence", ...)`` (exact, and with tol=1e-3);
 - pandas, the seeds' way: read both CSVs, merge on batch_idx/epoch/sample_idx, filter by tolerance;
@@ -27,11 +28,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 BATCH = 256
 CLASSES = 2
 EPOCHS = 4
-CHUNK_BATCHES = 64  # batches handed to the writer at once (it cuts part files at its own max_rows)
+PART_BATCHES = 977  # the writer cuts a part file once it holds max_rows = 250,000 rows
 SHIFT = 0.01
 TOL = 1e-3
 
@@ -41,21 +43,28 @@ def _names(ids: np.ndarray, suffix: str) -> pa.Array:
     return pc.binary_join_element_wise(text, pa.scalar(suffix), "")
 
 
-def _digests(logits: np.ndarray, labels: np.ndarray, keys: dict[str, list], steps: np.ndarray,
+def _digests(logits: np.ndarray, labels: np.ndarray, keys: dict[str, pa.Array], steps: np.ndarray,
              batch_idx: np.ndarray, shared: list | None = None) -> tuple[dict, list]:
-    """One pred_digests row per batch, with lakelog.records' own digest functions.
+    """One pred_digests row per batch, computed as lakelog.records computes them.
 
-    ``shared`` reuses the labels/keys digests of a run that fed the same batches (only logits differ).
+    Key columns given as lists are digested by records as the batch's values joined with
+    ``ID_SEPARATOR``; here pyarrow joins each batch's strings in C (checked against records on the
+    first batch). ``shared`` reuses the labels/keys digests of a run that fed the same batches.
     """
     from lakelog import records  # imports torch; only the data generation needs it
 
     n_batches = len(steps)
+    offsets = pa.array(np.arange(0, n_batches * BATCH + 1, BATCH, dtype=np.int32))
     if shared is None:
+        joined = {k: pc.binary_join(pa.ListArray.from_arrays(offsets, v), records.ID_SEPARATOR).to_pylist()
+                  for k, v in keys.items()}
+        first = {k: v.slice(0, BATCH).to_pylist() for k, v in keys.items()}
+        assert all(records._digest(joined[k][0].encode()) == records._values_digest(first[k]) for k in keys)
         shared = []
         for b in range(n_batches):
-            lo, hi = b * BATCH, (b + 1) * BATCH
-            keys_text = "|".join(f"{k}={records._values_digest(v[lo:hi])}" for k, v in sorted(keys.items()))
-            shared.append((records._values_digest(labels[lo:hi]), records._digest(keys_text.encode())))
+            keys_text = "|".join(f"{k}={records._digest(joined[k][b].encode())}" for k in sorted(keys))
+            shared.append((records._values_digest(labels[b * BATCH:(b + 1) * BATCH]),
+                           records._digest(keys_text.encode())))
     logits_digests = [
         records._digest(np.ascontiguousarray(logits[b * BATCH:(b + 1) * BATCH]).tobytes() + f"{BATCH}x{CLASSES}".encode())
         for b in range(n_batches)
@@ -67,66 +76,88 @@ def _digests(logits: np.ndarray, labels: np.ndarray, keys: dict[str, list], step
     return rows, shared
 
 
-def generate(root: Path, csv_dir: Path, rows: int) -> dict[str, int]:
-    """Write runs a and b through lakelog's own PartWriter, and the seed-style CSVs.
-
-    Run b's logits move by SHIFT from three quarters of the steps on; everything else is equal.
-    """
-    from lakelog.layout import Lake
+def _write(folder: Path, data: pa.Table, encodings: tuple[list[str], list[str]]) -> Path:
+    """A part file as lakelog's PartWriter writes it (file name, zstd level, per-column encodings)."""
+    from lakelog.layout import part_file_name
     from lakelog.writer import PartWriter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / part_file_name(0)
+    level = PartWriter.__init__.__kwdefaults__["compression_level"]
+    pq.write_table(data, path, compression="zstd", compression_level=level,
+                   use_dictionary=encodings[0], use_byte_stream_split=encodings[1])
+    return path
+
+
+def generate(root: Path, csv_dir: Path, rows: int) -> dict[str, int]:
+    """Write runs a and b in the writer's layout, and the seed-style CSVs.
+
+    Run b's logits move by SHIFT from three quarters of the steps on; before that its part files
+    hold exactly run a's rows, so they are copies of a's files (as the writer would produce them).
+    """
+    from lakelog.writer import _encodings
 
     n_batches = rows // BATCH
     per_epoch = n_batches // EPOCHS
     diverge = (3 * n_batches) // 4
     rng = np.random.default_rng(0)
     dataset = per_epoch * BATCH
-    lake = Lake.open(root)
-    writers, csv_writers = {}, {}
+    names = {"image1": _names(np.arange(dataset), "-01.jpg"), "image2": _names(np.arange(dataset), "-02.jpg")}
+    encodings: dict[str, tuple[list[str], list[str]]] = {}
+    csv_writers = {}
     for run in ("a", "b"):
         (root / run).mkdir(parents=True)
         info = {"name": run, "created": "2026-01-01T00:00:00+00:00", "status": "finished", "config": {"batch": BATCH},
                 "seed": 0, "world_size": 1, "environment": {}, "summary": {}}
         (root / run / "run.json").write_text(json.dumps(info))
-        writers[run] = PartWriter(lake, str(root / run), 0)
-        csv_writers[run] = None
     for epoch in range(EPOCHS):
         first = epoch * per_epoch
         last = n_batches if epoch == EPOCHS - 1 else first + per_epoch
         order = rng.permutation(dataset)
-        for start in range(first, last, CHUNK_BATCHES):
-            stop = min(start + CHUNK_BATCHES, last)
+        for start in range(first, last, PART_BATCHES):
+            stop = min(start + PART_BATCHES, last)
             nb = stop - start
             n = nb * BATCH
             steps = np.arange(start, stop, dtype=np.int64)
             batch_idx = steps - first
             pair = order[np.arange((start - first) * BATCH, (stop - first) * BATCH) % dataset]
-            key_arrays = {"image1": _names(pair, "-01.jpg"), "image2": _names(pair, "-02.jpg")}
-            keys = {k: v.to_pylist() for k, v in key_arrays.items()}
+            keys = {k: v.take(pa.array(pair)) for k, v in names.items()}
             labels = rng.integers(0, 2, n, dtype=np.int64)
             logits_a = rng.standard_normal((n, CLASSES), dtype=np.float32)
-            logits_b = logits_a.copy()
-            logits_b[np.repeat(steps >= diverge, BATCH)] += np.float32(SHIFT)
-            shared = None
-            for run, logits in (("a", logits_a), ("b", logits_b)):
-                predictions = {
-                    "step": np.repeat(steps, BATCH), "batch_idx": np.repeat(batch_idx, BATCH),
-                    "sample_idx": np.tile(np.arange(BATCH, dtype=np.int32), nb), "label": labels,
-                    "prediction": logits.argmax(axis=1).astype(np.int64), "logits": logits,
-                    "loss": [None] * n, **keys,
-                }
-                digests, shared = _digests(logits, labels, keys, steps, batch_idx, shared)
-                writers[run].submit(epoch, lambda p=predictions, d=digests: {"predictions": p, "pred_digests": d})
+            shared, copied = None, {}
+            for run in ("a", "b"):
+                logits = logits_a
+                if run == "b" and stop > diverge:
+                    logits = logits_a.copy()
+                    logits[np.repeat(steps >= diverge, BATCH)] += np.float32(SHIFT)
+                if logits is logits_a and copied:  # b before the divergence: a's files, byte for byte
+                    for name, path in copied.items():
+                        folder = root / "b" / name / f"epoch={epoch}" / "rank=0"
+                        folder.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(path, folder / path.name.replace("-r0-", "-r0-b"))
+                else:
+                    predictions = pa.table({
+                        "step": np.repeat(steps, BATCH), "batch_idx": np.repeat(batch_idx, BATCH),
+                        "sample_idx": np.tile(np.arange(BATCH, dtype=np.int32), nb), "label": labels,
+                        "prediction": logits.argmax(axis=1).astype(np.int64),
+                        "logits": pa.ListArray.from_arrays(
+                            pa.array(np.arange(0, n * CLASSES + 1, CLASSES, dtype=np.int32)), pa.array(logits.reshape(-1))),
+                        "loss": pa.nulls(n, pa.float32()), **keys,
+                    })
+                    digests, shared = _digests(logits, labels, keys, steps, batch_idx, shared)
+                    for name, data in (("predictions", predictions), ("pred_digests", pa.table(digests))):
+                        encodings.setdefault(name, _encodings(data))
+                        copied[name] = _write(root / run / name / f"epoch={epoch}" / "rank=0", data, encodings[name])
                 csv = pa.table({
                     "batch_idx": np.repeat(batch_idx + 1, BATCH), "epoch": np.full(n, epoch, np.int64),
-                    "sample_idx": predictions["sample_idx"], **key_arrays,
+                    "sample_idx": np.tile(np.arange(BATCH, dtype=np.int32), nb), **keys,
                     "winner": labels, "logit0": logits[:, 0], "logit1": logits[:, 1],
                 })
-                if csv_writers[run] is None:
+                if run not in csv_writers:
                     csv_writers[run] = pacsv.CSVWriter(csv_dir / f"{run}.csv", csv.schema)
                 csv_writers[run].write_table(csv)
-    for run in ("a", "b"):
-        writers[run].close()
-        csv_writers[run].close()
+    for writer in csv_writers.values():
+        writer.close()
     return {"batches": n_batches, "diverge_step": diverge, "per_epoch": per_epoch}
 
 

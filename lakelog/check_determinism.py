@@ -98,22 +98,26 @@ class DeterminismReport:
     def to_text(self) -> str:
         lines = [f"lakelog check-determinism: {self.run_a} vs {self.run_b} (in {self.root})", ""]
         if self.first is None:
-            lines.append("IDENTICAL: every logged check matches.")
+            lines.append("IDENTICAL: every logged check matches."
+                         + (" But see the DataLoader worker problems below." if self.worker_flags else ""))
         else:
             where = "before training" if self.first.step is None else f"at step {self.first.step}"
             lines += [f"FIRST DIFFERENCE: {self.first.title} {where}", f"  what:  {self.first.detail}",
                       f"  cause: {self.first.cause}", f"  fix:   {self.first.fix}"]
         lines += ["", "Checks, in the order to read them:"]
         for c in self.checks:
-            state = {"same": "same", "not logged": "not logged"}.get(c.status, "DIFFERS")
+            state = c.status if c.status != "differs" else "DIFFERS"
             if c.status == "differs":
                 state += " before training" if c.step is None else f" from step {c.step}"
             lines.append(f"  {c.title:<28} {state}" + (f"  ({c.detail})" if c.status != "same" and c is not self.first
                                                        and c.detail else ""))
         if self.worker_flags:
             lines += ["", "DataLoader worker seeding problems (reproducible, but not random where it should be):"]
-            for flag in self.worker_flags:
-                lines += [f"  [{flag.run}] {flag.message}", f"      fix: {flag.fix}"]
+            runs: dict[tuple[str, str], list[str]] = {}
+            for flag in self.worker_flags:  # the same problem in both runs is shown once
+                runs.setdefault((flag.message, flag.fix), []).append(flag.run)
+            for (message, fix), names in runs.items():
+                lines += [f"  [{', '.join(names)}] {message}", f"      fix: {fix}"]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -197,7 +201,8 @@ class _Judge:
         a, b = ({k: i.get(k) for k in ("seed", "config", "seeding")} | {"environment": {
             k: v for k, v in (i.get("environment") or {}).items() if k not in _IGNORED_ENV}} for i in self.info)
         fa, fb = _flatten(a, "", {}), _flatten(b, "", {})
-        keys = sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+        keys = sorted((k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k)),
+                      key=lambda k: (k not in ("seed", "seeding.seed"), k.startswith("environment"), k))
         if not keys:
             return {"status": "same", "compared": len(fa), "detail": f"{len(fa)} settings compared"}
         detail = "; ".join(f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}" for k in keys[:6]) + (" …" if len(keys) > 6 else "")
@@ -244,11 +249,16 @@ class _Judge:
                    "or a dataset that shuffles internally)")
         if seeds_differ or (global_rng and torch_rng_differs):
             out["cause"], out["fix"] = unseeded, FIX_SHUFFLE
+        elif torch_rng_differs and not loaders:
+            out["cause"], out["fix"] = "likely " + unseeded, FIX_SHUFFLE
+        elif step > (self.start_step() or 0):
+            out["cause"] = (f"the batches agree until step {step}, then the order departs: something reorders "
+                            "mid-run (a sampler or dataset shuffling with its own unseeded generator, a per-epoch "
+                            "reshuffle seeded differently, a filter that drops samples)")
+            out["fix"] = "seed every sampler's generator from the run's seed (lakelog.dataloader_generator(seed))"
         elif loaders:
             how = "shuffled identically" if shuffled else "does not shuffle"
             out["cause"], out["fix"] = f"the DataLoader {how}, so {listing}", FIX_LISTING
-        elif torch_rng_differs:
-            out["cause"], out["fix"] = "likely " + unseeded, FIX_SHUFFLE
         elif rng_step is not None or self.batches["rng_torch"]["n_compared"]:
             out["cause"], out["fix"] = f"the torch RNG agrees, so likely {listing}", FIX_LISTING
         else:
@@ -366,10 +376,10 @@ class _Judge:
         return getattr(self, name)()
 
 
-_FLAG_TEXT = {
-    "numpy": ("the same NumPy random state", "NumPy's global state is copied into each worker, or worker_init_fn "
-              "seeds it with a constant", "worker_init_fn=lakelog.seed_worker (seeds NumPy and random from "
-              "torch.initial_seed(), which differs per worker and per epoch)"),
+_FLAG_TEXT = {  # rng: (state, why workers share it, fix)
+    "numpy": ("the same NumPy random state", "worker_init_fn seeds NumPy with a constant, or NumPy's global state "
+              "is copied into each worker unseeded", "worker_init_fn=lakelog.seed_worker (seeds NumPy and random "
+              "from torch.initial_seed(), which differs per worker and per epoch)"),
     "python": ("the same Python random state", "worker_init_fn seeds random with a constant",
                "worker_init_fn=lakelog.seed_worker"),
     "torch": ("the same torch seed", "worker_init_fn calls torch.manual_seed with a constant",
@@ -379,6 +389,10 @@ _FLAG_TEXT = {
                 "info = torch.utils.data.get_worker_info(); info.dataset.rng = "
                 "np.random.default_rng(torch.initial_seed() % 2**32)"),
 }
+_REPEAT_WHY = ("the workers' seeds repeat each epoch: the loader's generator is re-created or re-seeded every epoch, "
+               "or worker_init_fn seeds from a constant or the worker id alone")
+_REPEAT_FIX = ("create the seeded generator once, before the epoch loop (generator=lakelog.dataloader_generator(seed)), "
+               "and seed workers from torch.initial_seed() (worker_init_fn=lakelog.seed_worker)")
 
 
 def _worker_flag(row: dict[str, Any]) -> dict[str, Any]:
@@ -387,6 +401,8 @@ def _worker_flag(row: dict[str, Any]) -> dict[str, Any]:
         message = (f"loader {row['loader']!r}: workers {row['workers']} start pass {row['passes'][0]} with {state} "
                    f"(from step {row['step']}): they draw the same augmentations ({why})")
     else:
+        if row["rng"] != "dataset":
+            why, fix = _REPEAT_WHY, _REPEAT_FIX
         message = (f"loader {row['loader']!r}: worker {row['workers'][0]} starts passes {row['passes']} with {state} "
                    f"(from step {row['step']}): every epoch repeats the previous one's randomness ({why})")
     return {"loader": row["loader"], "problem": row["problem"], "rng": row["rng"], "step": row["step"],

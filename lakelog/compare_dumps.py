@@ -17,7 +17,6 @@ corrupted file is named, not silently compared.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -29,10 +28,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import xxhash
-from safetensors import SafetensorError, safe_open
 
 from . import dumps_layout as L
+from .dumps_reader import DumpReader, UnreadableTensor
 from .errors import DumpError, InvalidArgumentError
 from .progress import bar
 
@@ -69,68 +67,6 @@ def parse_filter(spec: str | None) -> Callable[[str], bool]:
             f"filter: {spec!r} is not a valid regular expression ({exc}); expected all, GROUP=PREFIX or a regex"
         ) from exc
     return lambda name: pattern.search(name) is not None
-
-
-class _Unreadable(Exception):
-    """One tensor could not be read (corrupt bytes, a dtype numpy cannot hold); the rest go on."""
-
-
-_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
-          "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
-
-
-class DumpReader:
-    """One dump file: metadata, names (ties included) and one tensor at a time as numpy.
-
-    ``safe_open`` checks the file (header, offsets, length) and gives the metadata without touching
-    the data. Tensors are then read one by one with positioned reads into fresh arrays: pages of a
-    memory map would count in the process's resident memory until unmapped, a 100 MB dump as 100 MB.
-    """
-
-    def __init__(self, path: Path, run: str) -> None:
-        self.path, self.run = path, run
-        try:
-            with safe_open(str(path), framework="numpy") as handle:
-                raw_meta, keys = handle.metadata(), set(handle.keys())
-            self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
-            size = int.from_bytes(self._file.read(8), "little")
-            self._header = json.loads(self._file.read(size))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise DumpError(f"run {run}: {path}: not a readable safetensors dump ({exc})") from exc
-        self._base = 8 + size
-        self.meta = L.parse_metadata(raw_meta)
-        self.ties: dict[str, str] = self.meta[L.META_TIES]
-        order = [n for n in (self.meta[L.META_NAMES] or []) if n in keys or self.ties.get(n) in keys]
-        self.names = order + sorted((keys | {a for a, c in self.ties.items() if c in keys}) - set(order))
-        opt = self.meta.get(L.META_OPTIMIZER) or {}
-        self.param_of = {flat: opt["param_names"].get(i, flat) for i, entries in opt.get("state", {}).items()
-                         for flat in entries.values()} if opt.get("param_names") else {}
-
-    def info(self, name: str) -> tuple[str, tuple[int, ...]]:
-        entry = self._header[self.ties.get(name, name)]
-        return entry["dtype"], tuple(entry["shape"])
-
-    def read(self, name: str) -> tuple[np.ndarray, np.ndarray, str]:
-        """Values (a numeric numpy array), the stored bytes as an array, and their xxh3-128 digest."""
-        stored = self.ties.get(name, name)
-        entry = self._header[stored]
-        dtype = _NUMPY.get(entry["dtype"])
-        if dtype is None:
-            raise _Unreadable(f"tensor {stored!r} has dtype {entry['dtype']}, which compare-dumps cannot read")
-        begin, end = entry["data_offsets"]
-        raw = np.empty((end - begin) // np.dtype(dtype).itemsize, dtype=dtype)
-        self._file.seek(self._base + begin)
-        if self._file.readinto(raw.view(np.uint8)) != end - begin:
-            raise _Unreadable(f"tensor {stored!r}: the file ends before its data does")
-        values = (raw.astype(np.uint32) << 16).view(np.float32) if entry["dtype"] == "BF16" else raw
-        digest = xxhash.xxh3_128_hexdigest(raw.view(np.uint8))
-        expected = self.meta[L.META_CHECKSUMS].get(stored)
-        if expected is not None and digest != expected:
-            raise _Unreadable(f"tensor {stored!r} does not match its checksum: the file is corrupted")
-        return values, raw, digest
-
-    def close(self) -> None:
-        self._file.close()
 
 
 def _dot(x: np.ndarray, y: np.ndarray) -> float:
@@ -230,7 +166,7 @@ class _Comparer:
             try:
                 va, raw_a, hash_a = self._read(fa, name, step)
                 vb, raw_b, hash_b = self._read(fb, name, step)
-            except _Unreadable:
+            except UnreadableTensor:
                 continue
             same = dtype_a == dtype_b and hash_a == hash_b and np.array_equal(raw_a.view(np.uint8), raw_b.view(np.uint8))
             ss, dot, aa, bb, peak = _stats(va, vb, same)
@@ -249,7 +185,7 @@ class _Comparer:
     def _read(self, reader: DumpReader, name: str, step: int) -> tuple[np.ndarray, np.ndarray, str]:
         try:
             return reader.read(name)
-        except _Unreadable as exc:
+        except UnreadableTensor as exc:
             self.errors.append({"run": reader.run, "step": step, "file": str(reader.path), "tensor": name,
                                 "error": str(exc)})
             log.warning("lakelog: run %s, %s: %s; skipped", reader.run, reader.path, exc)

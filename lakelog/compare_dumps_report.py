@@ -1,5 +1,5 @@
 """What ``compare-dumps`` tells and writes: the summary, the ``dump_diffs`` table, a JSON report and the
-seeds' six panels as one altair chart (HTML, and PNG through vl-convert, which needs no browser).
+seeds' six panels as one altair chart (a self-contained HTML page and a PNG, both made offline).
 
 Every file is written to a temporary name in its folder and renamed, like every other lakelog file.
 """
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .compare_dumps import DumpComparison, _Comparer
 
 _FIRST_NAMES = 10
+_TABLE_ROWS = 200
 _WIDTH, _HEIGHT = 360, 200
 
 
@@ -102,7 +103,8 @@ def summary_lines(result: DumpComparison) -> list[str]:
         lines.append("weights: bit-identical at every compared step")
     else:
         names = ", ".join(first["tensors"]) + (" …" if first["n_tensors"] > len(first["tensors"]) else "")
-        lines.append(f"first difference: step {first['step']}, {first['n_tensors']} tensors "
+        count = f"{first['n_tensors']} tensor{'s' if first['n_tensors'] != 1 else ''}"
+        lines.append(f"first difference: step {first['step']}, {count} "
                      f"(max |a-b| {_fmt(first['max_abs_diff'])}): {names}")
         if first["at_first_compared_step"]:
             lines.append("  (already at the first compared step: dump earlier steps to narrow it down)")
@@ -172,10 +174,27 @@ def write_outputs(result: DumpComparison, out: Path) -> dict[str, Path]:
         files[table] = _atomic(folder / "part-0.parquet", frame.write_parquet)
     text = json.dumps(report(result), indent=1, allow_nan=False)
     files["report"] = _atomic(out / "dump_comparison.json", lambda p: p.write_text(text))
+    from .plots.export import Page, save_png
+
     chart = dump_chart(result)
-    files["html"] = _atomic(out / "dump_comparison.html", lambda p: chart.save(str(p), format="html"))
-    files["png"] = _atomic(out / "dump_comparison.png", lambda p: chart.save(str(p), format="png", scale_factor=1.5))
+    page = _page(result, chart, Page)
+    files["html"] = _atomic(out / "dump_comparison.html", lambda p: p.write_text(page.html(), encoding="utf-8"))
+    files["png"] = _atomic(out / "dump_comparison.png", lambda p: save_png(chart, p, scale=1.5))
     return files
+
+
+def _page(result: DumpComparison, chart: alt.VConcatChart, page_type: type) -> Any:
+    """A self-contained page (Vega inlined, so it opens with no network): summary, chart, one row per step."""
+    page = page_type(f"Dumps compared: {result.run_a} vs {result.run_b}",
+                     f"{result.summary['dir_a']} vs {result.summary['dir_b']}, filter {result.summary['filter']!r}")
+    for line in summary_lines(result):
+        page.paragraph(line)
+    page.chart(chart, "dump comparison")
+    rows = [{k: _finite(v) for k, v in row.items()} for row in result.steps.head(_TABLE_ROWS).to_dicts()]
+    status = [{"status": "differs" if row["n_differing"] else "same", **row} for row in rows]
+    caption = f"first {_TABLE_ROWS} steps; every step is in dump_steps/ and dump_comparison.json"
+    page.table(status, status_key="status", caption=caption if len(result.steps) > _TABLE_ROWS else None)
+    return page
 
 
 def dump_chart(result: DumpComparison) -> alt.VConcatChart:
@@ -184,6 +203,7 @@ def dump_chart(result: DumpComparison) -> alt.VConcatChart:
 
     rows = result.steps.to_dicts()
     a, b = result.run_a, result.run_b
+    steps = [rows[0]["step"], rows[-1]["step"]]  # one x range for all six panels, even where a value is missing
 
     def series(key: str, **extra: Any) -> list[dict]:
         return [{"step": r["step"], "value": r[key], **extra} for r in rows if _finite(r[key]) is not None]
@@ -191,14 +211,14 @@ def dump_chart(result: DumpComparison) -> alt.VConcatChart:
     def absolute(key: str) -> list[dict]:
         return [{**p, "value": abs(p["value"])} for p in series(key)]
 
-    def panel(values: list[dict], title: str, y_title: str, *, by_run: bool = False) -> alt.Chart:
+    def panel(values: list[dict], title: str, y_title: str, *, by_run: bool = False, zero: bool = False) -> alt.Chart:
         if not values:
             note = alt.Data(values=[{"note": f"no {y_title.split(' ')[0].lower()} in the dumps' metadata"}])
             return alt.Chart(note).mark_text(size=13).encode(text="note:N").properties(
                 title=title, width=_WIDTH, height=_HEIGHT)
         encoding: dict[str, Any] = {
-            "x": alt.X("step:Q", title="step"),
-            "y": alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False)),
+            "x": alt.X("step:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1), scale=alt.Scale(domain=steps)),
+            "y": alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=zero)),
             "tooltip": ["step:Q", "value:Q"],
         }
         if by_run:
@@ -209,12 +229,12 @@ def dump_chart(result: DumpComparison) -> alt.VConcatChart:
             title=title, width=_WIDTH, height=_HEIGHT)
 
     chart = alt.vconcat(
-        alt.hconcat(panel(series("l2"), "Weight divergence", "L2 distance of the weights"),
+        alt.hconcat(panel(series("l2"), "Weight divergence", "L2 distance of the weights", zero=True),
                     panel(series("cosine"), "Weight similarity", "cosine similarity of the weights")),
         alt.hconcat(panel(series("loss_a", run=a) + series("loss_b", run=b), "Loss of both runs", "loss", by_run=True),
-                    panel(absolute("loss_diff"), "Loss difference", "loss |a - b|")),
+                    panel(absolute("loss_diff"), "Loss difference", "loss |a - b|", zero=True)),
         alt.hconcat(panel(series("acc_a", run=a) + series("acc_b", run=b), "Accuracy of both runs", "accuracy",
                           by_run=True),
-                    panel(absolute("acc_diff"), "Accuracy difference", "accuracy |a - b|")),
+                    panel(absolute("acc_diff"), "Accuracy difference", "accuracy |a - b|", zero=True)),
     )
     return chart.properties(title=f"{a} vs {b}: weights (filter {result.summary.get('filter', 'all')!r}), loss, accuracy")

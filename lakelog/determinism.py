@@ -21,6 +21,7 @@ import struct
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -328,24 +329,33 @@ class RecordedLoader:
     """A DataLoader iterated as usual; each pass's worker seeds become rows of the ``workers`` table."""
 
     def __init__(self, run: Any, loader: Any, name: str) -> None:
-        self.run, self.loader, self.name = run, loader, name
+        # The run holds this object (on_finish); holding the run only weakly keeps them out of a reference
+        # cycle: a persistent-workers DataLoader freed by the cycle collector stalls torch for seconds.
+        self._run, self.loader, self.name = weakref.ref(run), loader, name
         self._inbox = tempfile.mkdtemp(prefix="lakelog-workers-")
         self._recorder = WorkerRecorder(self._inbox, name, loader.worker_init_fn)
         loader.worker_init_fn = self._recorder
-        self._passes = 0
+        # Pass numbers continue across loaders wrapped under the same name in this run (a loader rebuilt
+        # every epoch), so a worker that starts each epoch from the same seeds is still seen repeating.
+        self._passes: dict[str, int] = run.__dict__.setdefault("_lakelog_loader_passes", {})
         self._pass_steps: dict[int, int] = {}
         run.update_info(loaders={**(run.info.get("loaders") or {}), name: describe_loader(loader)})
         run.on_finish(self._close)
 
     def __iter__(self) -> Iterator[Any]:
-        pass_idx = self._recorder.pass_idx = self._passes  # travels to the workers this iter() starts
-        self._passes += 1
+        pass_idx = self._recorder.pass_idx = self._passes.get(self.name, 0)  # travels to the workers iter() starts
+        self._passes[self.name] = pass_idx + 1
         try:
             for batch in self.loader:
                 yield batch
-                self._pass_steps.setdefault(pass_idx, self.run.step)  # the step the first batch was logged at
+                if pass_idx not in self._pass_steps and self.run is not None:
+                    self._pass_steps[pass_idx] = self.run.step  # the step the first batch was logged at
         finally:
             self.collect()
+
+    @property
+    def run(self) -> Any:
+        return self._run()
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -360,12 +370,13 @@ class RecordedLoader:
             with open(path) as f:
                 records.append(json.load(f))
             os.remove(path)
-        if not records or self.run.closed:
+        run = self.run
+        if not records or run is None or run.closed:
             return 0
         cols = {name: [r[name] for r in records] for name in records[0] if name != "time"}
-        cols["step"] = [self._pass_steps.get(r["pass_idx"], self.run.step) for r in records]
+        cols["step"] = [self._pass_steps.get(r["pass_idx"], run.step) for r in records]
         cols["time"] = [int(r["time"] * 1e6) for r in records]
-        self.run.write_rows("workers", pa.table(cols, schema=schemas.WORKERS))
+        run.write_rows("workers", pa.table(cols, schema=schemas.WORKERS))
         return len(records)
 
     def _close(self) -> None:

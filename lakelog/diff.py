@@ -64,6 +64,17 @@ class DiffResult:
     resume: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def to_frame(self) -> pl.DataFrame:
+        """The layers table (what a report shows as the diff's summary)."""
+        return self.layers
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (frames as lists of row dicts), e.g. for ``lakelog diff --json``."""
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            out[key] = value.to_dicts() if isinstance(value, pl.DataFrame) else value
+        return out
+
     def layer(self, name: str) -> dict[str, Any]:
         """One layer's row of ``layers`` as a dict (raises KeyError for an unknown layer)."""
         rows = self.layers.filter(pl.col("layer") == name).to_dicts()
@@ -137,6 +148,8 @@ def _resume(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str, tol: float) 
     for side, run in (("A", run_a), ("B", run_b)):
         for entry in _run_info(con, run).get("resumes") or []:
             step = entry.get("step")
+            if step is None and entry.get("after_step") is not None:
+                step = int(entry["after_step"]) + 1
             if step is None and entry.get("at"):
                 step = query("resume_step", con=con, run=run, at=entry["at"])["step"][0]
             if step is None:

@@ -123,8 +123,9 @@ def _updates(df: pl.DataFrame, p: dict[str, Any]) -> tuple[str, str]:
     size = "" if r["batch_size"] is None else f" of {_fmt(r['batch_size'])} samples"
     if r["status"] == "too few":
         hint = ""
-        if r["suggested_batch_size"] and r["batch_size"] and r["suggested_batch_size"] < r["batch_size"]:
-            hint = f"; batch size ~{r['suggested_batch_size']} would give ~200"
+        suggested = r["suggested_batch_size"]
+        if suggested and r["batch_size"] and 8 <= suggested < r["batch_size"]:
+            hint = f"; batch size ~{suggested} would give ~200"
         return "warn", (f"only {r['batches_per_epoch']} batches{size} per epoch: {p['min_batches']}-{p['max_batches']} "
                         f"is the sweet spot for enough gradient updates{hint}")
     return "pass", f"{r['batches_per_epoch']} batches{size} per epoch"
@@ -146,6 +147,19 @@ def expectation_names() -> list[str]:
     """Every keyword ``doctor`` accepts: the checks' query parameters (and ``lr_ratio``)."""
     names = {p.name for q, _ in CHECKS.values() for p in querylib.get(q).params if p.name != "run"}
     return sorted(names | {"lr_ratio"})
+
+
+def coerce_expectations(raw: Mapping[str, str]) -> dict[str, Any]:
+    """Command-line strings to typed expectations (the type of each query parameter's default)."""
+    params = {p.name: p for q, _ in CHECKS.values() for p in querylib.get(q).params if p.name != "run"}
+    out: dict[str, Any] = {}
+    for name, text in raw.items():
+        if name in params:
+            out.update(querylib.get(next(q for q, _ in CHECKS.values()
+                                         if name in {p.name for p in querylib.get(q).params})).coerce({name: text}))
+        else:
+            out[name] = text  # lr_ratio, or an unknown name that doctor() reports
+    return out
 
 
 def _expectations(given: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Full-state dumps: model and optimizer state to safetensors, written off the training thread.
 
-Why safetensors rather than ``torch.save``: loading never runs pickled code, a reader can open one
-tensor at a time (memory-mapped), and the files are a little smaller. The training thread only
+Why safetensors rather than ``torch.save``: loading never runs pickled code, and a reader can take
+one tensor at a time without loading the rest. The training thread only
 starts host copies (cloned on CPU, ``non_blocking`` into pinned memory on CUDA); a daemon thread
 waits for them, writes each file under a temporary name and renames it, then appends a row to the
 ``dump_index`` table. A bounded queue keeps at most ``max_pending`` dumps in memory.
@@ -13,25 +13,21 @@ metadata, so ``load_dump`` gives back one tensor under both names. Optimizer sta
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import queue
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-import xxhash
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from . import dumps_layout as L
+from .dumps_files import Dump, load_dump, write_dump_files
 from .dumps_optim import flatten_optimizer, optimizer_state_dict
 from .errors import DumpError, InvalidArgumentError, RunClosedError
 from .schemas import DUMP_INDEX
@@ -40,16 +36,6 @@ __all__ = ["Dump", "DumpWriter", "flatten_optimizer", "load_dump", "optimizer_st
 
 log = logging.getLogger("lakelog")
 _CLOSE = object()
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: safetensors creates files 0600, the lake's other files follow the umask
-
-
-class Dump(NamedTuple):
-    """One loaded dump; unpacks as ``state_dict, optimizer_flat, metadata``."""
-
-    state_dict: dict[str, torch.Tensor]
-    optimizer: dict[str, torch.Tensor]
-    metadata: dict[str, Any]
 
 
 class _HostCopy:
@@ -118,10 +104,6 @@ def model_items(model: Any) -> list[tuple[str, torch.Tensor]]:
     return items
 
 
-def _checksum(t: torch.Tensor) -> str:
-    return xxhash.xxh3_128_hexdigest(t.reshape(-1).view(torch.uint8).numpy())
-
-
 def _scalar(value: Any, arg: str) -> float | _HostCopy | None:
     """A loss or accuracy; a tensor is copied without ``.item()``, which would wait for the device."""
     if value is None:
@@ -133,53 +115,6 @@ def _scalar(value: Any, arg: str) -> float | _HostCopy | None:
     if isinstance(value, int | float | np.number) and not isinstance(value, bool):
         return float(value)
     raise InvalidArgumentError(f"{arg}: expected a number, a one-element tensor or None, got {type(value).__name__}")
-
-
-def _write_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:
-    """Write to a temporary name in the same folder, then rename: a reader never sees half a file."""
-    tmp = L.temp_path(path)
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path.stat().st_size
-
-
-def write_dump_files(
-    folder: Path,
-    model: dict[str, torch.Tensor],
-    optimizer: dict[str, torch.Tensor] | None,
-    metadata: dict[str, str],
-    *,
-    names: list[str],
-    ties: dict[str, str],
-    optimizer_meta: dict[str, Any] | None = None,
-    optimizer_ties: dict[str, str] | None = None,
-) -> tuple[int, int]:
-    """Write one step's files (optimizer first, model last: the model file marks a finished dump)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    opt_path = folder / L.OPTIMIZER_FILE
-    opt_bytes = 0
-    if optimizer is None:
-        opt_path.unlink(missing_ok=True)  # a stale file from an earlier dump of this step would mislead
-    else:
-        opt_meta = {
-            **metadata,
-            L.META_OPTIMIZER: json.dumps(optimizer_meta or {}),
-            L.META_TIES: json.dumps(optimizer_ties or {}),
-            L.META_CHECKSUMS: json.dumps({n: _checksum(t) for n, t in optimizer.items()}),
-        }
-        opt_bytes = _write_file(opt_path, optimizer, opt_meta)
-    model_meta = {
-        **metadata,
-        L.META_NAMES: json.dumps(names),
-        L.META_TIES: json.dumps(ties),
-        L.META_CHECKSUMS: json.dumps({n: _checksum(t) for n, t in model.items()}),
-    }
-    return _write_file(folder / L.MODEL_FILE, model, model_meta), opt_bytes
 
 
 @dataclass
@@ -195,6 +130,13 @@ class _Job:
     loss: float | _HostCopy | None
     acc: float | _HostCopy | None
     extra: dict[str, str]
+    done: threading.Event = field(default_factory=threading.Event)
+    row: pa.Table | None = None  # the dump_index row, once the files are on disk
+
+    def index_row(self) -> dict[str, pa.Table | None]:
+        """Runs on the run's Parquet writer thread: waits until this dump's files are written."""
+        self.done.wait()
+        return {L.INDEX_TABLE: self.row}
 
 
 def _positive(value: int | None, arg: str) -> int | None:
@@ -288,6 +230,9 @@ class DumpWriter:
             self._thread = threading.Thread(target=self._loop, name="lakelog-dumps", daemon=True)
             self._thread.start()
         self._queue.put(job)  # waits while max_pending dumps are in flight: memory stays bounded
+        submit = getattr(self.run, "submit", None)
+        if submit is not None:  # queued here, on the training thread, so the row keeps the run's order
+            submit(job.index_row, epoch=job.epoch)
         return L.step_dir(self.run.path, step)
 
     def flush(self) -> None:
@@ -345,6 +290,8 @@ class DumpWriter:
                 log.error("lakelog: dump of run %r failed: %s", self.run.name, exc)
                 self._error = exc
             finally:
+                if isinstance(job, _Job):
+                    job.done.set()
                 self._queue.task_done()
 
     def _write(self, job: _Job) -> None:
@@ -373,42 +320,8 @@ class DumpWriter:
             "model_bytes": [model_bytes], "optimizer_bytes": [opt_bytes],
             "n_tensors": [len(model) + len(opt or {})], "loss": [loss], "acc": [acc], "created": [created],
         }
-        self.run.write_rows(L.INDEX_TABLE, pa.table(row, schema=DUMP_INDEX), epoch=job.epoch)
+        job.row = pa.table(row, schema=DUMP_INDEX)
+        if getattr(self.run, "submit", None) is None:  # a run-like object without a row queue
+            self.run.write_rows(L.INDEX_TABLE, job.row, epoch=job.epoch)
 
 
-def _read_file(path: Path, *, verify: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
-    except (SafetensorError, OSError) as exc:
-        raise DumpError(f"{path}: not a readable safetensors dump ({exc})") from exc
-    meta = L.parse_metadata(raw)
-    if verify:
-        for name, expected in meta[L.META_CHECKSUMS].items():
-            if name in tensors and _checksum(tensors[name]) != expected:
-                raise DumpError(f"{path}: tensor {name!r} does not match its checksum: the file is corrupted")
-    return tensors, meta
-
-
-def load_dump(path: str | os.PathLike[str], *, verify: bool = True) -> Dump:
-    """Load a dump (its step folder or its model.safetensors) bit-exactly, ties restored; never unpickles."""
-    path = Path(path)
-    model_path = path / L.MODEL_FILE if path.is_dir() else path
-    if not model_path.is_file():
-        raise DumpError(f"{model_path}: no such dump file (expected <run>/dumps/step=<s>/{L.MODEL_FILE})")
-    tensors, meta = _read_file(model_path, verify=verify)
-    for alias, canonical in meta[L.META_TIES].items():
-        if canonical not in tensors:
-            raise DumpError(f"{model_path}: tied name {alias!r} points at {canonical!r}, which the file lacks")
-        tensors[alias] = tensors[canonical]  # one tensor under both names, as in the model
-    order = meta[L.META_NAMES] or list(tensors)
-    state = {n: tensors[n] for n in order if n in tensors} | {n: t for n, t in tensors.items() if n not in order}
-    optimizer: dict[str, torch.Tensor] = {}
-    opt_path = model_path.parent / L.OPTIMIZER_FILE
-    if opt_path.is_file():
-        optimizer, opt_meta = _read_file(opt_path, verify=verify)
-        for alias, canonical in opt_meta[L.META_TIES].items():
-            optimizer[alias] = optimizer[canonical]
-        meta[L.META_OPTIMIZER] = opt_meta[L.META_OPTIMIZER]
-    return Dump(state, optimizer, meta)

@@ -35,14 +35,49 @@ def _unwrap(model: Any) -> Any:
     return model
 
 
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _names_from_state_dicts(model: Mapping[str, Any], state_dict: Mapping[str, Any]) -> dict[int, str]:
+    """Positions -> names for a saved optimizer next to a saved model (``torch.save`` checkpoints).
+
+    The model's parameters are its state-dict tensors less BatchNorm's running statistics and tied
+    duplicates, in order, as ``model.parameters()`` gives them. Used only when the counts agree and
+    every state tensor has its parameter's shape; otherwise the positions stay ``param<i>``.
+    """
+    seen: set[tuple] = set()
+    candidates = []
+    for name, tensor in model.items():
+        if not isinstance(tensor, torch.Tensor) or name.endswith(_BUFFERS):
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)) if tensor.numel() else None
+        if key is None or key not in seen:
+            candidates.append(name)
+            seen.add(key)
+    positions = [int(i) for group in state_dict["param_groups"] for i in group["params"]]
+    if len(candidates) != len(positions):
+        return {}
+    names = dict(zip(positions, candidates, strict=True))
+    for index, entries in state_dict["state"].items():
+        shape = model[names[int(index)]].shape
+        if any(isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != shape for v in entries.values()):
+            return {}
+    return names
+
+
 def _names(groups: list[Mapping[str, Any]], optimizer: Any, model: Any) -> dict[int, str]:
     """Position in the state dict -> parameter name: by identity with the model's parameters where we
-    have both, else the groups' ``param_names`` (optimizers built from ``named_parameters()``), else ``param<i>``."""
+    have both, else the groups' ``param_names`` (optimizers built from ``named_parameters()``), else by
+    order from a saved model's state dict when that is certain, else ``param<i>``."""
     by_id: dict[int, str] = {}
     model = _unwrap(model)
     if isinstance(model, torch.nn.Module):
         by_id = {id(p): n for n, p in model.named_parameters()}
     live = optimizer.param_groups if isinstance(optimizer, torch.optim.Optimizer) else None
+    if live is None and isinstance(model, Mapping) and not any(g.get("param_names") for g in groups):
+        inferred = _names_from_state_dicts(model, optimizer)
+        if inferred:
+            groups = [{**g, "param_names": [inferred[int(i)] for i in g["params"]]} for g in groups]
     names: dict[int, str] = {}
     used: set[str] = set()
     position = 0

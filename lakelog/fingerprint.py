@@ -80,66 +80,85 @@ def _signed(x: int) -> int:
     return x - (1 << 64) if x >> 63 else x
 
 
-_SIGNED_KEYS = tuple(_signed(g) for g in _INDEX_KEYS)
-_SIGNED_FINALIZERS = tuple((a, _signed(c1), b, _signed(c2), d) for a, c1, b, c2, d in _FINALIZERS)
+# Both lanes run side by side as the two rows of a (2, m) tensor; each constant is a (2, 1) column.
+# Rows of the table: index key, then (shift, mask for the logical shift, multiplier) x 3 (the last
+# multiplier is unused). torch's `>>` on int64 is arithmetic, so a logical shift is the arithmetic
+# shift with the copies of the sign bit masked off; `*` wraps modulo 2**64 on CPU and CUDA.
+_CONSTANTS = [[_signed(g) for g in _INDEX_KEYS]]
+for _step in range(3):
+    _shifts = [f[2 * _step] for f in _FINALIZERS]
+    _CONSTANTS.append(_shifts)
+    _CONSTANTS.append([(1 << (64 - k)) - 1 for k in _shifts])
+    _CONSTANTS.append([_signed(f[2 * _step + 1]) if _step < 2 else 1 for f in _FINALIZERS])
+_CPU_TABLE = torch.tensor(_CONSTANTS, dtype=torch.int64)
+del _step, _shifts
 
 
 def _chunk_words(device: torch.device) -> int:
     return CHUNK_WORDS_CPU if device.type == "cpu" else CHUNK_WORDS_CUDA
 
 
-def _finalize_(x: torch.Tensor, tmp: torch.Tensor, lane: int) -> None:
-    """Apply lane `lane`'s finalizer to int64 `x` in place (`tmp`: scratch of the same shape).
-
-    torch's `>>` on int64 is arithmetic, so a logical shift is emulated by masking off the copies of
-    the sign bit; `*` wraps modulo 2**64 on CPU and CUDA.
-    """
-    s1, c1, s2, c2, s3 = _SIGNED_FINALIZERS[lane]
-    for shift, mult in ((s1, c1), (s2, c2), (s3, None)):
-        torch.bitwise_right_shift(x, shift, out=tmp)
-        tmp.bitwise_and_((1 << (64 - shift)) - 1)
-        x.bitwise_xor_(tmp)
-        if mult is not None:
-            x.mul_(mult)
+def _on_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small host tensor to `device` without making the host wait (pinned memory, async copy)."""
+    if device.type == "cpu":
+        return table
+    if device.type == "cuda":
+        table = table.pin_memory()
+    return table.to(device, non_blocking=True)
 
 
-def _large_sums(pieces: list[torch.Tensor], chunk: int) -> torch.Tensor:
+class _Lanes:
+    """The per-lane constants of steps 3 and 5 as (2, 1) columns on one device."""
+
+    def __init__(self, device: torch.device) -> None:
+        table = _on_device(_CPU_TABLE, device).unsqueeze(-1)
+        self.key = table[0]
+        self.steps = [
+            (table[1 + 3 * k], table[2 + 3 * k], table[3 + 3 * k] if k < 2 else None) for k in range(3)
+        ]
+
+    def finalize_(self, x: torch.Tensor, tmp: torch.Tensor) -> None:
+        """Each row of int64 `x` (2, m) through its lane's finalizer, in place; `tmp` is scratch."""
+        for shift, mask, mult in self.steps:
+            torch.bitwise_right_shift(x, shift, out=tmp)
+            tmp.bitwise_and_(mask)
+            x.bitwise_xor_(tmp)
+            if mult is not None:
+                x.mul_(mult)
+
+    def mix_(self, words: torch.Tensor, keys: torch.Tensor, x: torch.Tensor, tmp: torch.Tensor) -> None:
+        """``x = F(words XOR keys)`` for both lanes: `words` (m,), `keys`, `x`, `tmp` (2, m)."""
+        torch.bitwise_xor(words, keys, out=x)
+        self.finalize_(x, tmp)
+
+
+def _large_sums(pieces: list[torch.Tensor], chunk: int, lanes: _Lanes) -> torch.Tensor:
     """Step 3 for one tensor whose words are `pieces` joined: (2,) int64, in chunks of `chunk` words.
 
-    Each lane keeps a running tensor of index keys ``i * G`` and advances it by ``chunk * G`` per
-    chunk, so no index data comes from the host and the result does not depend on `chunk`.
+    The keys ``i * G`` of the current chunk are kept in a buffer advanced by ``m * G`` after each
+    chunk of m words, so no index data comes from the host and the result does not depend on `chunk`.
     """
     device = pieces[0].device
     size = min(chunk, sum(p.numel() for p in pieces))
-    x, tmp = (torch.empty(size, dtype=torch.int64, device=device) for _ in range(2))
-    keys = []
-    for lane in (0, 1):
-        k = torch.arange(size, dtype=torch.int64, device=device)
-        keys.append(k.mul_(_SIGNED_KEYS[lane]))
-    partial: list[list[torch.Tensor]] = [[], []]
-    index = 0  # global index of the next word; keys[lane][j] == (index + j) * G[lane] (mod 2**64)
+    x, tmp = (torch.empty((2, size), dtype=torch.int64, device=device) for _ in range(2))
+    keys = torch.arange(size, dtype=torch.int64, device=device).mul(lanes.key)
+    partial = []
     for piece in pieces:
         for start in range(0, piece.numel(), chunk):
             w = piece[start : start + chunk]
             m = w.numel()
-            for lane in (0, 1):
-                key = keys[lane][:m]
-                xs = x[:m]
-                torch.bitwise_xor(w, key, out=xs)
-                _finalize_(xs, tmp[:m], lane)
-                partial[lane].append(xs.sum())
-                # Advance the keys to the next chunk (the last piece may be a 1-word tail).
-                keys[lane].add_(_signed(m * _INDEX_KEYS[lane]))
-            index += m
-    return torch.stack([torch.stack(p).sum() if len(p) > 1 else p[0] for p in partial])
+            lanes.mix_(w, keys[:, :m], x[:, :m], tmp[:, :m])
+            partial.append(x[:, :m].sum(dim=1))
+            keys.add_(lanes.key * m)
+    return partial[0] if len(partial) == 1 else torch.stack(partial).sum(dim=0)
 
 
-def _group_sums(groups: list[list[torch.Tensor]]) -> torch.Tensor:
+def _group_sums(groups: list[list[torch.Tensor]], lanes: _Lanes) -> torch.Tensor:
     """Step 3 for several small tensors at once: (k, 2) int64, one row per entry of `groups`.
 
-    Hashing a 64-element bias costs the same ~30 kernel calls as a chunk of a big tensor, so small
-    tensors are concatenated, mixed together with their own word indices, and split again with a
-    cumulative sum read at the tensor boundaries.
+    Hashing a 64-element bias costs as many kernel calls as a chunk of a big tensor, so small tensors
+    are concatenated, mixed with their own word indices, and split again by reading a cumulative sum
+    at the tensor boundaries.
     """
     device = groups[0][0].device
     counts = [sum(p.numel() for p in pieces) for pieces in groups]
@@ -147,20 +166,47 @@ def _group_sums(groups: list[list[torch.Tensor]]) -> torch.Tensor:
     total = words.numel()
     ramp = torch.arange(max(counts), dtype=torch.int64, device=device)
     local = torch.cat([ramp[:c] for c in counts])  # each word's index within its own tensor
-    x, tmp = torch.empty_like(words), torch.empty_like(words)
-    cums = torch.zeros(total + 1, dtype=torch.int64, device=device)
-    bounds = [0]
+    x = local.mul(lanes.key)  # (2, total) keys, then the mixed words
+    tmp = torch.empty_like(x)
+    lanes.mix_(words, x, x, tmp)
+    cums = torch.zeros((2, total + 1), dtype=torch.int64, device=device)
+    torch.cumsum(x, dim=1, out=cums[:, 1:])
+    at = [0]
     for c in counts:
-        bounds.append(bounds[-1] + c)
-    lanes = []
-    for lane in (0, 1):
-        torch.mul(local, _SIGNED_KEYS[lane], out=tmp)
-        torch.bitwise_xor(words, tmp, out=x)
-        _finalize_(x, tmp, lane)
-        torch.cumsum(x, 0, out=cums[1:])
-        at = torch.stack([cums[b] for b in bounds])
-        lanes.append(at[1:] - at[:-1])
-    return torch.stack(lanes, dim=1)
+        at.append(at[-1] + c)
+    ends = torch.stack([cums[:, a] for a in at])  # (k + 1, 2)
+    return ends[1:] - ends[:-1]
+
+
+def _device_sums(groups: list[list[torch.Tensor]], device: torch.device) -> torch.Tensor:
+    """Step 3 for tensors on one device, given as word pieces: (k, 2) int64 in the same order.
+
+    Tensors above a quarter chunk are hashed alone, in chunks; the others are batched, up to a chunk
+    of words per batch, whatever their order among the large ones.
+    """
+    chunk = _chunk_words(device)
+    lanes = _Lanes(device)
+    rows: list[torch.Tensor | None] = [None] * len(groups)
+    batch: list[int] = []
+    batch_words = 0
+
+    def flush() -> None:
+        for i, row in zip(batch, _group_sums([groups[i] for i in batch], lanes).unbind(), strict=True):
+            rows[i] = row
+
+    for i, pieces in enumerate(groups):
+        n = sum(p.numel() for p in pieces)
+        if n > chunk // 4:
+            rows[i] = _large_sums(pieces, chunk, lanes)
+            continue
+        if batch_words + n > chunk:
+            flush()
+            batch, batch_words = [], 0
+        batch.append(i)
+        batch_words += n
+    if batch:
+        flush()
+    return torch.stack(rows)  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -220,24 +266,11 @@ def _prepare(t: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
     return pieces, _header(t.dtype, shape, layout, nbytes)
 
 
-def _int64_on(values: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
-    """A small host table on `device` without making the host wait (pinned memory, async copy)."""
-    table = torch.tensor(values, dtype=torch.int64).reshape(-1, 2)
-    if device.type == "cpu":
-        return table
-    if device.type == "cuda":
-        table = table.pin_memory()
-    return table.to(device, non_blocking=True)
-
-
 def _finalized(pre: torch.Tensor) -> torch.Tensor:
     """Step 5 on `pre` of shape (n, 2): each lane's finalizer on its column, as a new tensor."""
-    lanes = []
-    for lane in (0, 1):
-        x = pre[:, lane].clone()
-        _finalize_(x, torch.empty_like(x), lane)
-        lanes.append(x)
-    return torch.stack(lanes, dim=1)
+    x = pre.t().contiguous()
+    _Lanes(pre.device).finalize_(x, torch.empty_like(x))
+    return x.t().contiguous()
 
 
 def fingerprint(t: torch.Tensor) -> torch.Tensor:
@@ -261,53 +294,29 @@ def fingerprint_many(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     if not tensors:
         return torch.empty((0, 2), dtype=torch.int64)
     prepared = [_prepare(t) for t in tensors]
+    target = tensors[0].device
     by_device: dict[torch.device, list[int]] = {}
     for i, (pieces, _) in enumerate(prepared):
         by_device.setdefault(pieces[0].device, []).append(i)
-    target = tensors[0].device
-    rows: list[torch.Tensor | None] = [None] * len(tensors)
+    rows: list[torch.Tensor] = []
+    order: list[int] = []
     for device, members in by_device.items():
-        chunk = _chunk_words(device)
-        blocks: list[torch.Tensor] = []
-        owners: list[list[int]] = []
-        small: list[int] = []
-        small_words = 0
-
-        def flush_small() -> None:
-            nonlocal small, small_words
-            if small:
-                blocks.append(_group_sums([prepared[i][0] for i in small]))
-                owners.append(small)
-            small, small_words = [], 0
-
-        for i in members:
-            n = sum(p.numel() for p in prepared[i][0])
-            if n == 0:
-                blocks.append(torch.zeros((1, 2), dtype=torch.int64, device=device))
-                owners.append([i])
-            elif n > chunk // 4:
-                blocks.append(_large_sums(prepared[i][0], chunk).reshape(1, 2))
-                owners.append([i])
-            else:
-                if small_words + n > chunk:
-                    flush_small()
-                small.append(i)
-                small_words += n
-        flush_small()
-        block = torch.cat(blocks)
-        if block.device != target:
-            block = block.to(target)
-        for r, i in enumerate(i for own in owners for i in own):
-            rows[i] = block[r]
-    sums = torch.stack(rows)  # type: ignore[arg-type]
-    headers = _int64_on([h for _, h in prepared], target)
+        block = _device_sums([prepared[i][0] for i in members], device)
+        rows.extend((block if device == target else block.to(target)).unbind())
+        order.extend(members)
+    if order != sorted(order):
+        rows = [row for _, row in sorted(zip(order, rows, strict=True), key=lambda pair: pair[0])]
+    sums = torch.stack(rows)
+    headers = _on_device(torch.tensor([h for _, h in prepared], dtype=torch.int64), target)
     return _finalized(sums.bitwise_xor_(headers))
 
 
 def to_hex(fp: torch.Tensor) -> list[str] | str:
     """Fingerprint(s) as 32-char lowercase hex: (2,) gives a str, (n, 2) a list. This is the one sync."""
     if not isinstance(fp, torch.Tensor) or fp.dtype != torch.int64 or fp.shape[-1:] != (2,) or fp.dim() > 2:
-        raise InvalidArgumentError("to_hex expects an int64 tensor of shape (2,) or (n, 2) from fingerprint()")
+        raise InvalidArgumentError(
+            "to_hex expects an int64 tensor of shape (2,) or (n, 2) from fingerprint()"
+        )
     rows = fp.reshape(-1, 2).tolist()
     hexes = [f"{a & _MASK64:016x}{b & _MASK64:016x}" for a, b in rows]
     return hexes[0] if fp.dim() == 1 else hexes
@@ -337,7 +346,9 @@ def combine_hex(hexes: Sequence[str]) -> str:
 def fingerprint_bytes(data: bytes | bytearray | memoryview) -> str:
     """xxh3_128 of raw bytes as 32-char hex: for non-tensor state (RNG states, lists of sample ids)."""
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise InvalidArgumentError(f"fingerprint_bytes expects bytes or memoryview, got {type(data).__name__}")
+        raise InvalidArgumentError(
+            f"fingerprint_bytes expects bytes or memoryview, got {type(data).__name__}"
+        )
     return xxhash.xxh3_128_hexdigest(data)
 
 

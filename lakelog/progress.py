@@ -31,11 +31,14 @@ def enabled(show: bool | None = None) -> bool | None:
 
 
 def bar(total: int | None = None, *, desc: str = "", unit: str = "it", show: bool | None = None,
-        **options: Any) -> tqdm:
-    """A progress bar to ``update()`` by hand; use it as a context manager so it always closes."""
+        leave: bool = False, **options: Any) -> tqdm:
+    """A progress bar to ``update()`` by hand; use it as a context manager so it always closes.
+
+    ``options`` go to tqdm (``file=``, ``mininterval=``…).
+    """
     state = enabled(show)
     return tqdm(total=total, desc=desc, unit=unit, disable=None if state is None else not state,
-                leave=False, dynamic_ncols=True, **options)
+                leave=leave, dynamic_ncols=True, **options)
 
 
 def progress(items: Iterable[T], *, desc: str = "", total: int | None = None, unit: str = "it",

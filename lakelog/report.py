@@ -8,7 +8,6 @@ listed at the end with the reason instead of failing the page.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -20,7 +19,6 @@ from typing import Any
 
 import altair as alt
 import duckdb
-import polars as pl
 
 from . import plots, querylib
 from .errors import InvalidArgumentError
@@ -32,6 +30,7 @@ from .progress import progress
 PREFERRED_METRICS = ("holdout/acc", "val/acc", "val_acc", "accuracy", "acc", "recall", "f1", "val/loss", "val_loss",
                      "loss")
 _NOT_METRICS = {"duration_s", "last_step", "last_epoch"}
+_TELEMETRY_SCALARS = {"grad_norm", "weight_norm", "update_norm", "update_ratio", "batch_size"}
 
 
 @dataclass
@@ -63,54 +62,30 @@ def resolve_targets(targets: Sequence[str | os.PathLike[str]], root: str | os.Pa
     return resolved
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    if isinstance(value, dict):
-        return {k: v if isinstance(v, int | float | str | bool) or v is None else json.dumps(v, default=str)
-                for k, v in value.items()}
-    return {"value": str(value)}
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if isinstance(v, int | float | str | bool) or v is None else json.dumps(v, default=str)
+            for k, v in row.items()}
 
 
-def _rows(found: Any) -> list[dict[str, Any]]:
-    """Findings of any shape (a polars frame, dataclasses, dicts, an object with ``to_frame``) as table rows."""
-    if found is None:
-        return []
-    if isinstance(found, pl.DataFrame):
-        return [_plain(row) for row in found.to_dicts()]
-    for attr in ("to_frame", "frame", "table"):
-        value = getattr(found, attr, None)
-        value = value() if callable(value) else value
-        if isinstance(value, pl.DataFrame):
-            return _rows(value)
-    if isinstance(found, list | tuple):
-        return [_plain(item) for item in found]
-    return [_plain(found)]
+def diff_findings(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The layers table and the notes of ``lakelog diff`` (``lakelog.diff.diff_runs``)."""
+    from .diff import diff_runs
+
+    result = diff_runs(con, run_a, run_b)
+    return [_plain(row) for row in result.layers.to_dicts()], list(result.notes)
 
 
-def diff_rows(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str) -> list[dict[str, Any]]:
-    """What ``lakelog diff`` says about two runs (lakelog.diff), or the first_divergence query's table."""
-    try:
-        from .diff import diff_runs
-    except ImportError:
-        if "first_divergence" not in querylib.library():
-            return []
-        return _rows(querylib.query("first_divergence", con=con, run_a=run_a, run_b=run_b))
-    return _rows(diff_runs(con, run_a, run_b))
+def doctor_findings(con: duckdb.DuckDBPyConnection, run: str) -> list[dict[str, Any]]:
+    """The health checks of ``lakelog doctor`` for one run, one row each (the evidence stays in the CLI)."""
+    from .doctor import doctor
 
-
-def doctor_rows(con: duckdb.DuckDBPyConnection, run: str) -> list[dict[str, Any]]:
-    """The health checks of ``lakelog doctor`` for one run (empty when lakelog.doctor is not installed)."""
-    try:
-        from .doctor import doctor
-    except ImportError:
-        return []
-    return _rows(doctor(con, run))
+    return [{"check": c.name, "status": c.status, "summary": c.summary, "query": c.query} for c in doctor(con, run)]
 
 
 def _auto_metrics(names: list[str]) -> list[str]:
-    plain = sorted({n for n in names if "/" not in n}, key=lambda n: (n != "loss", "loss" not in n, n))
-    return plain[:4]
+    """Up to four plain scalars (no ``/``), loss first; the telemetry's whole-model norms have their own chart."""
+    plain = {n for n in names if "/" not in n} - _TELEMETRY_SCALARS
+    return sorted(plain, key=lambda n: (n != "loss", "loss" not in n, n))[:4]
 
 
 def _sweep_metric(summaries: list[dict[str, Any]]) -> str | None:
@@ -129,7 +104,7 @@ def _sweep_metric(summaries: list[dict[str, Any]]) -> str | None:
 class _Builder:
     def __init__(self, con: duckdb.DuckDBPyConnection, page: Page, report: Report) -> None:
         self.con, self.page, self.report = con, page, report
-        self.charts: list[tuple[str, alt.TopLevelMixin]] = []
+        self.charts: list[tuple[str, dict[str, Any]]] = []
 
     def chart(self, name: str, make: Callable[[], alt.TopLevelMixin]) -> bool:
         try:
@@ -137,8 +112,8 @@ class _Builder:
         except NoDataError as exc:
             self.report.skipped.append((name, str(exc)))
             return False
-        self.page.chart(chart, name)
-        self.charts.append((name, chart))
+        index = self.page.chart(chart, name)
+        self.charts.append((name, self.page.specs[index]))  # validated once; the PNGs reuse the spec
         self.report.charts.append(name)
         return True
 
@@ -153,7 +128,7 @@ def build_report(
     sweep_metric: str | None = None,
     title: str | None = None,
     max_points: int = plots._common.DEFAULT_MAX_POINTS,
-    max_health_runs: int = 4,
+    max_health_runs: int = 2,
     show_progress: bool | None = None,
 ) -> Report:
     """Write the report page for ``targets`` (run folders, lake roots, or run names under ``root``)."""
@@ -195,11 +170,18 @@ def build_report(
         page.heading(f"Where {b} parts from {a}")
         build.chart("divergence", lambda: plots.divergence(con, a, b, max_points=max_points))
         page.heading("diff findings", 3)
-        page.table(diff_rows(con, a, b), status_key="status")
+        layers, notes = diff_findings(con, a, b)
+        page.table(layers, status_key="status")
+        for note in notes:
+            page.paragraph(note)
 
     configs = set(overview["config"].to_list())
+    ranked, why = runs, "first"
     if len(runs) >= 3 or len(configs) > 1:
         metric = sweep_metric or _sweep_metric(summaries)
+        if metric and "leaderboard" in querylib.library():
+            board = querylib.query("leaderboard", con=con, metric=metric, descending=not plots.lower_is_better(metric))
+            ranked, why = board["run"].to_list(), f"best (by {metric})"
         page.heading("Sweep")
         build.chart("sweep curves", lambda: plots.sweep_curves(con, chosen[0] if chosen else "loss"))
         if metric:
@@ -210,16 +192,17 @@ def build_report(
 
     page.heading("Holdout")
     build.chart("holdout accuracy", lambda: plots.holdout_accuracy(con, max_points=max_points))
-    health = runs[:max_health_runs]
+    health = ranked[:max_health_runs]
     if len(runs) > len(health):
-        page.paragraph(f"Health of the first {len(health)} of {len(runs)} runs; report the others on their own.")
+        page.paragraph(f"Health of the {why} {len(health)} of {len(runs)} runs; report the others on their own "
+                       "(or raise max_health_runs).")
     for run in progress(health, desc="report", unit="run", show=show_progress):
         page.heading(f"Health: {run}")
         build.chart(f"{run}: group norms", lambda run=run: plots.group_norms(con, run, max_points=max_points))
         build.chart(f"{run}: learning rates", lambda run=run: plots.learning_rates(con, run, max_points=max_points))
         build.chart(f"{run}: holdout samples", lambda run=run: plots.holdout_heatmap(con, run))
         build.chart(f"{run}: label balance", lambda run=run: plots.label_balance(con, run, max_points=max_points))
-        findings = doctor_rows(con, run)
+        findings = doctor_findings(con, run)
         if findings:
             page.heading("doctor findings", 3)
             page.table(findings, status_key="status")

@@ -153,7 +153,10 @@ class Watcher:
             self._seen, self._base = step, self._count
         stamp = self._stamp()
         if stamp % self.every == 0:
-            self._guard(self._begin, stamp)
+            # step(closure) (LBFGS, Lightning) computes the gradients inside the step: read them after it.
+            closure = kwargs.get("closure") if kwargs else None
+            closure = closure or next((a for a in args if callable(a) and a is not optimizer), None)
+            self._guard(self._begin, stamp, closure is None)
 
     def _post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._count += 1
@@ -181,12 +184,16 @@ class Watcher:
         self._labels.append(labels.detach())
 
     # -- captures ----------------------------------------------------------------------------
-    def _begin(self, stamp: int) -> None:
+    def _begin(self, stamp: int, grads_now: bool = True) -> None:
         """Pre-hook of a captured step: the gradients, before the optimizer consumes them."""
         capture = _Capture(step=stamp, pack=Pack())
+        if grads_now:
+            self._grads(capture)
+        self._pending = capture
+
+    def _grads(self, capture: _Capture) -> None:
         grads = [e.tensor.grad for e in self.layout.params]
         capture.grads = Section(capture.pack, "g", grads, full=False, fingerprint="grad" in self._fp)
-        self._pending = capture
 
     def _weights(self, capture: _Capture) -> None:
         params = [e.tensor.detach() for e in self.layout.params]
@@ -199,6 +206,8 @@ class Watcher:
 
     def _finish(self, capture: _Capture) -> None:
         """Post-hook of a captured step: weights, buffers, update, optimizer state, holdout; then submit."""
+        if capture.grads is None:
+            self._grads(capture)
         self._weights(capture)
         pack = capture.pack
         tensors = [e.tensor.detach() for e in self.layout.params]

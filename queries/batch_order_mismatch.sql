@@ -11,8 +11,9 @@
 -- param run_b: the run compared with it
 -- param from_step = 0: ignore earlier steps
 WITH
-ba AS (SELECT * FROM batches WHERE run = $run_a AND step >= $from_step),
-bb AS (SELECT * FROM batches WHERE run = $run_b AND step >= $from_step),
+b_all AS (SELECT * FROM batches WHERE run IN ($run_a, $run_b)),
+ba AS (SELECT * FROM b_all WHERE run = $run_a AND step >= $from_step),
+bb AS (SELECT * FROM b_all WHERE run = $run_b AND step >= $from_step),
 j AS (
     SELECT
         coalesce(a.step, b.step) AS step,
@@ -43,13 +44,13 @@ j AS (
 ),
 replayed AS (
     SELECT j.step, j.rank, j.batch_idx, min(x.step) AS same_as_a_step
-    FROM j JOIN batches x ON x.run = $run_a AND x.ids_hash = j.hash_b AND x.rank = j.rank
+    FROM j JOIN b_all x ON x.run = $run_a AND x.ids_hash = j.hash_b AND x.rank = j.rank
     WHERE j.kind IN ('reordered', 'different', 'only in B')
     GROUP BY ALL
 ),
 repeated AS (
     SELECT j.step, j.rank, j.batch_idx, min(x.step) AS repeat_of_b_step
-    FROM j JOIN batches x ON x.run = $run_b AND x.ids_hash = j.hash_b AND x.rank = j.rank AND x.step < j.step
+    FROM j JOIN b_all x ON x.run = $run_b AND x.ids_hash = j.hash_b AND x.rank = j.rank AND x.step < j.step
     WHERE j.kind IN ('reordered', 'different', 'only in B')
     GROUP BY ALL
 )

@@ -20,8 +20,10 @@
 -- param from_step = 0: ignore earlier steps (e.g. compare only the part after a resume)
 WITH
 -- batches: order, inputs and RNG states, matched by step, rank and batch index ------------------
-ba AS (SELECT * FROM batches WHERE run = $run_a AND step >= $from_step),
-bb AS (SELECT * FROM batches WHERE run = $run_b AND step >= $from_step),
+-- (each view is read in one CTE: binding a view costs a listing of its files)
+b_ab AS (SELECT * FROM batches WHERE run IN ($run_a, $run_b) AND step >= $from_step),
+ba AS (SELECT * FROM b_ab WHERE run = $run_a),
+bb AS (SELECT * FROM b_ab WHERE run = $run_b),
 bj AS (
     SELECT
         a.step, a.epoch, a.rank, a.batch_idx,
@@ -84,8 +86,9 @@ layer_inputs AS (
     FROM bj
 ),
 -- predictions: per-batch digests first; samples are read only for the batches that need it --------
-da AS (SELECT * FROM pred_digests WHERE run = $run_a AND step >= $from_step),
-db AS (SELECT * FROM pred_digests WHERE run = $run_b AND step >= $from_step),
+d_ab AS (SELECT * FROM pred_digests WHERE run IN ($run_a, $run_b) AND step >= $from_step),
+da AS (SELECT * FROM d_ab WHERE run = $run_a),
+db AS (SELECT * FROM d_ab WHERE run = $run_b),
 dj AS (
     SELECT a.step, a.epoch, a.rank, a.batch_idx,
         a.logits_digest IS DISTINCT FROM b.logits_digest AS logits_differ,
@@ -98,10 +101,14 @@ cand AS (
 ),
 -- stage 1: the first candidate (tol = 0: it is the answer) or the first 16 (tol > 0)
 probe1 AS (SELECT step, rank, batch_idx FROM cand WHERE k <= CASE WHEN $tol = 0 THEN 1 ELSE 16 END),
+p1 AS (
+    SELECT run, step, rank, batch_idx, sample_idx, logits FROM predictions
+    WHERE run IN ($run_a, $run_b) AND step IN (SELECT step FROM probe1)
+),
 s1 AS (
     SELECT a.step, a.rank, a.batch_idx, a.sample_idx, a.logits AS la, b.logits AS lb
-    FROM (SELECT * FROM predictions WHERE run = $run_a AND step IN (SELECT step FROM probe1)) a
-    JOIN (SELECT * FROM predictions WHERE run = $run_b AND step IN (SELECT step FROM probe1)) b
+    FROM (SELECT * FROM p1 WHERE run = $run_a) a
+    JOIN (SELECT * FROM p1 WHERE run = $run_b) b
       ON a.step = b.step AND a.rank = b.rank AND a.batch_idx IS NOT DISTINCT FROM b.batch_idx
      AND a.sample_idx = b.sample_idx
     SEMI JOIN probe1 p ON a.step = p.step AND a.rank = p.rank AND a.batch_idx IS NOT DISTINCT FROM p.batch_idx
@@ -123,10 +130,14 @@ probe2 AS (
     SELECT step, rank, batch_idx FROM cand
     WHERE $tol > 0 AND k > 16 AND NOT EXISTS (SELECT 1 FROM hit1)
 ),
+p2 AS (
+    SELECT run, step, rank, batch_idx, sample_idx, logits FROM predictions
+    WHERE run IN ($run_a, $run_b) AND step IN (SELECT step FROM probe2)
+),
 s2 AS (
     SELECT a.step, a.rank, a.batch_idx, a.sample_idx, a.logits AS la, b.logits AS lb
-    FROM (SELECT * FROM predictions WHERE run = $run_a AND step IN (SELECT step FROM probe2)) a
-    JOIN (SELECT * FROM predictions WHERE run = $run_b AND step IN (SELECT step FROM probe2)) b
+    FROM (SELECT * FROM p2 WHERE run = $run_a) a
+    JOIN (SELECT * FROM p2 WHERE run = $run_b) b
       ON a.step = b.step AND a.rank = b.rank AND a.batch_idx IS NOT DISTINCT FROM b.batch_idx
      AND a.sample_idx = b.sample_idx
     SEMI JOIN probe2 p ON a.step = p.step AND a.rank = p.rank AND a.batch_idx IS NOT DISTINCT FROM p.batch_idx
@@ -162,8 +173,9 @@ layer_pred AS (
          FROM hit) AS first
 ),
 -- loss -------------------------------------------------------------------------------------------
-la_ AS (SELECT * FROM scalars WHERE run = $run_a AND name = $loss_name AND step >= $from_step),
-lb_ AS (SELECT * FROM scalars WHERE run = $run_b AND name = $loss_name AND step >= $from_step),
+l_ab AS (SELECT * FROM scalars WHERE run IN ($run_a, $run_b) AND name = $loss_name AND step >= $from_step),
+la_ AS (SELECT * FROM l_ab WHERE run = $run_a),
+lb_ AS (SELECT * FROM l_ab WHERE run = $run_b),
 lj AS (
     SELECT a.step, a.epoch, a.value AS va, b.value AS vb,
         NOT coalesce(a.value = b.value OR abs(a.value - b.value) <= $loss_tol, false) AS differs
@@ -179,8 +191,9 @@ layer_loss AS (
     FROM lj
 ),
 -- parameters: weights, gradients and optimizer state, matched by step, rank, name and kind ---------
-pa AS (SELECT * FROM params WHERE run = $run_a AND step >= $from_step),
-pb AS (SELECT * FROM params WHERE run = $run_b AND step >= $from_step),
+p_ab AS (SELECT * FROM params WHERE run IN ($run_a, $run_b) AND step >= $from_step),
+pa AS (SELECT * FROM p_ab WHERE run = $run_a),
+pb AS (SELECT * FROM p_ab WHERE run = $run_b),
 pj AS (
     SELECT a.step, a.epoch, a.rank, a.name, coalesce(a.kind, 'param') AS kind, a."group" AS grp,
         a.fingerprint IS NOT NULL AND b.fingerprint IS NOT NULL AS w_known,

@@ -6,14 +6,15 @@
 -- sqrt(sum over parameters of (norm_a - norm_b)^2) (a lower bound on the distance between the weights)
 -- and rel_gap = norm_gap / norm_a; with the loss and accuracy of both runs at that step and their
 -- difference. Per group: first_drift_step (the first step with any parameter differing), max_rel_gap,
--- and drift_rank (1 = drifted first; ties broken by the larger max_rel_gap).
+-- and drift_rank (1 = drifted first; ties broken by the larger max_rel_gap; null: never drifted).
 -- param run_a: the reference run
 -- param run_b: the run compared with it
 -- param loss_name = 'loss': the scalar holding the training loss
 -- param acc_name = 'acc': the scalar holding the training accuracy
 WITH
-pa AS (SELECT * FROM params WHERE run = $run_a AND coalesce(kind, 'param') = 'param'),
-pb AS (SELECT * FROM params WHERE run = $run_b AND coalesce(kind, 'param') = 'param'),
+p_ab AS (SELECT * FROM params WHERE run IN ($run_a, $run_b) AND coalesce(kind, 'param') = 'param'),
+pa AS (SELECT * FROM p_ab WHERE run = $run_a),
+pb AS (SELECT * FROM p_ab WHERE run = $run_b),
 j AS (
     SELECT a.step, a.epoch, coalesce(a."group", '(no group)') AS grp, a.name, a.numel,
         a.norm AS norm_a, b.norm AS norm_b,
@@ -30,8 +31,9 @@ g AS (
         sqrt(sum((norm_a - norm_b) * (norm_a - norm_b))) AS norm_gap
     FROM j GROUP BY step, grp
 ),
-sa AS (SELECT step, rank, name, value FROM scalars WHERE run = $run_a AND name IN ($loss_name, $acc_name)),
-sb AS (SELECT step, rank, name, value FROM scalars WHERE run = $run_b AND name IN ($loss_name, $acc_name)),
+s_ab AS (SELECT run, step, rank, name, value FROM scalars WHERE run IN ($run_a, $run_b) AND name IN ($loss_name, $acc_name)),
+sa AS (SELECT * FROM s_ab WHERE run = $run_a),
+sb AS (SELECT * FROM s_ab WHERE run = $run_b),
 s AS (
     SELECT coalesce(a.step, b.step) AS step,
         max(a.value) FILTER (WHERE a.name = $loss_name) AS loss_a,
@@ -54,6 +56,7 @@ SELECT
     s.loss_a, s.loss_b, s.loss_b - s.loss_a AS loss_diff,
     s.acc_a, s.acc_b, s.acc_b - s.acc_a AS acc_diff,
     d.first_drift_step, d.max_rel_gap,
-    dense_rank() OVER (ORDER BY d.first_drift_step NULLS LAST, d.max_rel_gap DESC, d.grp) AS drift_rank
+    CASE WHEN d.first_drift_step IS NOT NULL
+         THEN dense_rank() OVER (ORDER BY d.first_drift_step NULLS LAST, d.max_rel_gap DESC, d.grp) END AS drift_rank
 FROM drift d LEFT JOIN s ON s.step = d.step
-ORDER BY d.step, drift_rank
+ORDER BY d.step, drift_rank NULLS LAST, d.grp

@@ -7,8 +7,9 @@
 -- param run_b: the run compared with it
 -- param step = -1: the captured step to compare; -1: the first step where the weights differ
 WITH
-pa AS (SELECT * FROM params WHERE run = $run_a),
-pb AS (SELECT * FROM params WHERE run = $run_b),
+p_ab AS (SELECT * FROM params WHERE run IN ($run_a, $run_b)),
+pa AS (SELECT * FROM p_ab WHERE run = $run_a),
+pb AS (SELECT * FROM p_ab WHERE run = $run_b),
 j AS (
     SELECT a.step, a.epoch, a.rank, a.name, coalesce(a.kind, 'param') AS kind, a."group" AS grp, a.shape, a.numel,
         a.fingerprint = b.fingerprint AS equal,

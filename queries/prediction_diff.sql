@@ -10,10 +10,10 @@
 -- param tol = 0.0: largest |logit_a - logit_b| still counted as equal
 -- param only_differing = true: leave out the samples that do not differ
 WITH
-a AS (SELECT * FROM predictions WHERE run = $run_a AND step BETWEEN $from_step
-      AND CASE WHEN $to_step < 0 THEN $from_step ELSE $to_step END),
-b AS (SELECT * FROM predictions WHERE run = $run_b AND step BETWEEN $from_step
-      AND CASE WHEN $to_step < 0 THEN $from_step ELSE $to_step END),
+p_ab AS (SELECT * FROM predictions WHERE run IN ($run_a, $run_b) AND step BETWEEN $from_step
+         AND CASE WHEN $to_step < 0 THEN $from_step ELSE $to_step END),
+a AS (SELECT * FROM p_ab WHERE run = $run_a),
+b AS (SELECT * FROM p_ab WHERE run = $run_b),
 j AS (
     SELECT a.step, a.epoch, a.rank, a.batch_idx, a.sample_idx,
         a.label AS label_a, b.label AS label_b, a.prediction AS pred_a, b.prediction AS pred_b,

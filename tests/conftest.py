@@ -43,9 +43,10 @@ class Net(nn.Module):
         return self.head(self.backbone(x))
 
 
-def dataset(n: int = N_SAMPLES, *, features: int = 6, imbalance: float | None = None, random_labels: bool = False):
+def dataset(n: int = N_SAMPLES, *, features: int = 6, imbalance: float | None = None, random_labels: bool = False,
+            seed: int = 1234):
     """A fixed synthetic dataset: the same for every run, drawn from its own generator."""
-    g = torch.Generator().manual_seed(1234)
+    g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, features, generator=g)
     if random_labels:
         y = torch.randint(0, 2, (n,), generator=g)
@@ -143,7 +144,7 @@ def train(
 
     Causes: shuffle (the rest of the epoch's order is reshuffled), reorder (one batch reversed),
     dropout (the global RNG is reseeded), lr (the head's LR is multiplied by 10), transform (one
-    sample's input is negated). ``state`` resumes from a checkpoint dict (model, optimizer, RNG);
+    sample's input is negated), nan_input (one input value is NaN). ``state`` resumes from a checkpoint dict (model, optimizer, RNG);
     ``replay_epoch`` makes a resumed run draw that epoch's order instead of its own (the bug).
     """
     threads = torch.get_num_threads()
@@ -204,6 +205,8 @@ def _train(root, name, *, seed, epochs, cause, cause_step, lrs, capture_rng, wat
                 x, y = x_all[idx].clone(), y_all[idx]
                 if cause == "transform" and step == cause_step:
                     x[2] = -x[2]
+                if cause == "nan_input" and step == cause_step:
+                    x[1, 0] = float("nan")
                 batch_names = [names[i] for i in idx.tolist()]
                 if log_batches:
                     if HAS_DETERMINISM or not capture_rng:
@@ -249,27 +252,93 @@ def _train(root, name, *, seed, epochs, cause, cause_step, lrs, capture_rng, wat
     return trained
 
 
-@pytest.fixture(scope="session")
-def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lake with a reference run and one run per known cause (all at step CAUSE_STEP)."""
-    root = tmp_path_factory.mktemp("pairs")
-    train(root, "base")
-    train(root, "same")
-    for cause in ("shuffle", "reorder", "dropout", "lr", "transform"):
-        train(root, cause, cause=cause)
-    train(root, "dropout_norng", cause="dropout", capture_rng=False)
-    train(root, "base_norng", capture_rng=False)
-    train(root, "short", epochs=1)
-    train(root, "no_batches", log_batches=False)
-    train(root, "three_classes", model=_three_class_net())
-    # Resume: B trains epoch 0, stops, and resumes from its checkpoint for epoch 1.
-    first = train(root, "resumed_ok", epochs=1)
-    train(root, "resumed_ok", start_epoch=1, state=first.info["checkpoint"], mode="resume")
-    first = train(root, "resumed_replay", epochs=1)
-    train(root, "resumed_replay", start_epoch=1, state=first.info["checkpoint"], mode="resume", replay_epoch=0)
-    return root
+RECIPES: dict[str, dict[str, Any]] = {
+    "base": {},
+    "same": {},
+    "shuffle": {"cause": "shuffle"},
+    "reorder": {"cause": "reorder"},
+    "dropout": {"cause": "dropout"},
+    "lr": {"cause": "lr"},
+    "transform": {"cause": "transform"},
+    "base_norng": {"capture_rng": False},
+    "dropout_norng": {"cause": "dropout", "capture_rng": False},
+    "short": {"epochs": 1},
+    "no_batches": {"log_batches": False},
+}
+"""Pairs with the reference run ``base``: one known cause each, at step CAUSE_STEP."""
+
+RESUMES = {"resumed_ok": None, "resumed_replay": 0}
+"""Runs that train epoch 0, stop, and resume from their checkpoint (the second replays epoch 0's order)."""
 
 
-def _three_class_net() -> Net:
+class ScaledNet(Net):
+    """The backbone's output is scaled down, so its gradients vanish while the head's do not."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x) * self.scale)
+
+
+def _paired_holdout(features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every input twice, with both labels: any model scores exactly chance (0.5) on it."""
+    x = torch.randn(16, features, generator=torch.Generator().manual_seed(7))
+    return torch.cat([x, x]), torch.cat([torch.zeros(16, dtype=torch.long), torch.ones(16, dtype=torch.long)])
+
+
+def _recipe(name: str) -> dict[str, Any]:
+    """How to train each run of the lakes (causes for diffs, symptoms for doctor)."""
+    if name in RECIPES:
+        return dict(RECIPES[name])
+    health: dict[str, Any] = {
+        "three_classes": lambda: {"model": _seeded(Net, classes=3)},
+        "healthy": lambda: {"holdout": dataset(n=32, seed=99)[:2], "epochs": 3},
+        "overfit": lambda: {"data": dataset(features=32, random_labels=True), "lrs": (0.2, 0.2), "epochs": 8,
+                            "model": _seeded(Net, features=32, hidden=128, dropout=0.0), "holdout": _paired_holdout(32)},
+        "nan": lambda: {"cause": "nan_input", "cause_step": 3},
+        "explode": lambda: {"data": _scaled_data(100.0), "lrs": (5.0, 5.0), "epochs": 1},
+        "vanish": lambda: {"model": _seeded(ScaledNet, scale=1e-12)},
+        "frozen": lambda: {"optimizer_params": "head"},
+        "lr_flat": lambda: {"lrs": (0.1, 0.1)},
+        "imbalanced": lambda: {"data": dataset(imbalance=0.9)},
+        "many_batches": lambda: {"data": dataset(n=200), "batch": 2, "epochs": 1, "watch": False},
+    }
+    return health[name]()
+
+
+def _scaled_data(scale: float) -> tuple:
+    x, y, names = dataset()
+    return x * scale, y, names
+
+
+def _seeded(cls: type, **kwargs: Any) -> nn.Module:
     torch.manual_seed(0)
-    return Net(classes=3)
+    return cls(**kwargs)
+
+
+class Lake:
+    """A session's lake whose runs are trained on first use: ``lake("base", "lr")`` returns the root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.built: dict[str, Trained] = {}
+
+    def __call__(self, *names: str) -> Path:
+        for name in names:
+            if name in self.built:
+                continue
+            if name in RESUMES:
+                first = train(self.root, name, epochs=1)
+                self.built[name] = train(self.root, name, start_epoch=1, state=first.info["checkpoint"],
+                                         mode="resume", replay_epoch=RESUMES[name])
+            else:
+                self.built[name] = train(self.root, name, **_recipe(name))
+        return self.root
+
+
+@pytest.fixture(scope="session")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    """Runs trained when first asked for: ``lake("base", "lr")`` (see RECIPES, RESUMES and _recipe)."""
+    return Lake(tmp_path_factory.mktemp("lake"))

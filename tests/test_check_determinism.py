@@ -24,7 +24,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import lakelog
-from lakelog.determinism import should_stop
 from lakelog import schemas
 from lakelog.check_determinism import check_determinism, determinism_report
 from lakelog.cli import cli
@@ -326,12 +325,17 @@ def _resume_case(root, *, replay_from_start: bool) -> None:
 
 @pytest.mark.parametrize("replay_from_start", [True, False])
 def test_resume_that_replays_the_wrong_batch_order(tmp_path, replay_from_start):
+    from lakelog.diff import diff_runs  # the query library's step-by-step diff lines the runs up too
+
     _resume_case(tmp_path, replay_from_start=replay_from_start)
     report = determinism_report(tmp_path, "full", "resumed")
+    diff = diff_runs(tmp_path, "full", "resumed")
     print(report.to_text())
     if not replay_from_start:
         assert report.identical, report.to_text()
+        assert diff.first_layer is None
         return
+    assert (diff.first_layer, diff.first_step) == ("batch_order", 3)
     first = report.first
     assert (first.name, first.step) == ("sample_ids", 3)
     assert "'resumed' was resumed from a checkpoint" in first.cause and "replays a different batch order" in first.cause

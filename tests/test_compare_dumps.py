@@ -209,7 +209,7 @@ def test_cli(lake, tmp_path):
     result = runner.invoke(compare_dumps_command, ["a", "b", "--root", str(lake), "--filter", "features",
                                                    "-o", str(tmp_path / "cmp"), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert f"first difference: step {PERTURB_STEP}, 1 tensors" in result.output and "features.2.weight" in result.output
+    assert f"first difference: step {PERTURB_STEP}, 1 tensor " in result.output and "features.2.weight" in result.output
     assert (tmp_path / "cmp" / "dump_comparison.png").is_file()
     result = runner.invoke(compare_dumps_command, ["a", str(tmp_path / "missing"), "--root", str(lake)])
     assert result.exit_code == 2 and result.output.startswith("lakelog: error: run ") and result.output.count("\n") == 1

@@ -117,3 +117,24 @@ def test_write_path_adds_no_collective_calls() -> None:
         path = package / module
         if path.exists():
             assert not collective.search(path.read_text()), f"{module} calls a torch.distributed collective"
+
+
+def test_majority_of_ranks_is_the_reference(tmp_path: Path) -> None:
+    """Three ranks: the rank that differs from the other two is named, even when it is rank 0."""
+    fps = {  # (step, name) -> fingerprint per rank; captures every 2 steps
+        (2, "a"): ["x", "x", "x"], (2, "b"): ["y", "y", "y"],
+        (4, "a"): ["p", "q", "q"], (4, "b"): ["y", "y", "z"],
+        (6, "a"): ["r", "s", "t"], (6, "b"): ["y", "y", "z"],
+    }
+    for rank in range(3):
+        with lakelog.init(tmp_path, name="three", rank=rank, world_size=3) as run:
+            run.write_rows("params", {
+                "step": [s for s, _ in fps], "name": [n for _, n in fps], "kind": ["param"] * len(fps),
+                "group": ["g"] * len(fps), "fingerprint": [v[rank] for v in fps.values()],
+            })
+    desync = lakelog.query("rank_desync", root=tmp_path, run="three")
+    rows = {r["name"]: r for r in desync.iter_rows(named=True)}
+    assert set(desync["step"]) == {4} and set(rows) == {"a", "b"}
+    assert rows["a"]["odd_ranks"] == [0] and rows["b"]["odd_ranks"] == [2]
+    assert rows["a"]["fingerprints"] == ["p", "q", "q"] and rows["a"]["last_agreed_step"] == 2
+    assert lakelog.query("rank_desync", root=tmp_path, run="three", kind="buffer").height == 0

@@ -72,9 +72,7 @@ def ref(t: torch.Tensor) -> str:
     if t.layout != torch.strided:
         coo = (t if t.layout == torch.sparse_coo else t.to_sparse_coo()).coalesce()
         inner = ref(coo.indices()) + ref(coo.values())
-        data = b"".join(
-            struct.pack("<Q", int(inner[k : k + 16], 16)) for k in range(0, 64, 16)
-        )
+        data = b"".join(struct.pack("<Q", int(inner[k : k + 16], 16)) for k in range(0, 64, 16))
         return ref_from_bytes(data, str(t.dtype)[6:], tuple(t.shape), str(t.layout)[6:])
     return ref_from_bytes(tensor_bytes(t), str(t.dtype)[6:], tuple(t.shape))
 
@@ -295,7 +293,9 @@ def test_dtype_and_shape_are_part_of_the_hash() -> None:
     assert fingerprint_hex(t) != fingerprint_hex(t.reshape(1, 6))
     assert fingerprint_hex(torch.zeros(())) != fingerprint_hex(torch.zeros(1))
     # Zero padding of the last word is not confused with real zero bytes.
-    assert fingerprint_hex(torch.zeros(3, dtype=torch.uint8)) != fingerprint_hex(torch.zeros(8, dtype=torch.uint8))
+    assert fingerprint_hex(torch.zeros(3, dtype=torch.uint8)) != fingerprint_hex(
+        torch.zeros(8, dtype=torch.uint8)
+    )
 
 
 def test_empty_tensors() -> None:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lakelog
+from lakelog.doctor import doctor
 from lakelog.fingerprint import fingerprint_hex
 
 pl = pytest.importorskip("lightning.pytorch")
@@ -31,7 +32,7 @@ def _data() -> TensorDataset:
 class Tiny(pl.LightningModule):
     """The training_step contract: loss, logits, labels, keys and sample_ids in the returned dict."""
 
-    def __init__(self, lr: float = LR) -> None:
+    def __init__(self, lr: float = LR, frozen_bias: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Linear(6, 3)
@@ -49,14 +50,17 @@ class Tiny(pl.LightningModule):
         self.log("val_loss", F.cross_entropy(self.net(x), y))
 
     def configure_optimizers(self):
+        if self.hparams.frozen_bias:  # the bug doctor should find: a parameter left out of the optimizer
+            return torch.optim.SGD([self.net.weight], lr=self.hparams.lr)
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
-def _fit(root: Path, name: str, *, lr: float = LR, logger: bool = True, watch_every: int | None = 1) -> None:
+def _fit(root: Path, name: str, *, lr: float = LR, logger: bool = True, watch_every: int | None = 1,
+         frozen_bias: bool = False) -> None:
     pl.seed_everything(0, verbose=False)
-    model = Tiny(lr)  # built right after seeding, as the gradient check below rebuilds it
+    model = Tiny(lr, frozen_bias)  # built right after seeding, as the gradient check below rebuilds it
     trainer = pl.Trainer(
-        max_steps=STEPS, accelerator="cpu", devices=1, logger=LakelogLogger() if logger else False,
+        max_steps=STEPS, accelerator="cpu", devices=1, logger=LakelogLogger(root, name=name) if logger else False,
         callbacks=[LakelogCallback(root, name=name, watch_every=watch_every)], log_every_n_steps=1,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=1, val_check_interval=STEPS, num_sanity_val_steps=0,
@@ -72,6 +76,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _fit(root, "b")
     _fit(root, "lr10", lr=LR * 10)
     _fit(root, "callback_only", logger=False)
+    _fit(root, "frozen", frozen_bias=True)
     return root
 
 
@@ -111,8 +116,7 @@ def test_watch_captures_this_steps_gradients_and_updated_weights(lake: Path) -> 
     x, y, _ = _data()[:BATCH]
     F.cross_entropy(model.net(x), y).backward()
     grad = fingerprint_hex(model.net.weight.grad)
-    with torch.no_grad():
-        model.net.weight -= LR * model.net.weight.grad
+    model.configure_optimizers().step()
     con = lakelog.connect(lake / "a")
     row = con.execute(
         "SELECT grad_fingerprint, fingerprint FROM params WHERE step = 0 AND kind = 'param' AND name = 'net.weight'"
@@ -148,6 +152,16 @@ def test_logger_alone_opens_and_finishes_its_run(tmp_path: Path) -> None:
     trainer.fit(Tiny(), DataLoader(_data(), batch_size=BATCH))
     assert logger.version == "logger_only" and logger.experiment.closed
     info = json.loads((tmp_path / "logger_only" / "run.json").read_text())
-    assert info["status"] == "finished" and info["config"] == {"lr": LR} and info["seed"] == 1
+    assert info["status"] == "finished" and info["config"] == {"lr": LR, "frozen_bias": False} and info["seed"] == 1
     con = lakelog.connect(tmp_path)
     assert con.execute("SELECT list(step ORDER BY step) FROM scalars WHERE name = 'train_loss'").fetchall() == [([0, 1],)]
+
+
+def test_doctor_reads_the_callbacks_telemetry(lake: Path) -> None:
+    healthy = {c.name: c for c in doctor(lake, "a")}
+    assert healthy["gradients"].status == "pass" and "group_0" in healthy["gradients"].summary
+    assert healthy["frozen_layers"].status == "pass" and healthy["nan_inf"].status == "pass"
+    frozen = {c.name: c for c in doctor(lake, "frozen")}
+    assert frozen["frozen_layers"].status == "warn"
+    evidence = frozen["frozen_layers"].evidence
+    assert evidence.filter(evidence["status"] != "ok")["name"].to_list() == ["net.bias"]

@@ -306,7 +306,7 @@ def test_errors_name_what_is_wrong(pair: duckdb.DuckDBPyConnection, tmp_path: Pa
         plots.group_norms(pair)
     with lakelog.init(tmp_path, "bare") as run:
         run.log({"loss": 1.0}, step=0)
-    with pytest.raises(NoDataError, match="run.watch"):
+    with pytest.raises(NoDataError, match=r"run\.watch"):
         plots.group_norms(tmp_path)
     with pytest.raises(NoDataError, match="holdout"):
         plots.holdout_heatmap(tmp_path)

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_plots import DIVERGE, build_pair, build_sweep
+from test_plots import DIVERGE, build_sweep, train
 
+import lakelog
 from lakelog import progress
 from lakelog.cli import cli
 from lakelog.errors import InvalidArgumentError
+from lakelog.plots import export
 from lakelog.report import build_report
 
 CHROMIUM = "/usr/bin/chromium"
@@ -22,15 +24,28 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
                   "--disable-component-update", "--disable-sync"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def bundle_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Keep the cached vega bundle in a scratch folder, not in ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("cache")
+        patch.setenv("LAKELOG_CACHE_DIR", str(folder))
+        export.javascript_bundle.cache_clear()
+        yield folder
+    export.javascript_bundle.cache_clear()
+
+
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_pair(tmp_path_factory.mktemp("lake"))
+    root = tmp_path_factory.mktemp("lake")
+    train(root, "base")
+    train(root, "cand", diverge_at=DIVERGE)
+    return root
 
 
 @pytest.fixture(scope="module")
 def pair_report(lake: Path, tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("report")
-    return build_report([lake / "base", lake / "cand"], out / "report.html", png_dir=out / "png")
+    return build_report([lake / "base", lake / "cand"], tmp_path_factory.mktemp("report") / "report.html")
 
 
 def _chromium(tmp_path: Path, page: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -54,16 +69,30 @@ def test_report_is_one_self_contained_page(pair_report) -> None:
     assert pair_report.skipped == []
 
 
-def test_pngs_are_written_and_not_blank(pair_report) -> None:
-    assert len(pair_report.pngs) == len(pair_report.charts)
-    divergence = next(p for p in pair_report.pngs if p.name.endswith("divergence.png"))
+def test_pngs_are_written_and_not_blank(lake: Path, tmp_path: Path) -> None:
+    from lakelog import plots
+    from lakelog.plots.export import save_png
+
+    divergence = save_png(plots.divergence(lake, "base", "cand"), tmp_path / "divergence.png")
     with Image.open(divergence) as image:
         assert image.format == "PNG" and image.width > 600 and image.height > 600
-        gray = image.convert("L")
-        dark = sum(gray.histogram()[:200])
+        dark = sum(image.convert("L").histogram()[:200])
         assert dark > 0.01 * image.width * image.height  # lines, axes and labels, not an empty canvas
-        red = image.convert("RGB").getcolors(1 << 20)
-        assert any(count > 50 and rgb[0] > 180 and rgb[1] < 80 and rgb[2] < 80 for count, rgb in red)  # the rule
+        colors = image.convert("RGB").getcolors(1 << 20)
+        assert any(count > 50 and rgb[0] > 180 and rgb[1] < 80 and rgb[2] < 80 for count, rgb in colors)  # the rule
+    # the command writes one PNG per chart of the page
+    with lakelog.init(tmp_path / "lake", "plain") as run:
+        for step in range(30):
+            run.log({"loss": 1.0 / (step + 1), "acc": step / 30}, step=step, epoch=step // 10)
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "lake"), "-o", str(tmp_path / "r.html"),
+                                      "--png", str(tmp_path / "png")])
+    assert result.exit_code == 0, result.output
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert [p.name for p in pngs] == ["00-curves.png", "01-loss-per-epoch.png"]
+    assert "wrote 2 PNG files" in result.output
+    for png in pngs:
+        with Image.open(png) as image:
+            assert image.width > 300 and sum(image.convert("L").histogram()[:200]) > 1000, png.name
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
@@ -71,7 +100,7 @@ def test_report_renders_in_headless_chromium_without_errors(pair_report, tmp_pat
     page = pair_report.path
     result = _chromium(tmp_path, page, "--enable-logging=stderr", "--v=0", "--dump-dom")
     assert result.returncode == 0, result.stderr[-2000:]
-    body = re.search(r"<body[^>]*>", result.stdout).group(0)
+    body = re.search(r"<body [^>]*data-charts[^>]*>", result.stdout).group(0)
     assert f'data-charts-rendered="{len(pair_report.charts)}"' in body, body
     assert 'data-chart-errors="0"' in body and 'data-charts-done="true"' in body
     assert result.stdout.count("<svg") >= len(pair_report.charts)
@@ -98,13 +127,18 @@ def test_sweep_report_and_cli(tmp_path: Path) -> None:
     text = out.read_text(encoding="utf-8")
     for name in ("leaderboard", "hyperparameters", "training time", "sweep curves"):
         assert f'data-name="{name}"' in text
+    best = max(lakelog.connect(root).execute(
+        "SELECT run, (summary::JSON->>'final_acc')::DOUBLE AS acc FROM runs ORDER BY run").fetchall(),
+        key=lambda row: row[1])[0]
+    assert "Health of the best (by final_acc) 2 of 4 runs" in text
+    assert f"Health: {best}" in text
 
 
 def test_cli_names_runs_under_root_and_reports_errors(lake: Path, tmp_path: Path) -> None:
     out = tmp_path / "one.html"
-    result = CliRunner().invoke(cli, ["report", "frozen", "--root", str(lake), "-o", str(out), "-m", "loss"])
+    result = CliRunner().invoke(cli, ["report", "cand", "--root", str(lake), "-o", str(out), "-m", "acc"])
     assert result.exit_code == 0, result.output
-    assert out.exists()
+    assert '"acc"' in out.read_text(encoding="utf-8") and "wrote" in result.output
     result = CliRunner().invoke(cli, ["report", "nope", "--root", str(lake), "-o", str(out)])
     assert result.exit_code == 2
     assert "lakelog: error: runs: 'nope' is not a run folder" in result.output
@@ -113,8 +147,6 @@ def test_cli_names_runs_under_root_and_reports_errors(lake: Path, tmp_path: Path
 
 
 def test_missing_data_is_listed_not_fatal(tmp_path: Path) -> None:
-    import lakelog
-
     with lakelog.init(tmp_path / "lake", "plain") as run:
         for step in range(5):
             run.log({"loss": 1.0 / (step + 1)}, step=step)
@@ -131,10 +163,19 @@ def test_progress_shows_only_where_asked(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv(progress.ENV, "0")
     assert progress.enabled() is False and progress.enabled(True) is True
     stream = io.StringIO()
-    with progress.bar(3, desc="runs", show=True, file=stream) as line:
+    with progress.bar(3, desc="runs", show=True, file=stream, leave=True, mininterval=0) as line:
         for _ in range(3):
             line.update(1)
     assert "runs" in stream.getvalue() and "3/3" in stream.getvalue()
     assert list(progress.progress(range(5), show=False)) == list(range(5))
     assert list(progress.progress(iter([1, 2]), desc="x")) == [1, 2]
 
+
+
+def test_the_vega_bundle_is_built_once_and_cached_on_disk(pair_report, bundle_cache: Path) -> None:
+    cached = list(bundle_cache.glob("vega-embed-bundle-*.js"))
+    assert len(cached) == 1 and "window.vegaEmbed" in cached[0].read_text(encoding="utf-8")
+    cached[0].write_text("/* from the cache */" + cached[0].read_text(encoding="utf-8"), encoding="utf-8")
+    export.javascript_bundle.cache_clear()
+    assert export.javascript_bundle().startswith("/* from the cache */")
+    export.javascript_bundle.cache_clear()

@@ -88,6 +88,8 @@ class LakelogCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
         self._state = state
+        if self.run is not None and self.run.closed and self._owns_run:  # train() again: a new run
+            self.run, self._watcher = None, None
         if self.run is None:
             # Called on every process, before the first step: the place for the name broadcast.
             name = shared_run_name(self.name)

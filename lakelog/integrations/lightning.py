@@ -82,9 +82,9 @@ def _seed(options: dict[str, Any]) -> int | None:
 class LakelogLogger(Logger):
     """A Lightning logger: ``self.log(...)`` values and hyperparameters land in the run's scalars and run.json.
 
-    Alone, it opens a run on rank 0 only (a logger cannot agree on a name across ranks); with a
-    ``LakelogCallback`` in the same Trainer it writes to the callback's run on every rank, so each
-    rank's logged values land in its own partition.
+    Use one logger per ``fit``: its run finishes with it. It opens its run on rank 0 (Lightning
+    asks for ``experiment`` before training); a ``LakelogCallback`` in the same Trainer writes to
+    that run too and opens it on the other ranks, so each rank's values land in its own partition.
     """
 
     def __init__(self, root: str | os.PathLike[str] = "runs", name: str | None = None, *, run: Run | None = None,
@@ -110,7 +110,7 @@ class LakelogLogger(Logger):
         return self._run.root if self._run is not None else str(self._root)
 
     def attach(self, run: Run) -> None:
-        """Write to ``run`` (the callback's) instead of opening one."""
+        """Write to ``run`` (opened by someone else, who finishes it) instead of opening one."""
         self._run = run
         self._owns_run = False
 
@@ -154,16 +154,20 @@ class LakelogCallback(Callback):
     """Opens a lakelog run for ``Trainer.fit``, watches the module, logs predictions, batches and scalars.
 
     ``watch_every``: capture per-parameter summaries and fingerprints every N optimizer steps (None:
-    every ``trainer.log_every_n_steps``); ``watch=False`` turns telemetry off. ``groups``: ``{"backbone": "encoder.", "head": "classifier."}`` (see ``run.watch``).
-    ``predictions_every``: log the ``logits`` of every N-th step (default: every step). ``scalars``:
-    log ``trainer.callback_metrics`` every ``trainer.log_every_n_steps`` steps; ``"auto"`` does it
-    unless a ``LakelogLogger`` already receives them. Any other keyword (``config``, ``seed``,
-    ``mode``, ``tags``, ``filesystem``…) goes to ``lakelog.init``; pass ``run=`` to use an open run.
+    every ``trainer.log_every_n_steps``); ``watch=False`` turns telemetry off. ``groups``: e.g.
+    ``{"backbone": "encoder.", "head": "classifier."}`` (default: the optimizers' param groups).
+    ``predictions_every``: log the ``logits`` of every N-th step (default: every step).
+    ``scalars``: log what is new in ``trainer.callback_metrics`` every ``trainer.log_every_n_steps``
+    steps and after validation and each epoch; ``"auto"`` does it unless a ``LakelogLogger``
+    receives them. Any other keyword (``config``, ``seed``, ``mode``, ``tags``, ``filesystem``…)
+    goes to ``lakelog.init``; pass ``run=`` to use an open run. With a ``LakelogLogger`` in the
+    Trainer, the callback writes to the logger's run (its root, name and options), on every rank.
     """
 
     def __init__(self, root: str | os.PathLike[str] = "runs", name: str | None = None, *, run: Run | None = None,
-                 watch: bool = True, watch_every: int | None = None, groups: Any = None, predictions_every: int | None = None,
-                 log_batches: bool = True, fingerprint_inputs: bool = True, scalars: bool | str = "auto",
+                 watch: bool = True, watch_every: int | None = None, groups: Any = None,
+                 predictions_every: int | None = None, log_batches: bool = True, fingerprint_inputs: bool = True,
+                 scalars: bool | str = "auto",
                  **init_options: Any) -> None:
         super().__init__()
         if scalars not in (True, False, "auto"):
@@ -181,33 +185,53 @@ class LakelogCallback(Callback):
         self.log_batches = log_batches
         self.fingerprint_inputs = fingerprint_inputs
         self.scalars = scalars
+        self._scalars = scalars is True
         self._init_options = init_options
         self.run: Run | None = run
         self._owns_run = False
+        self._from_setup = False
         self._watcher: Any = None
         self._step = 0
         self._optimizer_steps = 0
+        self._logged: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        # Called on every rank: the one place a collective (the name broadcast) is allowed.
         if stage != "fit":
             return
-        if self.run is None:
-            # Called on every rank: the one place a collective (the name broadcast) is allowed.
-            name = self.name or trainer.strategy.broadcast(Run._generated_name(), src=0)
-            options = dict(self._init_options)
-            options["seed"] = _seed(options)
-            config = {**_hparams(pl_module), **(options.pop("config", None) or {})}
-            options.setdefault("rank", trainer.global_rank)
-            options.setdefault("world_size", trainer.world_size)
-            self.run = api.init(self.root, name=name, config=config, **options)
-            self._owns_run = True
         loggers = [lg for lg in trainer.loggers if isinstance(lg, LakelogLogger)]
-        for logger in loggers:
-            if logger._run is None:
-                logger.attach(self.run)
-        if self.scalars == "auto":
-            self.scalars = not any(lg.experiment is self.run for lg in loggers)
+        self._scalars = self.scalars is True or (self.scalars == "auto" and not loggers)
+        if self.run is not None and self.run.closed and self._from_setup:  # a second fit: a new run
+            self.run, self._watcher, self._logged = None, None, {}
+        if self.run is not None:
+            return
+        self._from_setup = True
+        if loggers:
+            self.run = self._logger_run(trainer, loggers[0])
+            return
+        name = self.name or trainer.strategy.broadcast(Run._generated_name(), src=0)
+        options = dict(self._init_options)
+        options["seed"] = _seed(options)
+        config = {**_hparams(pl_module), **(options.pop("config", None) or {})}
+        options.setdefault("rank", trainer.global_rank)
+        options.setdefault("world_size", trainer.world_size)
+        self.run = api.init(self.root, name=name, config=config, **options)
+        self._owns_run = True
+
+    def _logger_run(self, trainer: Any, logger: LakelogLogger) -> Run:
+        """Share the logger's run: Lightning opened it on rank 0 before ``setup``; other ranks join it."""
+        run = logger.experiment
+        where = trainer.strategy.broadcast((run.root, run.name) if run is not None else None, src=0)
+        if self.name is not None and self.name != where[1]:
+            log.warning("lakelog: LakelogCallback(name=%r) writes to the LakelogLogger's run %r", self.name, where[1])
+        if run is None:  # a rank > 0: its own partitions of rank 0's run
+            keep = ("filesystem", "flush_every_s", "log_every")
+            options = {k: v for k, v in logger._init_options.items() if k in keep}
+            run = api.init(where[0], name=where[1], rank=trainer.global_rank, world_size=trainer.world_size, **options)
+            logger.attach(run)
+            self._owns_run = True
+        return run
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self.run is None or not self.watch:
@@ -216,7 +240,8 @@ class LakelogCallback(Callback):
         # The optimizer is not handed to watch: Lightning runs forward and backward inside
         # optimizer.step(closure), where an optimizer pre-hook would see the previous step's
         # gradients. Captures happen at the end of the batch instead, with this step's gradients.
-        self._watcher = self.run.watch(pl_module, None, every=self._every, groups=self.groups)
+        groups = self.groups if self.groups is not None else _optimizer_groups(pl_module, trainer.optimizers)
+        self._watcher = self.run.watch(pl_module, None, every=self._every, groups=groups)
         self._optimizer_steps = trainer.global_step
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
@@ -232,20 +257,17 @@ class LakelogCallback(Callback):
         stepped = trainer.global_step > self._optimizer_steps
         self._optimizer_steps = trainer.global_step
         if stepped and self._watcher is not None and step % self._every == 0:
-            metrics = {}
-            for i, optimizer in enumerate(trainer.optimizers):
-                for j, group in enumerate(optimizer.param_groups):
-                    label = group.get("name") or (f"group_{j}" if len(trainer.optimizers) == 1 else f"opt{i}_group_{j}")
-                    if isinstance(group.get("lr"), int | float):
-                        metrics[f"lr/{label}"] = float(group["lr"])
+            metrics = {
+                f"lr/{label}": float(group["lr"])
+                for label, group in _param_groups(trainer.optimizers)
+                if isinstance(group.get("lr"), int | float)
+            }
             if metrics:
                 run.log(metrics, step=step, epoch=epoch)
             if self._watcher.error is None:
                 self._watcher.capture(step=step)
-        if self.scalars and step % max(1, trainer.log_every_n_steps) == 0:
-            values = _numbers({k: v for k, v in trainer.callback_metrics.items() if not k.endswith("_epoch")})
-            if values:
-                run.log(values, step=step, epoch=epoch)
+        if self._scalars and step % max(1, trainer.log_every_n_steps) == 0:
+            self._log_callback_metrics(trainer, step)
 
     def _log_outputs(self, run: Run, outputs: Mapping[str, Any], batch: Any, *, step: int, epoch: int,
                      batch_idx: int) -> None:
@@ -264,17 +286,37 @@ class LakelogCallback(Callback):
             every=self.predictions_every,
         )
 
+    def _log_callback_metrics(self, trainer: Any, step: int, *, by_value: bool = False) -> None:
+        """Log the callback metrics Lightning updated since the last call.
+
+        Within training a new value is a new tensor, so identity tells without a device sync. At the
+        end of validation or an epoch Lightning rebuilds the tensors, so values are compared: one
+        sync there, where Lightning syncs anyway.
+        """
+        if not self._scalars or self.run is None or self.run.closed:
+            return
+        fresh = {k: v for k, v in trainer.callback_metrics.items() if not self._same(k, v, by_value)}
+        self._logged.update(fresh)
+        values = _numbers(fresh)
+        if values:
+            self.run.log(values, step=step, epoch=trainer.current_epoch)
+
+    def _same(self, key: str, value: Any, by_value: bool) -> bool:
+        last = self._logged.get(key)
+        if last is value:
+            return True
+        if not by_value or last is None:
+            return False
+        if isinstance(last, torch.Tensor) and isinstance(value, torch.Tensor):
+            return last.shape == value.shape and bool(torch.equal(last, value.to(last.device)))
+        return last == value
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.scalars and self.run is not None and not self.run.closed:
-            values = _numbers({k: v for k, v in trainer.callback_metrics.items() if not k.endswith("_step")})
-            if values:
-                self.run.log(values, step=self._step, epoch=trainer.current_epoch)
+        self._log_callback_metrics(trainer, self._step, by_value=True)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.scalars and not trainer.sanity_checking and self.run is not None and not self.run.closed:
-            values = _numbers({k: v for k, v in trainer.callback_metrics.items() if not k.endswith("_step")})
-            if values:
-                self.run.log(values, step=self._step, epoch=trainer.current_epoch)
+        if not trainer.sanity_checking:
+            self._log_callback_metrics(trainer, self._step, by_value=True)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if self.run is not None and self._owns_run and not self.run.closed:
@@ -286,6 +328,33 @@ class LakelogCallback(Callback):
             summary = _numbers(trainer.callback_metrics)
             self.run.summary(**{k: float(v) for k, v in summary.items()})  # once, at the end: a sync is fine
             self.run.finish()
+
+
+def _param_groups(optimizers: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Each optimizer param group with its label: its ``name`` key, else ``group_<j>`` (``opt<i>_group_<j>``)."""
+    out = []
+    for i, optimizer in enumerate(optimizers):
+        for j, group in enumerate(optimizer.param_groups):
+            default = f"group_{j}" if len(optimizers) == 1 else f"opt{i}_group_{j}"
+            label = group.get("name") if isinstance(group.get("name"), str) and group.get("name") else default
+            out.append((label.replace("/", "_"), group))
+    return out
+
+
+def _optimizer_groups(pl_module: Any, optimizers: list[Any]) -> dict[str, Any] | None:
+    """Parameter groups for ``watch`` from the optimizers' param groups (as watch does when given the optimizer)."""
+    names = {id(p): n for n, p in pl_module.named_parameters()}
+    groups: dict[str, Any] = {}
+    seen: set[str] = set()
+    for label, group in _param_groups(optimizers):
+        members = frozenset(names[id(p)] for p in group["params"] if id(p) in names)
+        if members and label not in groups:
+            groups[label] = lambda name, members=members: name in members
+            seen |= members
+    rest = frozenset(names.values()) - seen
+    if rest and groups:
+        groups["not_optimized"] = lambda name: name in rest
+    return groups or None
 
 
 def _hparams(pl_module: Any) -> dict[str, Any]:

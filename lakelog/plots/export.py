@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -148,13 +149,37 @@ def vl_version() -> str:
     return f"v{major}_{minor}"
 
 
-@cache
-def javascript_bundle() -> str:
-    """vega + vega-lite + vega-embed as one script (from vl-convert: no network at build or view time)."""
+def _cache_file() -> Path:
     import vl_convert
 
-    bundle = vl_convert.javascript_bundle(vl_version=vl_version())
-    return bundle.replace("</script", "<\\/script")
+    base = os.environ.get("LAKELOG_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lakelog")
+    return Path(base) / f"vega-embed-bundle-vlc{vl_convert.__version__}-{vl_version()}.js"
+
+
+@cache
+def javascript_bundle() -> str:
+    """vega + vega-lite + vega-embed as one script (from vl-convert: no network at build or view time).
+
+    Bundling takes seconds, so the result is kept in ``~/.cache/lakelog`` (``LAKELOG_CACHE_DIR``),
+    one file per vl-convert and Vega-Lite version; a cache that cannot be written is skipped.
+    """
+    import vl_convert
+
+    path = _cache_file()
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        pass
+    bundle = vl_convert.javascript_bundle(vl_version=vl_version()).replace("</script", "<\\/script")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(bundle, encoding="utf-8")
+        os.replace(tmp, path)  # whole or nothing: a concurrent reader never sees half a bundle
+    except OSError:
+        pass
+    return bundle
 
 
 def save_png(chart: alt.TopLevelMixin | dict[str, Any], path: str | Path, *, scale: float = 2.0) -> Path:

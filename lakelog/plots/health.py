@@ -126,7 +126,7 @@ def holdout_heatmap(source: Source, run: str | None = None, *, max_samples: int 
                   missing=f"run {name!r} has no holdout rows (pass holdout=... to run.watch)")
     frame = frame.with_columns(
         (pl.lit("#") + pl.col("sample_idx").cast(pl.String) + pl.lit(" · ") + pl.col("flips").cast(pl.String)
-         + pl.lit(" flips")).alias("sample"),
+         + pl.when(pl.col("flips") == 1).then(pl.lit(" flip")).otherwise(pl.lit(" flips"))).alias("sample"),
         pl.when(pl.col("correct")).then(pl.lit("right")).otherwise(pl.lit("wrong")).alias("outcome"),
     )
     order = frame["sample"].unique(maintain_order=True).to_list()

@@ -1,0 +1,79 @@
+"""Reading a dump file one tensor at a time, without torch: the read side of compare-dumps.
+
+bf16, which numpy lacks, is widened to float32 from its raw bits; every tensor read is checked
+against the checksum its writer stored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import xxhash
+from safetensors import SafetensorError, safe_open
+
+from . import dumps_layout as L
+from .errors import DumpError
+
+
+class UnreadableTensor(Exception):
+    """One tensor could not be read (corrupt bytes, a dtype numpy cannot hold); the rest go on."""
+
+
+_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+          "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+
+
+class DumpReader:
+    """One dump file: metadata, names (ties included) and one tensor at a time as numpy.
+
+    ``safe_open`` checks the file (header, offsets, length) and gives the metadata without touching
+    the data. Tensors are then read one by one with positioned reads into fresh arrays: pages of a
+    memory map would count in the process's resident memory until unmapped, a 100 MB dump as 100 MB.
+    """
+
+    def __init__(self, path: Path, run: str) -> None:
+        self.path, self.run = path, run
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                raw_meta, keys = handle.metadata(), set(handle.keys())
+            self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+            size = int.from_bytes(self._file.read(8), "little")
+            self._header = json.loads(self._file.read(size))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise DumpError(f"run {run}: {path}: not a readable safetensors dump ({exc})") from exc
+        self._base = 8 + size
+        self.meta = L.parse_metadata(raw_meta)
+        self.ties: dict[str, str] = self.meta[L.META_TIES]
+        order = [n for n in (self.meta[L.META_NAMES] or []) if n in keys or self.ties.get(n) in keys]
+        self.names = order + sorted((keys | {a for a, c in self.ties.items() if c in keys}) - set(order))
+        opt = self.meta.get(L.META_OPTIMIZER) or {}
+        self.param_of = {flat: opt["param_names"].get(i, flat) for i, entries in opt.get("state", {}).items()
+                         for flat in entries.values()} if opt.get("param_names") else {}
+
+    def info(self, name: str) -> tuple[str, tuple[int, ...]]:
+        entry = self._header[self.ties.get(name, name)]
+        return entry["dtype"], tuple(entry["shape"])
+
+    def read(self, name: str) -> tuple[np.ndarray, np.ndarray, str]:
+        """Values (a numeric numpy array), the stored bytes as an array, and their xxh3-128 digest."""
+        stored = self.ties.get(name, name)
+        entry = self._header[stored]
+        dtype = _NUMPY.get(entry["dtype"])
+        if dtype is None:
+            raise UnreadableTensor(f"tensor {stored!r} has dtype {entry['dtype']}, which compare-dumps cannot read")
+        begin, end = entry["data_offsets"]
+        raw = np.empty((end - begin) // np.dtype(dtype).itemsize, dtype=dtype)
+        self._file.seek(self._base + begin)
+        if self._file.readinto(raw.view(np.uint8)) != end - begin:
+            raise UnreadableTensor(f"tensor {stored!r}: the file ends before its data does")
+        values = (raw.astype(np.uint32) << 16).view(np.float32) if entry["dtype"] == "BF16" else raw
+        digest = xxhash.xxh3_128_hexdigest(raw.view(np.uint8))
+        expected = self.meta[L.META_CHECKSUMS].get(stored)
+        if expected is not None and digest != expected:
+            raise UnreadableTensor(f"tensor {stored!r} does not match its checksum: the file is corrupted")
+        return values, raw, digest
+
+    def close(self) -> None:
+        self._file.close()
