@@ -45,7 +45,9 @@ RUN_NAMES = ("determinism-a", "determinism-b")
 
 @dataclass
 class Check:
-    """One question asked of both runs: same, differs (from ``step``), or not logged."""
+    """One question asked of both runs; ``status``: same, differs (from ``step``), not logged, not compared
+    (nothing comparable: e.g. no batch has the same ids), or latent (an RNG differs that training has not
+    used so far: the runs are still identical)."""
 
     name: str
     title: str
@@ -100,14 +102,15 @@ class DeterminismReport:
         if self.first is None:
             lines.append("IDENTICAL: every logged check matches."
                          + (" But see the DataLoader worker problems below." if self.worker_flags else ""))
+            lines += [f"  note: {c.detail}; {c.fix}" for c in self.checks if c.status == "latent"]
         else:
             where = "before training" if self.first.step is None else f"at step {self.first.step}"
             lines += [f"FIRST DIFFERENCE: {self.first.title} {where}", f"  what:  {self.first.detail}",
                       f"  cause: {self.first.cause}", f"  fix:   {self.first.fix}"]
         lines += ["", "Checks, in the order to read them:"]
         for c in self.checks:
-            state = c.status if c.status != "differs" else "DIFFERS"
-            if c.status == "differs":
+            state = {"differs": "DIFFERS", "latent": "differs, unused"}.get(c.status, c.status)
+            if c.status in ("differs", "latent"):
                 state += " before training" if c.step is None else f" from step {c.step}"
             lines.append(f"  {c.title:<28} {state}" + (f"  ({c.detail})" if c.status != "same" and c is not self.first
                                                        and c.detail else ""))
@@ -312,15 +315,16 @@ class _Judge:
                  if k.startswith("rng_") and r["first_step"] is not None and r["first_step"] > step]
         detail = f"step {step}: the {', '.join(names)} RNG state differs" + (
             f" (later also {', '.join(later)})" if later else "")
-        downstream = [self.judge(n)["status"] for n in ("inputs", "outputs", "loss", "gradients", "update")]
-        latent = "differs" not in downstream and "same" in downstream
-        return {"status": "differs", "step": step, "compared": compared, "detail": detail,
+        others = {n: self.judge(n)["status"] for n in CHECKS if n not in ("environment", "rng")}
+        used = [others[n] for n in ("inputs", "outputs", "loss", "gradients", "update")]
+        fix = (f"{FIX_SEED}; do not reseed from time (torch.seed()) or draw a run-dependent amount of random "
+               "numbers before training")
+        if "differs" not in others.values() and "same" in used:  # latent: training does not draw from it (yet)
+            return {"status": "latent", "step": step, "compared": compared, "fix": fix,
+                    "detail": detail + ", but nothing logged after it differs: training does not use it so far"}
+        return {"status": "differs", "step": step, "compared": compared, "detail": detail, "fix": fix,
                 "cause": (f"same data, but the {'/'.join(names)} RNG is in a different state at the start of step "
-                          f"{step}: dropout and other random ops draw different numbers"
-                          + ("; nothing logged after it differs yet, so training does not use it so far" if latent
-                             else "")),
-                "fix": (f"{FIX_SEED}; do not reseed from time (torch.seed()) or draw a run-dependent amount of "
-                        "random numbers before training")}
+                          f"{step}: dropout and other random ops draw different numbers")}
 
     def initial_weights(self) -> dict[str, Any]:
         row = self.tensors["initial_weights"]

@@ -137,7 +137,7 @@ class _Comparer:
         self.errors: list[dict] = []
         self.names_seen = 0
 
-    def _mismatch(self, step: int, source: str, name: str, kind: str, a: Any, b: Any) -> None:
+    def mismatch(self, step: int, source: str, name: str, kind: str, a: Any, b: Any) -> None:
         entry = self.mismatches.setdefault((source, name, kind, str(a), str(b)), {
             "source": source, "name": name, "kind": kind, "a": str(a), "b": str(b), "first_step": step, "steps": 0})
         entry["steps"] += 1
@@ -151,18 +151,18 @@ class _Comparer:
         names_b = {n for n in fb.names if kept(fb, n)}
         self.names_seen += len(fa.names)
         for name in sorted(names_b - set(names_a)):
-            self._mismatch(step, source, name, "only_in_b", None, "present")
+            self.mismatch(step, source, name, "only_in_b", None, "present")
         out = []
         for name in names_a:
             if name not in names_b:
-                self._mismatch(step, source, name, "only_in_a", "present", None)
+                self.mismatch(step, source, name, "only_in_a", "present", None)
                 continue
             (dtype_a, shape_a), (dtype_b, shape_b) = fa.info(name), fb.info(name)
             if shape_a != shape_b:
-                self._mismatch(step, source, name, "shape", list(shape_a), list(shape_b))
+                self.mismatch(step, source, name, "shape", list(shape_a), list(shape_b))
                 continue
             if dtype_a != dtype_b:
-                self._mismatch(step, source, name, "dtype", dtype_a, dtype_b)
+                self.mismatch(step, source, name, "dtype", dtype_a, dtype_b)
             try:
                 va, raw_a, hash_a = self._read(fa, name, step)
                 vb, raw_b, hash_b = self._read(fb, name, step)
@@ -215,8 +215,9 @@ def compare_dumps(
 ) -> DumpComparison:
     """Compare two runs' dumps step by step; with ``out``, write the table, JSON report and chart there.
 
-    Runs are folders, or names under ``root``. ``progress=None`` shows a bar only on a terminal. Mismatched names or shapes, steps only one run has,
-    gaps and unreadable files are reported in ``summary`` and the rest is compared.
+    Runs are folders, or names under ``root``; ``progress=None`` shows a bar only on a terminal.
+    Mismatched names or shapes, steps only one run has, gaps and unreadable files are reported in
+    ``summary`` and the rest is compared. ``optimizer=True`` compares the optimizer state as well.
     """
     dir_a, dir_b = L.resolve_run(run_a, root), L.resolve_run(run_b, root)
     label_a, label_b = _labels(dir_a, dir_b)
@@ -248,6 +249,9 @@ def _compare_step(comparer: _Comparer, step_rows: dict[str, list], step: int, li
         opt_a, opt_b = (p.parent / L.OPTIMIZER_FILE for p in pairs[0][1:])
         if opt_a.is_file() and opt_b.is_file():
             pairs.append(("optimizer", opt_a, opt_b))
+        elif opt_a.is_file() or opt_b.is_file():
+            a, b = ("present", None) if opt_a.is_file() else (None, "present")
+            comparer.mismatch(step, "optimizer", L.OPTIMIZER_FILE, "only_in_a" if a else "only_in_b", a, b)
     readers: list[DumpReader] = []
     try:
         compared = []

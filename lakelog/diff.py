@@ -185,6 +185,9 @@ def _notes(layers: pl.DataFrame, steps: pl.DataFrame, run_a: str, run_b: str) ->
             notes.append(f"{row['layer']}: only one run captured it ({who} did not), so it is not compared")
         elif row["status"] == "no overlap":
             notes.append(f"{row['layer']}: both runs captured it, but at no common step")
+    if layers.filter(pl.col("n_compared") > 0).is_empty():
+        notes.append("no layer of evidence was captured by both runs: log predictions, batches and the loss, "
+                     "or run.watch the model, in both")
     rng = layers.filter(pl.col("layer") == "rng")
     if rng.height and rng["status"][0] == "not captured":
         notes.append("RNG states were not captured: log_batch(..., rng=True) records them at each batch start")

@@ -87,6 +87,11 @@ class Run:
         env_rank, env_world = rank_and_world_size()
         self.rank = env_rank if rank is None else _check_int(rank, "rank")
         self.world_size = env_world if world_size is None else _check_int(world_size, "world_size")
+        if name is None and self.world_size > 1:
+            log.warning(
+                "lakelog.init: no name given with world_size=%d: each rank generates its own run name; "
+                "pass name= or lakelog.distributed.shared_run_name() so all ranks write one run", self.world_size
+            )
         self.name = check_run_name(name) if name is not None else self._generated_name()
         self.lake = Lake.open(root, filesystem=filesystem)
         self.run_dir = self.lake.run_dir(self.name)

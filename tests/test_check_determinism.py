@@ -108,6 +108,7 @@ class Setup:
     reseed_after_model: bool = False  # torch.seed() after building the model: dropout draws differ
     unsorted_listing: bool = False
     lr_drift: bool = False  # the learning rate differs between the two calls
+    stray_draw: bool = False  # something draws from Python's unseeded random that training never uses
     epochs: int = 1
     steps: int = 3
 
@@ -152,6 +153,8 @@ def trainer(setup: Setup):
             seed_everything(0, deterministic=True, warn_only=True)
         if setup.reseed_after_model:
             torch.seed()
+        if setup.stray_draw:
+            random.random()  # e.g. a library picking a temporary file name
         names = [f"f{i:02d}" for i in range(N_FILES)]
         if setup.unsorted_listing and next(_listing_calls) % 2:
             names = names[::-1]  # os.listdir order is whatever the filesystem gives
@@ -199,6 +202,14 @@ def test_fully_deterministic_setup_is_identical(tmp_path):
     assert "IDENTICAL" in report.to_text()
     workers = lakelog.connect(tmp_path).execute("SELECT count(*) FROM workers").fetchone()[0]
     assert workers == 2 * 2 * 2  # two runs, two passes, two workers
+
+
+def test_an_unseeded_rng_that_training_never_uses_is_only_a_note(tmp_path):
+    report = check(Setup(seed="torch", stray_draw=True), tmp_path)  # random is unseeded, training ignores it
+    assert report.identical and report.first is None
+    rng = report.check("rng")
+    assert rng.status == "latent" and rng.step == 0 and "the python RNG state differs" in rng.detail
+    assert "note: step 0: the python RNG state differs" in report.to_text()
 
 
 def test_unseeded_shuffle_is_named_at_the_first_batch(tmp_path):

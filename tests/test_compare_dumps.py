@@ -93,6 +93,7 @@ def test_perturbation_found_at_its_step_and_parameter(lake, tmp_path):
     step6 = next(st for st in report["steps"] if st["step"] == PERTURB_STEP)
     assert {t["name"] for t in step6["tensors"] if not t["equal"]} == {"features.2.weight"}
     html = files["html"].read_text()
+    assert "<script src=" not in html and "window.vegaEmbed" in html  # self-contained: opens offline
     for title in ("L2 distance of the weights", "cosine similarity of the weights", "loss |a - b|", "accuracy"):
         assert title in html
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

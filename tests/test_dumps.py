@@ -20,7 +20,6 @@ from lakelog.errors import DumpError, InvalidArgumentError
 from lakelog.import_dumps import import_dumps
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models gain nothing from threads; on a busy 2-core machine their threads wait for each other."""
@@ -218,3 +217,16 @@ def test_compare_side_leaves_torch_unimported(tmp_path):
         assert "torch" not in sys.modules, "compare-dumps imported torch"
     """)
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_dump_is_copied_without_blocking_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = Net().cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    with lakelog.init(tmp_path, name="gpu") as run:
+        train(model, opt, 2, run=run)
+        train(model, opt, 1, seed=9)  # changes the weights while the host copies may still be in flight
+    state, flat, meta = load_dump(tmp_path / "gpu" / "dumps" / "step=1")
+    assert state["head.weight"] is state["emb.weight"] and meta["step"] == 1 and flat
+    assert all(t.device.type == "cpu" for t in state.values())

@@ -148,7 +148,8 @@ def test_logger_alone_opens_and_finishes_its_run(tmp_path: Path) -> None:
     pl.seed_everything(1, verbose=False)
     logger = LakelogLogger(tmp_path, name="logger_only")
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=1,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+                         limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
     trainer.fit(Tiny(), DataLoader(_data(), batch_size=BATCH))
     assert logger.version == "logger_only" and logger.experiment.closed
     info = json.loads((tmp_path / "logger_only" / "run.json").read_text())
