@@ -39,6 +39,13 @@ _WRITE_SIDE = {
     "flush": "lakelog.api",
     "finish": "lakelog.api",
     "current_run": "lakelog.run",
+    "seed_everything": "lakelog.determinism",
+    "seed_worker": "lakelog.determinism",
+    "dataloader_generator": "lakelog.determinism",
+    "record_workers": "lakelog.determinism",
+    "rng_fingerprints": "lakelog.determinism",
+    "should_stop": "lakelog.determinism",
+    "determinism_report": "lakelog.check_determinism",
     "Run": "lakelog.run",
 }
 

@@ -20,8 +20,15 @@ def init(
     **options: Any,
 ) -> Run:
     """Create (or resume) a run under ``root`` and make it the current run."""
+    from .determinism import init_overrides, pending_seeding
+
+    # Under `lakelog check-determinism`, LAKELOG_ROOT / LAKELOG_RUN_NAME / LAKELOG_MODE say where to write.
+    root, name, mode = init_overrides(root, name, mode)
     run = Run(root, name, config=config, seed=seed, mode=mode, **options)
     set_current(run)
+    seeding = pending_seeding()  # lakelog.seed_everything called before init
+    if seeding is not None:
+        run.update_info(seeding=seeding)
     return run
 
 

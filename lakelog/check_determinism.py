@@ -175,13 +175,13 @@ class _Judge:
         self.batches, self.tensors, self.outputs, self.workers, self.flags = batches, tensors, outputs, workers, flags
 
     @staticmethod
-    def _plain(row: dict, what: str, logged: str) -> dict[str, Any]:
+    def _plain(row: dict, what: str) -> dict[str, Any]:
         if row["n_compared"] == 0:
             return {"status": "not logged"}
         if row["first_step"] is None:
             return {"status": "same", "compared": row["n_compared"], "detail": f"{row['n_compared']} {what} compared"}
         return {"status": "differs", "step": row["first_step"], "compared": row["n_compared"],
-                "detail": f"{row['n_differ']} of {row['n_compared']} {what} differ{logged}"}
+                "detail": f"{row['n_differ']} of {row['n_compared']} {what} differ"}
 
     def start_step(self) -> int | None:
         return self.batches["sample_ids"]["first_common_step"]
@@ -222,7 +222,7 @@ class _Judge:
 
     def sample_ids(self) -> dict[str, Any]:
         row = self.batches["sample_ids"]
-        out = self._plain(row, "batches", "")
+        out = self._plain(row, "batches")
         if out["status"] != "differs":
             return out
         step = row["first_step"]
@@ -276,7 +276,7 @@ class _Judge:
             if ids["n_compared"] and ids["n_differ"] == ids["n_compared"]:
                 return {"status": "not compared", "detail": "no batch has the same sample ids in both runs"}
             return {"status": "not logged"}
-        out = self._plain(row, "batches with the same sample ids", "")
+        out = self._plain(row, "batches with the same sample ids")
         if out["status"] != "differs":
             return out
         step = row["first_step"]
@@ -320,7 +320,8 @@ class _Judge:
         fix = (f"{FIX_SEED}; do not reseed from time (torch.seed()) or draw a run-dependent amount of random "
                "numbers before training")
         if "differs" not in others.values() and "same" in used:  # latent: training does not draw from it (yet)
-            return {"status": "latent", "step": step, "compared": compared, "fix": fix,
+            return {"status": "latent", "step": step, "compared": compared,
+                    "fix": "seed it anyway (lakelog.seed_everything(seed)): anything that later draws from it differs",
                     "detail": detail + ", but nothing logged after it differs: training does not use it so far"}
         return {"status": "differs", "step": step, "compared": compared, "detail": detail, "fix": fix,
                 "cause": (f"same data, but the {'/'.join(names)} RNG is in a different state at the start of step "
@@ -328,7 +329,7 @@ class _Judge:
 
     def initial_weights(self) -> dict[str, Any]:
         row = self.tensors["initial_weights"]
-        out = self._plain(row, "tensors", "")
+        out = self._plain(row, "tensors")
         if out["status"] == "differs":
             out["step"] = None  # before the first step, whatever step the capture was stamped with
             out["detail"] = (f"{row['n_names']} of {row['n_compared']} tensors differ (captured at step "
@@ -340,7 +341,7 @@ class _Judge:
 
     def tensors_at(self, name: str) -> dict[str, Any]:
         row = self.tensors[name]
-        out = self._plain(row, "tensor captures", "")
+        out = self._plain(row, "tensor captures")
         if out["status"] == "differs":
             out["detail"] = f"step {row['first_step']}: {row['n_names']} tensors differ: {_preview(row['names'], 5)}"
             if name == "gradients":
@@ -357,7 +358,7 @@ class _Judge:
 
     def forward(self, name: str) -> dict[str, Any]:
         row = self.outputs[name]
-        out = self._plain(row, "batches" if name == "outputs" else "steps", "")
+        out = self._plain(row, "batches" if name == "outputs" else "steps")
         if out["status"] != "differs":
             return out
         if name == "outputs":

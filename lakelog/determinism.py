@@ -360,7 +360,9 @@ class RecordedLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __getattr__(self, attr: str) -> Any:
+    def __getattr__(self, attr: str) -> Any:  # batch_size, dataset, sampler…: the DataLoader's
+        if attr == "loader":
+            raise AttributeError(attr)
         return getattr(self.loader, attr)
 
     def collect(self) -> int:

@@ -7,6 +7,7 @@ against the checksum its writer stored.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,9 @@ class DumpReader:
     """One dump file: metadata, names (ties included) and one tensor at a time as numpy.
 
     ``safe_open`` checks the file (header, offsets, length) and gives the metadata without touching
-    the data. Tensors are then read one by one with positioned reads into fresh arrays: pages of a
-    memory map would count in the process's resident memory until unmapped, a 100 MB dump as 100 MB.
+    the data. Tensors are then read one by one with positioned reads (``pread``, safe from several
+    threads) into fresh arrays: pages of a memory map would count in the process's resident memory
+    until unmapped, a 100 MB dump as 100 MB.
     """
 
     def __init__(self, path: Path, run: str) -> None:
@@ -38,10 +40,14 @@ class DumpReader:
         try:
             with safe_open(str(path), framework="numpy") as handle:
                 raw_meta, keys = handle.metadata(), set(handle.keys())
-            self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
-            size = int.from_bytes(self._file.read(8), "little")
-            self._header = json.loads(self._file.read(size))
-        except (SafetensorError, OSError, ValueError) as exc:
+            self._fd = os.open(path, os.O_RDONLY)
+        except (SafetensorError, OSError) as exc:
+            raise DumpError(f"run {run}: {path}: not a readable safetensors dump ({exc})") from exc
+        try:  # safe_open has checked the header: this cannot fail short of the file changing under us
+            size = int.from_bytes(os.pread(self._fd, 8, 0), "little")
+            self._header = json.loads(os.pread(self._fd, size, 8))
+        except (OSError, ValueError) as exc:
+            os.close(self._fd)
             raise DumpError(f"run {run}: {path}: not a readable safetensors dump ({exc})") from exc
         self._base = 8 + size
         self.meta = L.parse_metadata(raw_meta)
@@ -65,9 +71,12 @@ class DumpReader:
             raise UnreadableTensor(f"tensor {stored!r} has dtype {entry['dtype']}, which compare-dumps cannot read")
         begin, end = entry["data_offsets"]
         raw = np.empty((end - begin) // np.dtype(dtype).itemsize, dtype=dtype)
-        self._file.seek(self._base + begin)
-        if self._file.readinto(raw.view(np.uint8)) != end - begin:
-            raise UnreadableTensor(f"tensor {stored!r}: the file ends before its data does")
+        buffer, done = memoryview(raw.view(np.uint8)), 0
+        while done < end - begin:  # positioned reads: threads may read one file at once
+            got = os.preadv(self._fd, [buffer[done:]], self._base + begin + done)
+            if got <= 0:
+                raise UnreadableTensor(f"tensor {stored!r}: the file ends before its data does")
+            done += got
         values = (raw.astype(np.uint32) << 16).view(np.float32) if entry["dtype"] == "BF16" else raw
         digest = xxhash.xxh3_128_hexdigest(raw.view(np.uint8))
         expected = self.meta[L.META_CHECKSUMS].get(stored)
@@ -76,4 +85,4 @@ class DumpReader:
         return values, raw, digest
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)

@@ -22,14 +22,15 @@ The algorithm (version 1), all arithmetic modulo 2**64, ``>>>`` a logical right 
    bijection, so mixing the index in makes the sum order-aware and changes that cancel in a plain
    sum do not cancel here.
 4. Header. ``H = xxh3_128("lakelog-fingerprint-v1|<dtype>|<shape>|<layout>|<nbytes>")`` split into
-   two 64-bit halves ``H[0]`` (high) and ``H[1]`` (low); dtype is e.g. ``float32``, shape e.g.
-   ``(2, 3)``, layout ``strided``.
+   two 64-bit halves ``H[0]`` (high) and ``H[1]`` (low); dtype is e.g. ``float32``, shape is the
+   repr of a Python tuple (``()``, ``(3,)``, ``(2, 3)``), layout ``strided``.
 5. Result. ``fp[L] = F[L]( S[L] XOR H[L] )``, returned as int64 (two's complement of the unsigned
    value); ``to_hex`` prints ``fp[0]`` then ``fp[1]`` as 16 hex digits each.
 
 Sparse COO tensors are coalesced and hashed as the 4 words ``fingerprint(indices) ++
 fingerprint(values)`` under a header with layout ``sparse_coo`` (other sparse layouts are converted to
-COO first, their header keeps their own layout name).
+COO first, their header keeps their own layout name). Coalescing a tensor that is not yet coalesced
+has to count its entries, which on CUDA waits for the device; dense tensors never do.
 
 The torch kernel is checked bit for bit against a pure-Python implementation of the steps above in
 ``tests/test_fingerprint.py``. Large tensors are processed in chunks of ``CHUNK_WORDS_CPU`` /
@@ -226,7 +227,7 @@ def _dense_words(t: torch.Tensor) -> list[torch.Tensor]:
     """
     flat = t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1)
     raw = flat.view(torch.uint8)
-    if raw.storage_offset() % 8:
+    if raw.data_ptr() % 8:
         # A view into the middle of a storage may be misaligned for int64: copy to aligned memory.
         raw = raw.clone()
     nbytes = raw.numel()
@@ -309,8 +310,6 @@ def fingerprint_many(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         rows = [row for _, row in sorted(zip(order, rows, strict=True), key=lambda pair: pair[0])]
     sums = torch.stack(rows)
     headers = _on_device(torch.tensor([h for _, h in prepared], dtype=torch.int64), target)
-    if target not in lanes:
-        lanes[target] = _Lanes(target)
     return _finalized(sums.bitwise_xor_(headers), lanes[target])
 
 

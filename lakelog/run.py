@@ -171,7 +171,8 @@ class Run:
         env = environment(self.rank, self.world_size)
         if previous:
             info = previous
-            info.setdefault("resumes", []).append({"at": _utc_now(), "environment": env})
+            after_step = (previous.get("summary") or {}).get("last_step")
+            info.setdefault("resumes", []).append({"at": _utc_now(), "after_step": after_step, "environment": env})
             if config:
                 info["config"] = config
             info["status"] = "running"

@@ -118,7 +118,8 @@ DTYPES = [
     torch.complex64,
     torch.complex128,
     *_opt_dtypes("uint16", "uint32", "uint64"),
-    *_opt_dtypes("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"),
+    *_opt_dtypes("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"),
+    *_opt_dtypes("float4_e2m1fn_x2"),
 ]
 
 
@@ -380,6 +381,19 @@ def test_no_rng_consumed() -> None:
     assert torch.equal(state, torch.get_rng_state())
 
 
+def test_inference_mode_and_deterministic_algorithms() -> None:
+    with torch.inference_mode():
+        t = torch.arange(1000, dtype=torch.float32)
+        inside = fingerprint_hex(t)
+    assert inside == fingerprint_hex(t) == fingerprint_hex(torch.arange(1000, dtype=torch.float32))
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert fingerprint_hex(t) == inside
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 def test_to_hex_format() -> None:
     fp = torch.tensor([-1, 1], dtype=torch.int64)
     assert to_hex(fp) == "ffffffffffffffff0000000000000001"
@@ -434,10 +448,12 @@ def test_cuda_matches_cpu_without_sync() -> None:
     on_gpu = [t.cuda() for t in tensors]
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
+    torch.use_deterministic_algorithms(True)
     try:
         fps = fingerprint_many(on_gpu)
         single = fingerprint(on_gpu[0])
     finally:
+        torch.use_deterministic_algorithms(False)
         torch.cuda.set_sync_debug_mode("default")
     assert fps.device == on_gpu[0].device and single.device == on_gpu[0].device
     assert to_hex(fps) == to_hex(fingerprint_many(tensors))
