@@ -50,7 +50,12 @@ class Bottleneck(nn.Module):
 
 
 def resnet50(classes: int = 1000) -> nn.Module:
-    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+    ]
     cin = 64
     for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
         for b in range(blocks):
@@ -100,7 +105,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
@@ -110,9 +118,11 @@ def main() -> None:
     y = torch.randint(0, 1000, (args.batch,), device=device)
     n_params = sum(p.numel() for p in model.parameters())
     n_tensors = len(list(model.parameters()))
-    print(f"ResNet-50 from torch layers: {n_params / 1e6:.1f}M parameters in {n_tensors} tensors, "
-          f"{len(list(model.buffers()))} buffers; SGD momentum; batch {args.batch}x3x{args.size}x{args.size} "
-          f"on {device} ({torch.get_num_threads()} threads)")
+    print(
+        f"ResNet-50 from torch layers: {n_params / 1e6:.1f}M parameters in {n_tensors} tensors, "
+        f"{len(list(model.buffers()))} buffers; SGD momentum; batch {args.batch}x3x{args.size}x{args.size} "
+        f"on {device} ({torch.get_num_threads()} threads)"
+    )
 
     def train_step() -> None:
         loss = F.cross_entropy(model(x), y)
@@ -129,7 +139,10 @@ def main() -> None:
         variants = [
             ("lakelog capture (default: fingerprints, keep_previous='cpu')", {}),
             ("lakelog capture, fingerprints=False", {"fingerprints": False}),
-            ("lakelog capture, fingerprints=False, keep_previous=None", {"fingerprints": False, "keep_previous": None}),
+            (
+                "lakelog capture, fingerprints=False, keep_previous=None",
+                {"fingerprints": False, "keep_previous": None},
+            ),
             ("lakelog capture, keep_previous='disk'", {"keep_previous": "disk"}),
         ]
         for i, (label, options) in enumerate(variants):
@@ -138,20 +151,32 @@ def main() -> None:
             run.flush()
             watcher.capture(step=0)  # the first capture allocates the kept copy; later ones reuse it
             run.flush()
-            counter = iter(range(1, 10**6))
-            capture_s = timed(lambda w=watcher, c=counter: w.capture(step=next(c)), args.repeats, sync)
-            flush_s = timed(lambda w=watcher, r=run, c=counter: (w.capture(step=next(c)), r.flush()), args.repeats, sync)
+            captures, writes = [], []
+            for step in range(1, args.repeats + 1):
+                start = time.perf_counter()
+                watcher.capture(step=step)
+                sync()
+                captures.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                run.flush()  # the writer thread's share: Arrow rows and Parquet, off the training loop
+                writes.append(time.perf_counter() - start)
             run.finish()
-            results.append((label, capture_s, flush_s - capture_s))
+            results.append((label, statistics.median(captures), statistics.median(writes)))
     print(f"\n{'':64s} {'ms':>9s} {'x step':>8s} {'vs seed loop':>13s}")
     print(f"{'train step (forward + backward + SGD step)':64s} {step_s * 1e3:9.1f} {1:8.2f}")
-    print(f"{'seed: per-parameter norm().item() loop + torch.save':64s} {seed_s * 1e3:9.1f} {seed_s / step_s:8.2f} {1:13.2f}")
-    print(f"{'seed: full (+ torch.load and per-parameter weight delta)':64s} {seed_full_s * 1e3:9.1f} "
-          f"{seed_full_s / step_s:8.2f} {seed_s / seed_full_s:12.2f}x")
+    print(
+        f"{'seed: per-parameter norm().item() loop + torch.save':64s} {seed_s * 1e3:9.1f} {seed_s / step_s:8.2f} {1:13.2f}"
+    )
+    print(
+        f"{'seed: full (+ torch.load and per-parameter weight delta)':64s} {seed_full_s * 1e3:9.1f} "
+        f"{seed_full_s / step_s:8.2f} {seed_s / seed_full_s:12.2f}x"
+    )
     for label, capture_s, writer_s in results:
         print(f"{label:64s} {capture_s * 1e3:9.1f} {capture_s / step_s:8.2f} {seed_s / capture_s:12.2f}x")
         print(f"{'  + writer thread (rows, Parquet), off the training loop':64s} {writer_s * 1e3:9.1f}")
-    print("\n'vs seed loop' > 1 means the capture is that many times cheaper than the seed's per-parameter loop.")
+    print(
+        "\n'vs seed loop' > 1 means the capture is that many times cheaper than the seed's per-parameter loop."
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-_WRITE_SIDE = {
+_LAZY = {
     "init": "lakelog.api",
     "log": "lakelog.api",
     "log_predictions": "lakelog.api",
@@ -46,13 +46,15 @@ _WRITE_SIDE = {
     "rng_fingerprints": "lakelog.determinism",
     "should_stop": "lakelog.determinism",
     "determinism_report": "lakelog.check_determinism",
+    "diff_runs": "lakelog.diff",
+    "DiffResult": "lakelog.diff",
     "Run": "lakelog.run",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Import the write side (and torch) only when a training script first touches it."""
-    module = _WRITE_SIDE.get(name)
+    """Import the write side (and torch) only when a training script first touches it; the rest on first use."""
+    module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'lakelog' has no attribute {name!r}")
     import importlib
@@ -76,5 +78,5 @@ __all__ = [
     "WriterFailedError",
     "connect",
     "query",
-    *_WRITE_SIDE,
+    *_LAZY,
 ]

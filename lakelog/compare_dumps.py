@@ -1,9 +1,10 @@
 """Where two runs' weights part, tensor by tensor: the read side of full-state dumps.
 
 Dumps of two runs are matched by step. Each file is checked with safetensors' lazy ``safe_open``
-and read one tensor pair at a time, so memory stays near the largest tensor pair however big the
-model. Statistics are computed in float64, a chunk of ``_CHUNK`` values at a time;
-bf16 (which numpy lacks) is widened to float32 from its raw bits. torch is never imported.
+(header, offsets, length) and its tensors are then read pair by pair, a chunk of ``_CHUNK`` values
+at a time, so memory stays at a few chunks however big the model or its largest tensor. Statistics
+are computed in float64; bf16 (which numpy lacks) is widened from its raw bits. A small thread pool
+compares a few tensor pairs at once (numpy and the reads release the GIL). torch is never imported.
 
 Per step and tensor: L2 distance, cosine similarity, max absolute difference, relative difference
 (``l2 / max(|a|, |b|)``) and exact equality (bit for bit; tensors of different dtypes are "equal"
@@ -31,13 +32,13 @@ import numpy as np
 import polars as pl
 
 from . import dumps_layout as L
-from .dumps_reader import DumpReader, UnreadableTensor
+from .dumps_reader import DumpReader, TensorStream, UnreadableTensor
 from .errors import DumpError, InvalidArgumentError
 from .progress import bar
 
 log = logging.getLogger("lakelog")
 _CHUNK = 1 << 16
-_WORKERS = 2  # tensor pairs in flight: memory stays at two pairs, and two cores are kept busy
+_WORKERS = min(4, os.cpu_count() or 1)  # tensor pairs in flight, each holding a few chunks of memory
 _GROUP = re.compile(r"^([A-Za-z_][\w-]*)=(.+)$")
 
 DIFF_SCHEMA = {
@@ -77,31 +78,39 @@ def _dot(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.einsum("i,i->", x, y))
 
 
-def _stats(a: np.ndarray, b: np.ndarray, identical: bool) -> tuple[float, float, float, float, float]:
-    """sum (a-b)^2, sum ab, sum a^2, sum b^2 and max |a-b| in float64, one cache-sized chunk at a time.
+def _pair_stats(sa: TensorStream, sb: TensorStream, same_dtype: bool) -> tuple[float, float, float, float, float, bool]:
+    """sum (a-b)^2, sum ab, sum a^2, sum b^2, max |a-b| (float64) and bitwise equality, a chunk at a time.
 
     ``sum ab`` is ``(sum a^2 + sum b^2 - sum (a-b)^2) / 2``: one pass fewer, and the cosine it gives is
-    as exact where it matters, near 1, because ``a - b`` is exact in float64.
+    as exact where it matters, near 1, because ``a - b`` is exact in float64. A chunk whose bits are
+    the same in both runs (the common case before two runs part) costs one sum.
     """
-    n = a.size
+    n = sa.count
     x, y, d = (np.empty(min(n, _CHUNK)) for _ in range(3))
     ss = aa = bb = 0.0
-    peaks = []
-    for i in range(0, n, _CHUNK):
-        xv = x[: min(_CHUNK, n - i)]
-        np.copyto(xv, a[i : i + _CHUNK], casting="unsafe")
-        aa += _dot(xv, xv)
-        if identical:
+    peaks: list[float] = []
+    same = same_dtype
+    bits = f"u{sa.itemsize}"
+    for start in range(0, n, _CHUNK):
+        count = min(_CHUNK, n - start)
+        (raw_a, va), (raw_b, vb) = sa.read(start, count), sb.read(start, count)
+        xv = x[:count]
+        np.copyto(xv, va, casting="unsafe")
+        a2 = _dot(xv, xv)
+        aa += a2
+        if same_dtype and np.array_equal(raw_a.view(bits), raw_b.view(bits)):
+            bb += a2
             continue
-        yv, dv = y[: xv.size], d[: xv.size]
-        np.copyto(yv, b[i : i + _CHUNK], casting="unsafe")
+        same = False
+        yv, dv = y[:count], d[:count]
+        np.copyto(yv, vb, casting="unsafe")
         np.subtract(xv, yv, out=dv)
         ss += _dot(dv, dv)
         bb += _dot(yv, yv)
         peaks.append(max(dv.max(), -dv.min()))  # max |a-b| without writing |a-b|
-    if identical:
-        return 0.0, aa, aa, aa, 0.0
-    return ss, (aa + bb - ss) / 2, aa, bb, float(np.max(peaks)) if peaks else 0.0
+    sa.verify()
+    sb.verify()
+    return ss, (aa + bb - ss) / 2, aa, bb, float(np.max(peaks)) if peaks else 0.0, same
 
 
 def _cosine(dot: float, aa: float, bb: float) -> float:
@@ -109,7 +118,8 @@ def _cosine(dot: float, aa: float, bb: float) -> float:
         return 1.0
     if aa == 0 or bb == 0:
         return math.nan
-    return max(-1.0, min(1.0, dot / math.sqrt(aa * bb)))
+    cosine = dot / math.sqrt(aa * bb)
+    return cosine if math.isnan(cosine) else max(-1.0, min(1.0, cosine))
 
 
 @dataclass
@@ -170,12 +180,13 @@ class _Comparer:
         def compare(pair: tuple) -> tuple | None:  # on a pool thread: numpy and the reads let go of the GIL
             name, _, dtype_a, dtype_b = pair
             try:
-                va, raw_a, hash_a = self._read(fa, name, step)
-                vb, raw_b, hash_b = self._read(fb, name, step)
-            except UnreadableTensor:
+                streams = TensorStream(fa, name, _CHUNK), TensorStream(fb, name, _CHUNK)
+                return (*pair, *_pair_stats(*streams, dtype_a == dtype_b))
+            except UnreadableTensor as exc:
+                self.errors.append({"run": exc.reader.run, "step": step, "file": str(exc.reader.path),
+                                    "tensor": name, "error": str(exc)})
+                log.warning("lakelog: run %s, %s: %s; skipped", exc.reader.run, exc.reader.path, exc)
                 return None
-            same = dtype_a == dtype_b and hash_a == hash_b and np.array_equal(raw_a.view(np.uint8), raw_b.view(np.uint8))
-            return (*pair, *_stats(va, vb, same), same)
 
         out = []
         for result in self.pool.map(compare, pairs):
@@ -192,15 +203,6 @@ class _Comparer:
                 self.rows[key].append(value)
             out.append((name, ss, dot, aa, bb, peak, equal))
         return out
-
-    def _read(self, reader: DumpReader, name: str, step: int) -> tuple[np.ndarray, np.ndarray, str]:
-        try:
-            return reader.read(name)
-        except UnreadableTensor as exc:
-            self.errors.append({"run": reader.run, "step": step, "file": str(reader.path), "tensor": name,
-                                "error": str(exc)})
-            log.warning("lakelog: run %s, %s: %s; skipped", reader.run, reader.path, exc)
-            raise
 
 
 def _labels(dir_a: Path, dir_b: Path) -> tuple[str, str]:

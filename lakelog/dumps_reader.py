@@ -21,6 +21,10 @@ from .errors import DumpError
 class UnreadableTensor(Exception):
     """One tensor could not be read (corrupt bytes, a dtype numpy cannot hold); the rest go on."""
 
+    def __init__(self, message: str, reader: DumpReader) -> None:
+        super().__init__(message)
+        self.reader = reader
+
 
 _NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
           "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
@@ -62,27 +66,48 @@ class DumpReader:
         entry = self._header[self.ties.get(name, name)]
         return entry["dtype"], tuple(entry["shape"])
 
-    def read(self, name: str) -> tuple[np.ndarray, np.ndarray, str]:
-        """Values (a numeric numpy array), the stored bytes as an array, and their xxh3-128 digest."""
-        stored = self.ties.get(name, name)
-        entry = self._header[stored]
-        dtype = _NUMPY.get(entry["dtype"])
-        if dtype is None:
-            raise UnreadableTensor(f"tensor {stored!r} has dtype {entry['dtype']}, which compare-dumps cannot read")
-        begin, end = entry["data_offsets"]
-        raw = np.empty((end - begin) // np.dtype(dtype).itemsize, dtype=dtype)
-        buffer, done = memoryview(raw.view(np.uint8)), 0
-        while done < end - begin:  # positioned reads: threads may read one file at once
-            got = os.preadv(self._fd, [buffer[done:]], self._base + begin + done)
-            if got <= 0:
-                raise UnreadableTensor(f"tensor {stored!r}: the file ends before its data does")
-            done += got
-        values = (raw.astype(np.uint32) << 16).view(np.float32) if entry["dtype"] == "BF16" else raw
-        digest = xxhash.xxh3_128_hexdigest(raw.view(np.uint8))
-        expected = self.meta[L.META_CHECKSUMS].get(stored)
-        if expected is not None and digest != expected:
-            raise UnreadableTensor(f"tensor {stored!r} does not match its checksum: the file is corrupted")
-        return values, raw, digest
-
     def close(self) -> None:
         os.close(self._fd)
+
+
+class TensorStream:
+    """One tensor of a dump read a chunk at a time into one reused buffer, hashed on the way.
+
+    Memory is a chunk, however large the tensor. ``verify()`` at the end compares the hash with the
+    checksum the writer stored, so values from a corrupted file are thrown away, not reported.
+    """
+
+    def __init__(self, reader: DumpReader, name: str, chunk: int) -> None:
+        self.reader = reader
+        self.stored = reader.ties.get(name, name)
+        entry = reader._header[self.stored]
+        self.kind = entry["dtype"]
+        dtype = _NUMPY.get(self.kind)
+        if dtype is None:
+            raise UnreadableTensor(f"tensor {self.stored!r} has dtype {self.kind}, which compare-dumps cannot read",
+                                   reader)
+        begin, end = entry["data_offsets"]
+        self.itemsize = np.dtype(dtype).itemsize
+        self.count = (end - begin) // self.itemsize
+        self._offset = reader._base + begin
+        self._buffer = np.empty(min(self.count, chunk), dtype=dtype)
+        self._hash = xxhash.xxh3_128()
+
+    def read(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Elements ``start .. start+count`` (read in order): the stored bits, and values numpy can add up."""
+        raw = self._buffer[:count]
+        view, done, size = memoryview(raw.view(np.uint8)), 0, count * self.itemsize
+        while done < size:  # positioned reads: several threads may read one file at once
+            got = os.preadv(self.reader._fd, [view[done:]], self._offset + start * self.itemsize + done)
+            if got <= 0:
+                raise UnreadableTensor(f"tensor {self.stored!r}: the file ends before its data does", self.reader)
+            done += got
+        self._hash.update(view)
+        values = (raw.astype(np.uint32) << 16).view(np.float32) if self.kind == "BF16" else raw
+        return raw, values
+
+    def verify(self) -> None:
+        expected = self.reader.meta[L.META_CHECKSUMS].get(self.stored)
+        if expected is not None and self._hash.hexdigest() != expected:
+            raise UnreadableTensor(f"tensor {self.stored!r} does not match its checksum: the file is corrupted",
+                                   self.reader)

@@ -60,11 +60,12 @@ __all__ = [
 VERSION = 1
 _MASK64 = (1 << 64) - 1
 
-# Words per chunk; temporaries are about 6 x 8 bytes per word of a chunk. On CPU a chunk's buffers
-# (3 MiB at 2**16) stay in cache through its ~20 ops (2**16 was fastest of 2**14..2**20 on a 2-core
-# EPYC); on accelerators large chunks keep kernel launches few. Neither changes the result.
+# Words per chunk. Temporaries stay under 64 bytes per chunk word (4 MiB on CPU, 64 MiB on CUDA). On
+# CPU the buffers of a chunk stay in cache through its ~15 ops (2**16 and 2**17 were fastest of
+# 2**14..2**20 on a 2-core EPYC); on accelerators large chunks keep kernel launches few. Neither
+# changes the result.
 CHUNK_WORDS_CPU = 1 << 16
-CHUNK_WORDS_CUDA = 1 << 22
+CHUNK_WORDS_CUDA = 1 << 20
 
 # Per-lane index keys (odd, so i -> i * G is a bijection): the golden-ratio gamma of splitmix64, and
 # the R2-sequence constant of Roberts (2018).

@@ -93,13 +93,15 @@ def compile_groups(groups: Any) -> list[tuple[str, list[Matcher]]] | None:
         return None
     if not isinstance(groups, Mapping) or not groups:
         raise InvalidArgumentError(
-            'groups: expected a non-empty mapping of group name to module prefix / regex, e.g. '
+            "groups: expected a non-empty mapping of group name to module prefix / regex, e.g. "
             '{"backbone": "features.", "head": "classifier."}, got ' + repr(groups)
         )
     out = []
     for name, patterns in groups.items():
         if not isinstance(name, str) or not name or "/" in name:
-            raise InvalidArgumentError(f"groups: group names must be non-empty strings without '/', got {name!r}")
+            raise InvalidArgumentError(
+                f"groups: group names must be non-empty strings without '/', got {name!r}"
+            )
         items = list(patterns) if isinstance(patterns, list | tuple | set) else [patterns]
         if not items:
             raise InvalidArgumentError(f"groups[{name!r}]: expected at least one pattern")
@@ -124,7 +126,9 @@ def _check_tensor(name: str, t: torch.Tensor) -> None:
             f"model: {name!r} is on the meta device and holds no data; materialize the model before watch()"
         )
     if t.is_quantized or t.is_nested:
-        raise InvalidArgumentError(f"model: {name!r} is a quantized or nested tensor, which lakelog cannot summarize")
+        raise InvalidArgumentError(
+            f"model: {name!r} is a quantized or nested tensor, which lakelog cannot summarize"
+        )
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -175,14 +179,19 @@ def resolve(model: Any, optimizer: Any, groups: Any = None, *, prefix: str = "")
         if foreign:
             log.warning(
                 "lakelog.watch: %d optimizer parameter(s) are not in the model; they are recorded as "
-                "'optimizer.<group>.<index>'", len(foreign),
+                "'optimizer.<group>.<index>'",
+                len(foreign),
             )
     user_owner = {id(p): _user_group(name, compiled) for name, p in named} if compiled else {}
     opt_names = _opt_group_names(opt, user_owner)
     opt_owner = {id(p): opt_names[g] for g, _, p in opt_params}
     layout = Layout(opt_groups=opt_names)
     for name, p in named:
-        group = user_owner[id(p)] if compiled else opt_owner.get(id(p), NOT_OPTIMIZED if opt is not None else None)
+        group = (
+            user_owner[id(p)]
+            if compiled
+            else opt_owner.get(id(p), NOT_OPTIMIZED if opt is not None else None)
+        )
         layout.params.append(Entry(prefix + name, p, group, "param"))
     for g, j, p in opt_params:
         if id(p) not in by_id:
@@ -216,8 +225,9 @@ def total_norm(norms: np.ndarray, mask: np.ndarray) -> float | None:
     return float(np.sqrt(np.sum(norms[mask] ** 2))) if mask.any() else None
 
 
-def norm_scalars(groups: list[str | None], weight: np.ndarray, gcols: Any, update: np.ndarray | None,
-                  known: np.ndarray) -> list[tuple[str, float | None]]:
+def norm_scalars(
+    groups: list[str | None], weight: np.ndarray, gcols: Any, update: np.ndarray | None, known: np.ndarray
+) -> list[tuple[str, float | None]]:
     """grad_norm, weight_norm, update_norm and update_ratio, overall and per group."""
     garr = np.asarray(groups, dtype=object)
     out: list[tuple[str, float | None]] = []

@@ -37,7 +37,9 @@ def untouched(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode and no_grad inside; every module's mode and the RNG states as they were afterwards."""
     modes = [(m, m.training) for m in model.modules()]
     cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda_rng = (
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    )
     py_rng = random.getstate()
     np_rng = np.random.get_state()
     try:
@@ -96,7 +98,12 @@ def parse(spec: Any, model: torch.nn.Module) -> tuple[list[Any], ForwardFn] | No
         return None
     forward: ForwardFn = default_forward
     batches = spec
-    if isinstance(spec, tuple | list) and len(spec) == 2 and callable(spec[1]) and not isinstance(spec[1], torch.Tensor):
+    if (
+        isinstance(spec, tuple | list)
+        and len(spec) == 2
+        and callable(spec[1])
+        and not isinstance(spec[1], torch.Tensor)
+    ):
         batches, forward = spec
     elif isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(v, torch.Tensor) for v in spec):
         batches = [spec]  # holdout=(inputs, labels): one batch
@@ -125,20 +132,35 @@ def _check_output(out: Any, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise InvalidArgumentError(f"{where} must return (logits, labels), got {type(out).__name__}")
     logits, labels = out
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() not in (1, 2):
-        desc = f"{logits.dtype} tensor of shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise InvalidArgumentError(f"{where}: logits must be a float tensor of shape (n, classes) or (n,), got {desc}")
+        desc = (
+            f"{logits.dtype} tensor of shape {tuple(logits.shape)}"
+            if isinstance(logits, torch.Tensor)
+            else type(logits).__name__
+        )
+        raise InvalidArgumentError(
+            f"{where}: logits must be a float tensor of shape (n, classes) or (n,), got {desc}"
+        )
     if labels is None:
         return logits, None
     if isinstance(labels, np.ndarray | list):
         labels = torch.as_tensor(labels)
-    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() or labels.dim() != 1:
-        raise InvalidArgumentError(f"{where}: labels must be a 1-D integer tensor or None, got {labels!r:.80}")
+    if (
+        not isinstance(labels, torch.Tensor)
+        or labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dim() != 1
+    ):
+        raise InvalidArgumentError(
+            f"{where}: labels must be a 1-D integer tensor or None, got {labels!r:.80}"
+        )
     if labels.shape[0] != logits.shape[0]:
         raise InvalidArgumentError(f"{where}: {labels.shape[0]} labels for {logits.shape[0]} rows of logits")
     return logits, labels
 
 
-def evaluate(model: torch.nn.Module, batches: list[Any], forward: ForwardFn) -> tuple[torch.Tensor, torch.Tensor | None]:
+def evaluate(
+    model: torch.nn.Module, batches: list[Any], forward: ForwardFn
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """All holdout logits as one (n, classes) float32 tensor and labels as (n,) int64 (or None), on device."""
     logits_all: list[torch.Tensor] = []
     labels_all: list[torch.Tensor | None] = []
@@ -151,7 +173,9 @@ def evaluate(model: torch.nn.Module, batches: list[Any], forward: ForwardFn) -> 
                     f"holdout: batches[{i}] gives {logits.shape[1]} classes, batches[0] gave {logits_all[0].shape[1]}"
                 )
             logits_all.append(logits)
-            labels_all.append(None if labels is None else labels.detach().to(logits.device, torch.int64, non_blocking=True))
+            labels_all.append(
+                None if labels is None else labels.detach().to(logits.device, torch.int64, non_blocking=True)
+            )
     logits_cat = torch.cat(logits_all)
     if any(lab is None for lab in labels_all):
         return logits_cat, None
@@ -207,8 +231,14 @@ def check_labels(labels: Any) -> torch.Tensor:
         try:
             labels = torch.as_tensor(np.asarray(labels))
         except (TypeError, ValueError) as exc:
-            raise InvalidArgumentError(f"labels: expected a tensor, array or list of class ids ({exc})") from exc
-    if labels.is_complex() or labels.layout != torch.strided or (labels.is_floating_point() and labels.dim() != 2):
+            raise InvalidArgumentError(
+                f"labels: expected a tensor, array or list of class ids ({exc})"
+            ) from exc
+    if (
+        labels.is_complex()
+        or labels.layout != torch.strided
+        or (labels.is_floating_point() and labels.dim() != 2)
+    ):
         raise InvalidArgumentError(
             "labels: expected integer class ids or a (batch, classes) one-hot/probability matrix, "
             f"got a {labels.dtype} tensor of shape {tuple(labels.shape)}"

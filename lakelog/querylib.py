@@ -7,10 +7,11 @@ A file starts with a comment header::
     -- param run_a: the reference run
     -- param tol = 0.0: largest absolute logit difference still counted as equal
 
+Declared parameters are checked against the ``$name`` placeholders the SQL uses, defaults fill
+what the caller leaves out, and values always travel as DuckDB parameters, never as SQL text.
 A ``-- flatten: config`` line asks the loader to spread a JSON text column into one column per
 leaf (``config.lr``, ``config.opt.name``): DuckDB cannot pivot on data-dependent column names in a
-statement with bound parameters. Declared parameters are checked against the ``$name`` placeholders the SQL uses, defaults fill
-what the caller leaves out, and values always travel as DuckDB parameters, never as SQL text.
+statement with bound parameters.
 """
 
 from __future__ import annotations
@@ -217,15 +218,15 @@ def _flatten(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
             rows.append(leaves)
         position = frame.columns.index(column)
         frame = frame.drop(column)
-        for offset, key in enumerate(sorted({k for row in rows for k in row})):
+        for key in sorted({k for row in rows for k in row}):
             if key in frame.columns:
                 continue
             values = [row.get(key) for row in rows]
             kinds = {type(v) for v in values if v is not None}
             if len(kinds) > 1 and not kinds <= {int, float}:  # mixed types: show them as JSON text
                 values = [None if v is None else json.dumps(v) for v in values]
-            series = pl.Series(key, values, strict=False)
-            frame = frame.insert_column(position + offset, series)
+            frame = frame.insert_column(position, pl.Series(key, values, strict=False))
+            position += 1
     return frame
 
 

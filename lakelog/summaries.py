@@ -97,11 +97,14 @@ def _values(t: torch.Tensor) -> torch.Tensor:
     return t.coalesce().values() if t.layout == torch.sparse_coo else t.to_sparse_coo().coalesce().values()
 
 
-def tensor_stats(tensors: Sequence[torch.Tensor], *, full: bool = True) -> tuple[torch.Tensor, list[str]]:
+def tensor_stats(
+    tensors: Sequence[torch.Tensor], *, full: bool = True, minmax: bool = True
+) -> tuple[torch.Tensor, list[str]]:
     """Raw columns ``RAW`` of tensors on one device as an (n, 7) float64 tensor, and each row's kind.
 
     ``full=True`` (weights, buffers): min and max are those of the finite values, with NaN and Inf
-    counted. ``full=False`` (gradients, optimizer state): norm, min and max only, NaN propagating.
+    counted. ``full=False`` (gradients): norm, min and max only, NaN propagating; ``minmax=False`` as
+    well (optimizer state): the norm alone, one pass.
     """
     n = len(tensors)
     kinds = [kind_of(t) for t in tensors]
@@ -124,7 +127,7 @@ def tensor_stats(tensors: Sequence[torch.Tensor], *, full: bool = True) -> tuple
         elif t.numel():
             dense.append((i, _real(t)))
     if dense:
-        block = _dense_block([x for _, x in dense], full)
+        block = _dense_block([x for _, x in dense], full, minmax or full)
         if len(dense) == n:  # the usual case: every tensor dense and real
             out = block
         else:
@@ -134,7 +137,7 @@ def tensor_stats(tensors: Sequence[torch.Tensor], *, full: bool = True) -> tuple
     return out, kinds
 
 
-def _dense_block(xs: list[torch.Tensor], full: bool) -> torch.Tensor:
+def _dense_block(xs: list[torch.Tensor], full: bool, minmax: bool) -> torch.Tensor:
     """``RAW`` rows of dense real tensors, every reduction queued, none waited for.
 
     NaN/Inf counts and finite min/max read every element again. On the CPU, where looking at a
@@ -152,9 +155,15 @@ def _dense_block(xs: list[torch.Tensor], full: bool) -> torch.Tensor:
             for j, v in zip(ks, vals, strict=True):
                 norms[j] = v
     norm = torch.stack(norms).to(F64)
-    total = torch.stack([x.sum(dtype=torch.float32 if x.dtype in _HALF else None) for x in xs]).to(F64) if full else nan
+    total = (
+        torch.stack([x.sum(dtype=torch.float32 if x.dtype in _HALF else None) for x in xs]).to(F64)
+        if full
+        else nan
+    )
     counts = torch.zeros((k, 2), dtype=F64, device=device)
-    if not full or device.type == "cpu":
+    if not minmax:
+        lo = hi = nan
+    elif not full or device.type == "cpu":
         mm = [torch.aminmax(x) for x in xs]
         lo, hi = torch.stack([m.min for m in mm]).to(F64), torch.stack([m.max for m in mm]).to(F64)
         for j in torch.nonzero(~torch.isfinite(norm)).reshape(-1).tolist() if full else []:
@@ -168,17 +177,23 @@ def _dense_block(xs: list[torch.Tensor], full: bool) -> torch.Tensor:
         finite = [torch.isfinite(x) for x in xs]
         counts[:, 0] = torch.stack([torch.isnan(x).sum() for x in xs])
         counts[:, 1] = torch.stack([(~f).sum() for f in finite]) - counts[:, 0]
-        lo = torch.stack([torch.where(f, x, math.inf).amin() for x, f in zip(xs, finite, strict=True)]).to(F64)
-        hi = torch.stack([torch.where(f, x, -math.inf).amax() for x, f in zip(xs, finite, strict=True)]).to(F64)
+        lo = torch.stack([torch.where(f, x, math.inf).amin() for x, f in zip(xs, finite, strict=True)]).to(
+            F64
+        )
+        hi = torch.stack([torch.where(f, x, -math.inf).amax() for x, f in zip(xs, finite, strict=True)]).to(
+            F64
+        )
     var = nan
     if full:
-        small = [torch.var(x.float() if x.dtype in _HALF else x) if 1 < x.numel() <= SMALL else nan[0] for x in xs]
+        small = [
+            torch.var(x.float() if x.dtype in _HALF else x) if 1 < x.numel() <= SMALL else nan[0] for x in xs
+        ]
         var = torch.stack(small).to(F64)
     return torch.stack([norm, total, lo, hi, nan, counts[:, 0], counts[:, 1], var], dim=1)
 
 
 def finish_stats(
-    raw: np.ndarray, kinds: Sequence[str], numels: Sequence[int], *, full: bool = True
+    raw: np.ndarray, kinds: Sequence[str], numels: Sequence[int], *, full: bool = True, minmax: bool = True
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Host side: the params columns (norm, mean, std, min, max, absmax, counts) from raw rows, and for
     each column where it applies (elsewhere the caller writes null; a NaN that applies stays NaN)."""
@@ -197,7 +212,9 @@ def finish_stats(
         if full:  # min and max are over the finite values; NaN, then Inf, anywhere decides absmax
             mn[np.isinf(mn)] = np.nan  # +inf/-inf: no finite value at all
             mx[np.isinf(mx)] = np.nan
-            derived = np.where(nan_count > 0, np.nan, np.where(inf_count > 0, np.inf, np.fmax(np.abs(mn), np.abs(mx))))
+            derived = np.where(
+                nan_count > 0, np.nan, np.where(inf_count > 0, np.inf, np.fmax(np.abs(mn), np.abs(mx)))
+            )
         absmax = np.where(real, derived, absmax)
     sparse = kinds_a == "sparse"
     mn = np.where(sparse, np.minimum(mn, 0.0), mn)  # implicit zeros take part in min and max
@@ -210,9 +227,9 @@ def finish_stats(
         "norm": present,
         "mean": real & full,
         "std": real & full & (n > 1),
-        "min": real & ~(full & np.isnan(mn)),
-        "max": real & ~(full & np.isnan(mx)),
-        "absmax": present & (kinds_a != "empty"),
+        "min": real & (minmax or full) & ~(full & np.isnan(mn)),
+        "max": real & (minmax or full) & ~(full & np.isnan(mx)),
+        "absmax": present & (kinds_a != "empty") & ((minmax or full) | ~real),
         "nan_count": present & full,
         "inf_count": present & full,
     }
@@ -223,14 +240,21 @@ class Section:
     """Raw statistics (and fingerprints) of tensors, some None, computed per device into a ``Pack``."""
 
     def __init__(
-        self, pack: Pack, key: str, tensors: Sequence[torch.Tensor | None], *, full: bool, fingerprint: bool
+        self,
+        pack: Pack,
+        key: str,
+        tensors: Sequence[torch.Tensor | None],
+        *,
+        full: bool,
+        fingerprint: bool,
+        minmax: bool = True,
     ) -> None:
         from .fingerprint import fingerprint_many
 
         self.n = len(tensors)
         self.kinds = ["none"] * self.n
         self.numels = [t.numel() if t is not None else 0 for t in tensors]
-        self.full = full
+        self.full, self.minmax = full, minmax
         self._parts: list[tuple[list[int], str, str | None]] = []
         by_device: dict[torch.device, list[int]] = {}
         for i, t in enumerate(tensors):
@@ -238,7 +262,7 @@ class Section:
                 by_device.setdefault(t.device, []).append(i)
         for j, rows in enumerate(by_device.values()):
             ts = [tensors[i].detach() for i in rows]  # type: ignore[union-attr]
-            raw, kinds = tensor_stats(ts, full=full)
+            raw, kinds = tensor_stats(ts, full=full, minmax=minmax)
             for i, kind in zip(rows, kinds, strict=True):
                 self.kinds[i] = kind
             pack.add(f"{key}/{j}/stats", raw)
@@ -252,7 +276,7 @@ class Section:
         raw = np.full((self.n, len(RAW)), np.nan)
         for rows, stats_key, _ in self._parts:
             raw[rows] = pack.get(stats_key)
-        return finish_stats(raw, self.kinds, self.numels, full=self.full)
+        return finish_stats(raw, self.kinds, self.numels, full=self.full, minmax=self.minmax)
 
     def fingerprints(self, pack: Pack) -> list[str | None]:
         from .fingerprint import to_hex
@@ -274,25 +298,38 @@ def _diff_norm(cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     if cur.is_complex():
         return torch.linalg.vector_norm(cur - prev).to(F64)
     if cur.dtype not in (torch.float32, torch.float64):
-        cur, prev = (cur.double(), prev.double()) if not cur.is_floating_point() else (cur.float(), prev.float())
-    return torch.dist(cur, prev).to(F64)  # fused: no full-size temporary for the difference
+        cur, prev = (
+            (cur.double(), prev.double()) if not cur.is_floating_point() else (cur.float(), prev.float())
+        )
+    return torch.linalg.vector_norm(cur - prev).to(F64)
+
+
+def _stacked(values: list[torch.Tensor | None], device: torch.device) -> torch.Tensor:
+    nan = torch.full((), math.nan, dtype=F64, device=device)
+    return torch.stack([nan if v is None else v.to(device, F64, non_blocking=True) for v in values])
 
 
 def update_norms(current: Sequence[torch.Tensor], previous: Sequence[torch.Tensor | None]) -> torch.Tensor:
     """||current - previous|| per tensor, float64 on the first tensor's device; NaN where unknown."""
-    device = current[0].device
     vals = [
-        _diff_norm(c.detach(), p).to(device, non_blocking=True) if p is not None
-        else torch.full((), math.nan, dtype=F64, device=device)
-        for c, p in zip(current, previous, strict=True)
+        _diff_norm(c.detach(), p) if p is not None else None for c, p in zip(current, previous, strict=True)
     ]
-    return torch.stack(vals)
+    return _stacked(vals, current[0].device)
 
 
 _ST_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
 }
 
 
@@ -316,21 +353,18 @@ class Previous:
         """Update norms since the previous call (None the first time), then remember these tensors."""
         if self.where is None or not tensors:
             return None
+        tensors = [t.detach() for t in tensors]
         previous = self._load(names)
-        norms = None
-        self.known = [False] * len(names)
-        if previous is not None:
-            before = [previous.get(n) for n in names]
-            self.known = [
-                p is not None and p.shape == t.shape and p.dtype == t.dtype and t.layout == torch.strided
-                for p, t in zip(before, tensors, strict=True)
-            ]
-            norms = update_norms(tensors, before)
+        before = [previous.get(n) for n in names] if previous is not None else [None] * len(names)
+        self.known = [
+            p is not None and p.shape == t.shape and p.dtype == t.dtype and t.layout == torch.strided
+            for p, t in zip(before, tensors, strict=True)
+        ]
         if self.where == "disk":
+            norms = update_norms(tensors, before) if previous is not None else None
             self._save(names, tensors)
-        else:
-            self._keep(names, tensors)
-        return norms
+            return norms
+        return self._keep(names, tensors, before)
 
     def clear(self) -> None:
         self._kept = None
@@ -353,21 +387,43 @@ class Previous:
                 out[name] = torch.view_as_complex(t) if t is not None and name in complex_names else t
         return out
 
-    def _keep(self, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
+    def _keep(
+        self, names: Sequence[str], tensors: list[torch.Tensor], before: list[torch.Tensor | None]
+    ) -> torch.Tensor | None:
+        """Difference norms against the kept copies, then the copies refreshed: for the common case (same
+        device, floating point) three batched ops, ``kept -= current``, norms, ``kept <- current``."""
         kept = self._kept or {}
-        for name, t in zip(names, tensors, strict=True):
-            t = t.detach()
+        norms: list[torch.Tensor | None] = [None] * len(tensors)
+        fast = {
+            i
+            for i, (t, k) in enumerate(zip(tensors, self.known, strict=True))
+            if k and t.is_floating_point() and before[i].device == t.device
+        }  # type: ignore[union-attr]
+        for half in (False, True):
+            idx = [i for i in fast if (tensors[i].dtype in _HALF) == half]
+            if idx:
+                olds, curs = [before[i] for i in idx], [tensors[i] for i in idx]
+                torch._foreach_sub_(olds, curs)
+                for i, v in zip(
+                    idx, torch._foreach_norm(olds, 2, dtype=torch.float32 if half else None), strict=True
+                ):
+                    norms[i] = v
+                torch._foreach_copy_(olds, curs)
+        for i, (name, t) in enumerate(zip(names, tensors, strict=True)):
             if t.layout != torch.strided:
                 kept[name] = None
+            elif i in fast:
                 continue
-            old = kept.get(name)
-            if old is None or old.shape != t.shape or old.dtype != t.dtype:
+            elif self.known[i]:
+                norms[i] = _diff_norm(t, before[i])  # type: ignore[arg-type]
+                before[i].copy_(t, non_blocking=True)  # type: ignore[union-attr]
+            else:
                 device = t.device if self.where == "device" else torch.device("cpu")
                 pin = device.type == "cpu" and t.device.type == "cuda"
-                old = torch.empty(t.shape, dtype=t.dtype, device=device, pin_memory=pin)
-                kept[name] = old
-            old.copy_(t, non_blocking=True)
+                kept[name] = torch.empty(t.shape, dtype=t.dtype, device=device, pin_memory=pin)
+                kept[name].copy_(t, non_blocking=True)  # type: ignore[union-attr]
         self._kept = kept
+        return _stacked(norms, tensors[0].device) if any(self.known) else None
 
     def _save(self, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
         """A safetensors file written one tensor at a time (``safetensors.save_file`` builds it all in memory)."""
@@ -381,7 +437,11 @@ class Previous:
                 t = torch.view_as_real(t.resolve_conj())
                 complex_names.append(name)
             data = t.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-            header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + data.nbytes]}
+            header[name] = {
+                "dtype": _ST_DTYPES[t.dtype],
+                "shape": list(t.shape),
+                "data_offsets": [offset, offset + data.nbytes],
+            }
             datas.append(data)
             offset += data.nbytes
         header["__metadata__"] = {"complex": json.dumps(complex_names)}

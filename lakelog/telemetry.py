@@ -72,19 +72,25 @@ def _options(options: dict[str, Any]) -> Options:
     if opts.holdout_every is None:
         opts.holdout_every = opts.every
     if _positive(opts.holdout_every, "holdout_every") % opts.every:
-        raise InvalidArgumentError(f"holdout_every: expected a multiple of every={opts.every}, got {opts.holdout_every}")
+        raise InvalidArgumentError(
+            f"holdout_every: expected a multiple of every={opts.every}, got {opts.holdout_every}"
+        )
     if opts.keep_previous == "none":
         opts.keep_previous = None
     if opts.keep_previous not in KEEP:
         raise InvalidArgumentError(f"keep_previous: expected one of {KEEP}, got {opts.keep_previous!r}")
     if opts.step is not None and opts.step != "optimizer" and not callable(opts.step):
-        raise InvalidArgumentError(f"step: expected None, 'optimizer' or a callable returning the step, got {opts.step!r}")
+        raise InvalidArgumentError(
+            f"step: expected None, 'optimizer' or a callable returning the step, got {opts.step!r}"
+        )
     fp = opts.fingerprints
     kinds = set(FINGERPRINT_KINDS) if fp is True else set() if fp is False or fp is None else None
     if kinds is None:
         kinds = {fp} if isinstance(fp, str) else set(fp) if isinstance(fp, list | tuple | set) else {None}
         if not kinds <= set(FINGERPRINT_KINDS):
-            raise InvalidArgumentError(f"fingerprints: expected True, False or some of {FINGERPRINT_KINDS}, got {fp!r}")
+            raise InvalidArgumentError(
+                f"fingerprints: expected True, False or some of {FINGERPRINT_KINDS}, got {fp!r}"
+            )
     opts.fingerprints = kinds
     return opts
 
@@ -113,8 +119,16 @@ class _Capture:
 class Watcher:
     """The hooks of one ``watch`` call; ``detach()`` removes them (done for you at ``run.finish()``)."""
 
-    def __init__(self, run: Any, layout: groups_mod.Layout, optimizer: torch.optim.Optimizer | None,
-                 opts: Options, holdout: tuple[list[Any], Callable] | None, model: torch.nn.Module, index: int) -> None:
+    def __init__(
+        self,
+        run: Any,
+        layout: groups_mod.Layout,
+        optimizer: torch.optim.Optimizer | None,
+        opts: Options,
+        holdout: tuple[list[Any], Callable] | None,
+        model: torch.nn.Module,
+        index: int,
+    ) -> None:
         self.run = run
         self.layout = layout
         self.optimizer = optimizer
@@ -131,12 +145,16 @@ class Watcher:
         self._labels: list[torch.Tensor] = []
         self._num_classes = 0
         self._hooks: list[Any] = []
+        self._attached = True
+        self._groups_seen = len(optimizer.param_groups) if optimizer is not None else 0
         path = None
         if opts.keep_previous == "disk":
             try:
                 path = Path(run.path) / ".telemetry" / f"previous-r{run.rank}-{index}.safetensors"
             except InvalidArgumentError as exc:
-                raise InvalidArgumentError(f"keep_previous: 'disk' needs a run folder on local disk ({exc})") from exc
+                raise InvalidArgumentError(
+                    f"keep_previous: 'disk' needs a run folder on local disk ({exc})"
+                ) from exc
         self._previous = Previous(opts.keep_previous, path)
 
     # -- hooks (training thread) -----------------------------------------------------------
@@ -151,7 +169,11 @@ class Watcher:
         step = self.run.step
         if step != self._seen:
             self._seen, self._base = step, self._count
-        stamp = self._stamp()
+        try:
+            stamp = self._stamp()
+        except Exception as exc:  # a user step callable that fails must not stop training either
+            self._fail(exc)
+            return
         if stamp % self.every == 0:
             # step(closure) (LBFGS, Lightning) computes the gradients inside the step: read them after it.
             closure = kwargs.get("closure") if kwargs else None
@@ -171,14 +193,22 @@ class Watcher:
         try:
             fn(*args)
         except Exception as exc:
-            self.error = exc
-            log.error("lakelog.watch: capture failed, telemetry is off for this run: %r", exc)
-            self.detach()
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        self.error = exc
+        log.error("lakelog.watch: capture failed, telemetry is off for this run: %r", exc)
+        self.detach()
+        try:
             self.run.update_info(telemetry_error=f"{type(exc).__name__}: {exc}")
+        except Exception as info_exc:  # e.g. the run is already finished
+            log.error("lakelog.watch: could not record the failure in run.json: %r", info_exc)
 
     def observe(self, labels: Any, *, num_classes: int | None = None) -> None:
         """Labels of the current batch, for ``label_pct/<class>`` at the next capture; no device sync."""
         labels = holdout_mod.check_labels(labels)
+        if not self._attached:
+            return
         if num_classes is not None:
             self._num_classes = max(self._num_classes, int(num_classes))
         self._labels.append(labels.detach())
@@ -186,6 +216,8 @@ class Watcher:
     # -- captures ----------------------------------------------------------------------------
     def _begin(self, stamp: int, grads_now: bool = True) -> None:
         """Pre-hook of a captured step: the gradients, before the optimizer consumes them."""
+        if self.optimizer is not None and len(self.optimizer.param_groups) != self._groups_seen:
+            self._relayout()  # add_param_group (progressive unfreezing): new groups, new group names
         capture = _Capture(step=stamp, pack=Pack())
         if grads_now:
             self._grads(capture)
@@ -218,7 +250,9 @@ class Watcher:
         if self.optimizer is not None:
             rows = self._optim_rows()
             capture.optim_rows = [(i, key, shape_text(t), dtype_text(t)) for i, key, t in rows]
-            capture.optim = Section(pack, "o", [t for _, _, t in rows], full=False, fingerprint="optim" in self._fp)
+            capture.optim = Section(
+                pack, "o", [t for _, _, t in rows], full=False, minmax=False, fingerprint="optim" in self._fp
+            )
             capture.hyper = self._hyper(pack)
         if self._labels:
             capture.labels, capture.num_classes = self._pack_labels(pack), self._num_classes
@@ -226,9 +260,15 @@ class Watcher:
             capture.holdout = self._evaluate_holdout(pack)
         self._submit(capture)
 
+    def _relayout(self) -> None:
+        opts = self.options
+        self.layout = groups_mod.resolve(self.model, self.optimizer, opts.groups, prefix=opts.prefix)
+        self._groups_seen = len(self.optimizer.param_groups)  # type: ignore[union-attr]
+
     def _submit(self, capture: _Capture) -> None:
         capture.pack.send()
-        self.run.submit(lambda: _build(self.layout, capture), epoch=self.run.epoch)
+        layout = self.layout  # bound now: a later relayout must not change this capture's rows
+        self.run.submit(lambda: _build(layout, capture), epoch=self.run.epoch)
 
     def capture(self, *, step: int | None = None) -> None:
         """Capture now (gradients as they are, weights, state): for loops without an optimizer to hook."""
@@ -236,6 +276,7 @@ class Watcher:
         capture, self._pending = self._pending, None
         assert capture is not None
         self._finish(capture)
+        self._labels = []
 
     def _optim_rows(self) -> list[tuple[int, str, torch.Tensor]]:
         state = self.optimizer.state  # type: ignore[union-attr]
@@ -260,11 +301,18 @@ class Watcher:
     def _pack_labels(self, pack: Pack) -> str:
         first = self._labels[0]
         if first.is_floating_point():  # (batch, classes) one-hot or probabilities: class sums
-            sums = torch.stack([lab.to(first.device, non_blocking=True).sum(0).to(torch.float64) for lab in self._labels]).sum(0)
+            sums = torch.stack(
+                [lab.to(first.device, non_blocking=True).sum(0).to(torch.float64) for lab in self._labels]
+            ).sum(0)
             n = sum(lab.shape[0] for lab in self._labels)
-            pack.add("labels/sums", torch.cat([sums, torch.full((1,), float(n), dtype=sums.dtype, device=sums.device)]))
+            pack.add(
+                "labels/sums",
+                torch.cat([sums, torch.full((1,), float(n), dtype=sums.dtype, device=sums.device)]),
+            )
             return "sums"
-        flat = torch.cat([lab.to(first.device, torch.int64, non_blocking=True).reshape(-1) for lab in self._labels])
+        flat = torch.cat(
+            [lab.to(first.device, torch.int64, non_blocking=True).reshape(-1) for lab in self._labels]
+        )
         pack.add("labels/ids", flat)
         return "ids"
 
@@ -312,7 +360,9 @@ class Watcher:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        self._attached = False
         self._pending = None
+        self._labels = []
         self._previous.clear()
         watchers = getattr(self.run, "_watchers", None)
         if watchers and self in watchers:
@@ -335,8 +385,17 @@ def _nulls(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full(n, np.nan), np.zeros(n, dtype=bool)
 
 
-def _table(step: int, names: list[str], kinds: list[str], groups: list[str | None], meta: list[tuple[str, str]],
-           numels: list[int], section: tuple[dict, dict], fps: list[str | None], extra: dict[str, Any]) -> pa.Table:
+def _table(
+    step: int,
+    names: list[str],
+    kinds: list[str],
+    groups: list[str | None],
+    meta: list[tuple[str, str]],
+    numels: list[int],
+    section: tuple[dict, dict],
+    fps: list[str | None],
+    extra: dict[str, Any],
+) -> pa.Table:
     """Rows of the params table; ``extra`` holds grad/update columns as (values, valid) or string lists."""
     n = len(names)
     cols, valid = section
@@ -382,16 +441,44 @@ def _build(layout: groups_mod.Layout, c: _Capture) -> dict[str, pa.Table | None]
         extra["update_ratio"] = (ratio, known & (wcols[0]["norm"] != 0))
     groups = [e.group for e in layout.params]
     tables = [
-        _table(c.step, [e.name for e in layout.params], [pre + "param"] * n_p, groups, c.meta[:n_p],
-               c.params.numels, wcols, c.params.fingerprints(pack), extra),
-        _table(c.step, [e.name for e in layout.buffers], [pre + "buffer"] * n_b, [e.group for e in layout.buffers],
-               c.meta[n_p:], c.buffers.numels, c.buffers.columns(pack), c.buffers.fingerprints(pack), {}),
+        _table(
+            c.step,
+            [e.name for e in layout.params],
+            [pre + "param"] * n_p,
+            groups,
+            c.meta[:n_p],
+            c.params.numels,
+            wcols,
+            c.params.fingerprints(pack),
+            extra,
+        ),
+        _table(
+            c.step,
+            [e.name for e in layout.buffers],
+            [pre + "buffer"] * n_b,
+            [e.group for e in layout.buffers],
+            c.meta[n_p:],
+            c.buffers.numels,
+            c.buffers.columns(pack),
+            c.buffers.fingerprints(pack),
+            {},
+        ),
     ]
     if c.optim is not None and c.optim_rows:
         idx = [i for i, _, _, _ in c.optim_rows]
-        tables.append(_table(c.step, [layout.params[i].name for i in idx], [k for _, k, _, _ in c.optim_rows],
-                             [groups[i] for i in idx], [(s, d) for _, _, s, d in c.optim_rows], c.optim.numels,
-                             c.optim.columns(pack), c.optim.fingerprints(pack), {}))
+        tables.append(
+            _table(
+                c.step,
+                [layout.params[i].name for i in idx],
+                [k for _, k, _, _ in c.optim_rows],
+                [groups[i] for i in idx],
+                [(s, d) for _, _, s, d in c.optim_rows],
+                c.optim.numels,
+                c.optim.columns(pack),
+                c.optim.fingerprints(pack),
+                {},
+            )
+        )
     out: dict[str, pa.Table | None] = {"params": pa.concat_tables(tables)}
     scalars: list[tuple[str, float | None]] = []
     if not c.initial:
@@ -431,7 +518,9 @@ def watch(run: Any, model: Any, optimizer: Any = None, **options: Any) -> Watche
     opt = groups_mod.unwrap_optimizer(optimizer)
     watchers: list[Watcher] = run.__dict__.setdefault("_watchers", [])
     if opt is not None and any(w.optimizer is opt for w in watchers):
-        raise InvalidArgumentError("optimizer: this run already watches it; call watcher.detach() before watching again")
+        raise InvalidArgumentError(
+            "optimizer: this run already watches it; call watcher.detach() before watching again"
+        )
     spec = holdout_mod.parse(opts.holdout, module)
     watcher = Watcher(run, layout, opt, opts, spec, module, index=len(watchers))
     watcher.start()
@@ -439,7 +528,14 @@ def watch(run: Any, model: Any, optimizer: Any = None, **options: Any) -> Watche
     run.on_finish(watcher.detach)
     if opt is None:
         log.info("lakelog.watch: no optimizer given; call watcher.capture() to capture")
-    run.update_info(watch={"every": opts.every, "holdout_every": opts.holdout_every,
-                           "keep_previous": opts.keep_previous, "groups": sorted({e.group or "" for e in layout.params}),
-                           "fingerprints": sorted(opts.fingerprints), "prefix": opts.prefix})
+    run.update_info(
+        watch={
+            "every": opts.every,
+            "holdout_every": opts.holdout_every,
+            "keep_previous": opts.keep_previous,
+            "groups": sorted({e.group or "" for e in layout.params}),
+            "fingerprints": sorted(opts.fingerprints),
+            "prefix": opts.prefix,
+        }
+    )
     return watcher

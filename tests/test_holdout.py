@@ -19,7 +19,9 @@ from lakelog.errors import InvalidArgumentError
 class BNNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8, momentum=None), nn.ReLU(), nn.Dropout(0.5))
+        self.body = nn.Sequential(
+            nn.Linear(4, 8), nn.BatchNorm1d(8, momentum=None), nn.ReLU(), nn.Dropout(0.5)
+        )
         self.frozen_bn = nn.BatchNorm1d(8)
         self.head = nn.Linear(8, 3)
 
@@ -89,8 +91,13 @@ def test_parse_accepts_the_documented_shapes() -> None:
     assert holdout.parse([(x, y), [x, y]], model)[1] is holdout.default_forward
     batches, forward = holdout.parse(([x, x], fn), model)
     assert forward is fn and len(batches) == 2
-    for bad, message in [(42, "expected"), ([], "no batches"), ("text", "expected"), ([x], "batch 0"),
-                         ({"x": x}, "expected")]:
+    for bad, message in [
+        (42, "expected"),
+        ([], "no batches"),
+        ("text", "expected"),
+        ([x], "batch 0"),
+        ({"x": x}, "expected"),
+    ]:
         with pytest.raises(InvalidArgumentError, match=f"holdout: .*{message}"):
             holdout.parse(bad, model)
 
@@ -152,7 +159,12 @@ def test_rows_accuracy_loss_and_missing_labels() -> None:
     assert table.column("prediction").to_pylist() == [0, 2, 1, 2]
     assert table.column("label").to_pylist() == [0, 1, None, 2]
     assert table.column("correct").to_pylist() == [True, False, None, True]
-    assert table.column("step").to_pylist() == [9] * 4 and table.column("sample_idx").to_pylist() == [0, 1, 2, 3]
+    assert table.column("step").to_pylist() == [9] * 4 and table.column("sample_idx").to_pylist() == [
+        0,
+        1,
+        2,
+        3,
+    ]
     assert scalars["holdout/acc"] == pytest.approx(2 / 3)
     valid = torch.tensor([0, 1, 3])
     expected = F.cross_entropy(torch.from_numpy(logits)[valid].double(), torch.tensor([0, 1, 2]))
@@ -168,15 +180,21 @@ def test_rows_single_logit_binary() -> None:
     labels = np.array([1, 1, 0])
     table, scalars = holdout.rows(1, logits, labels)
     assert table.column("prediction").to_pylist() == [1, 0, 1]
-    expected = F.binary_cross_entropy_with_logits(torch.tensor([1.5, -0.5, 0.2]).double(), torch.tensor([1.0, 1.0, 0.0]).double())
+    expected = F.binary_cross_entropy_with_logits(
+        torch.tensor([1.5, -0.5, 0.2]).double(), torch.tensor([1.0, 1.0, 0.0]).double()
+    )
     assert scalars["holdout/loss"] == pytest.approx(float(expected), rel=1e-9)
     assert scalars["holdout/acc"] == pytest.approx(1 / 3)
 
 
 def test_label_scalars_and_checks() -> None:
     got = dict(holdout.label_scalars(np.array([0, 0, 1, -1]), "ids", 3))
-    assert got == {"batch_size": 3.0, "label_pct/0": pytest.approx(200 / 3), "label_pct/1": pytest.approx(100 / 3),
-                   "label_pct/2": 0.0}
+    assert got == {
+        "batch_size": 3.0,
+        "label_pct/0": pytest.approx(200 / 3),
+        "label_pct/1": pytest.approx(100 / 3),
+        "label_pct/2": 0.0,
+    }
     many = dict(holdout.label_scalars(np.array([5, 500, 500]), "ids", 0))
     assert set(many) == {"batch_size", "label_pct/5", "label_pct/500"}  # many classes: only those present
     assert holdout.check_labels([1, 2, 3]).dtype == torch.int64

@@ -34,8 +34,14 @@ class SmallCNN(nn.Module):
     def __init__(self, classes: int = 3) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(32, classes))
 
@@ -65,8 +71,15 @@ def query(root: Path, sql: str, params: list | None = None) -> list[dict[str, An
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def train_cnn(root: Path | None, *, steps: int = 4, seed: int = 0, watch: dict | None = None, name: str = "r",
-              before_step: Any = None) -> tuple[SmallCNN, torch.optim.Optimizer, Any]:
+def train_cnn(
+    root: Path | None,
+    *,
+    steps: int = 4,
+    seed: int = 0,
+    watch: dict | None = None,
+    name: str = "r",
+    before_step: Any = None,
+) -> tuple[SmallCNN, torch.optim.Optimizer, Any]:
     """Seeded CNN training; ``watch`` options turn telemetry on. Steps are logged before optimizer.step()."""
     torch.manual_seed(seed)
     model = SmallCNN()
@@ -110,9 +123,16 @@ def test_params_match_torch(tmp_path: Path) -> None:
         t = p.detach().double()
         assert r["shape"] == str(list(p.shape)) and r["numel"] == p.numel() and r["dtype"] == "float32"
         assert r["group"] == "group_0"
-        for col, expected in [("norm", t.norm()), ("mean", t.mean()), ("std", t.std()), ("min", t.min()),
-                              ("max", t.max()), ("absmax", t.abs().max()), ("grad_norm", p.grad.double().norm()),
-                              ("grad_absmax", p.grad.double().abs().max())]:
+        for col, expected in [
+            ("norm", t.norm()),
+            ("mean", t.mean()),
+            ("std", t.std()),
+            ("min", t.min()),
+            ("max", t.max()),
+            ("absmax", t.abs().max()),
+            ("grad_norm", p.grad.double().norm()),
+            ("grad_absmax", p.grad.double().abs().max()),
+        ]:
             assert r[col] == pytest.approx(float(expected), rel=1e-5, abs=1e-9), (name, col)
         update = float((p.detach() - kept[name]).double().norm())
         assert r["update_norm"] == pytest.approx(update, rel=1e-5, abs=1e-12)
@@ -124,22 +144,38 @@ def test_params_match_torch(tmp_path: Path) -> None:
             o = rows[(f"optim:{key}", name)]
             assert o["fingerprint"] == fingerprint_hex(value)
             assert o["norm"] == pytest.approx(float(value.double().norm()), rel=1e-5)
+            assert (
+                o["mean"] is None and o["min"] is None and o["grad_norm"] is None
+            )  # optimizer state: norm only
     for name, b in model.named_buffers():
         r = rows[("buffer", name)]
         assert r["fingerprint"] == fingerprint_hex(b) and r["dtype"] == str(b.dtype).removeprefix("torch.")
         assert r["norm"] == pytest.approx(float(b.double().norm()), rel=1e-6)
         assert r["grad_norm"] is None and r["update_norm"] is None
-    first = query(tmp_path, "SELECT count(*) n, count(update_norm) u, count(grad_norm) g FROM params "
-                            "WHERE step = 0 AND kind = 'param'")[0]
+    first = query(
+        tmp_path,
+        "SELECT count(*) n, count(update_norm) u, count(grad_norm) g FROM params "
+        "WHERE step = 0 AND kind = 'param'",
+    )[0]
     assert first == {"n": len(names), "u": 0, "g": len(names)}  # no update at the first capture
-    steps = query(tmp_path, "SELECT DISTINCT step, kind FROM params WHERE kind LIKE 'initial:%' ORDER BY kind")
+    steps = query(
+        tmp_path, "SELECT DISTINCT step, kind FROM params WHERE kind LIKE 'initial:%' ORDER BY kind"
+    )
     assert steps == [{"step": 0, "kind": "initial:buffer"}, {"step": 0, "kind": "initial:param"}]
-    scalars = {r["name"]: r["value"] for r in query(tmp_path, "SELECT name, value FROM scalars WHERE step = 3")}
+    scalars = {
+        r["name"]: r["value"] for r in query(tmp_path, "SELECT name, value FROM scalars WHERE step = 3")
+    }
     total = math.sqrt(sum(float(p.grad.double().norm()) ** 2 for p in model.parameters()))
     assert scalars["grad_norm"] == pytest.approx(total, rel=1e-6)
     assert scalars["grad_norm/group_0"] == pytest.approx(total, rel=1e-6)
-    assert scalars["weight_norm"] == pytest.approx(math.sqrt(sum(float(p.detach().double().norm()) ** 2 for p in model.parameters())))
-    assert scalars["lr/group_0"] == 1e-2 and scalars["beta1/group_0"] == 0.9 and scalars["beta2/group_0"] == 0.999
+    assert scalars["weight_norm"] == pytest.approx(
+        math.sqrt(sum(float(p.detach().double().norm()) ** 2 for p in model.parameters()))
+    )
+    assert (
+        scalars["lr/group_0"] == 1e-2
+        and scalars["beta1/group_0"] == 0.9
+        and scalars["beta2/group_0"] == 0.999
+    )
 
 
 def test_fingerprints_equal_for_identical_bits_and_differ_by_one_ulp(tmp_path: Path) -> None:
@@ -156,8 +192,10 @@ def test_fingerprints_equal_for_identical_bits_and_differ_by_one_ulp(tmp_path: P
     for name, model in (("a", a), ("b", b), ("c", c)):
         with lakelog.init(tmp_path, name=name) as run:
             run.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
-    fps = {(r["run"], r["name"]): r["fingerprint"]
-           for r in query(tmp_path, "SELECT run, name, fingerprint FROM params WHERE kind = 'initial:param'")}
+    fps = {
+        (r["run"], r["name"]): r["fingerprint"]
+        for r in query(tmp_path, "SELECT run, name, fingerprint FROM params WHERE kind = 'initial:param'")
+    }
     names = [n for n, _ in a.named_parameters()]
     assert all(fps[("a", n)] == fps[("b", n)] for n in names)
     assert [n for n in names if fps[("a", n)] != fps[("c", n)]] == ["mlp.0.weight"]
@@ -195,18 +233,54 @@ def test_frozen_backbone_and_user_groups(tmp_path: Path) -> None:
             assert r["group"] == "head" and r["update_norm"] > 0 and r["grad_norm"] > 0
     buffers = query(tmp_path, "SELECT DISTINCT \"group\" FROM params WHERE kind = 'buffer'")
     assert buffers == [{"group": "backbone"}]
-    scalars = {r["name"]: r["value"] for r in query(tmp_path, "SELECT name, value FROM scalars WHERE step = 4")}
+    scalars = {
+        r["name"]: r["value"] for r in query(tmp_path, "SELECT name, value FROM scalars WHERE step = 4")
+    }
     assert scalars["update_norm/backbone"] == 0.0 and scalars["update_norm/head"] > 0
     assert "grad_norm/backbone" not in scalars and scalars["grad_norm/head"] > 0
-    assert scalars["lr/head"] == 0.1 and scalars["momentum/head"] == 0.9 and scalars["weight_decay/head"] == 0.0
+    assert (
+        scalars["lr/head"] == 0.1 and scalars["momentum/head"] == 0.9 and scalars["weight_decay/head"] == 0.0
+    )
+
+
+def test_progressive_unfreezing_adds_a_group(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = FrozenBackbone()
+    model.features.requires_grad_(False)
+    opt = torch.optim.SGD(model.classifier.parameters(), lr=0.1)
+    x, y = torch.randn(16, 10), torch.randint(0, 2, (16,))
+    with lakelog.init(tmp_path, name="unfreeze") as run:
+        watcher = run.watch(model, opt, every=1)
+        for step in range(4):
+            if step == 2:
+                model.features.requires_grad_(True)
+                opt.add_param_group({"params": model.features.parameters(), "lr": 0.01})
+            run.log({"x": 0.0}, step=step)
+            loss = F.cross_entropy(model.classifier(model.features(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert watcher.error is None
+    rows = query(tmp_path, "SELECT step, \"group\", max(update_norm) u FROM params WHERE kind = 'param' "
+                           "AND name LIKE 'features.%' AND step > 0 GROUP BY ALL ORDER BY step")
+    assert rows == [{"step": 1, "group": "not_optimized", "u": 0.0}, {"step": 2, "group": "group_1", "u": rows[1]["u"]},
+                    {"step": 3, "group": "group_1", "u": rows[2]["u"]}]
+    assert rows[1]["u"] > 0 and rows[2]["u"] > 0
+    lrs = query(tmp_path, "SELECT step, value FROM scalars WHERE name = 'lr/group_1' ORDER BY step")
+    assert lrs == [{"step": 2, "value": 0.01}, {"step": 3, "value": 0.01}]
 
 
 def test_group_learning_rates_follow_the_scheduler(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = FrozenBackbone()
-    opt = torch.optim.SGD([{"params": model.features.parameters(), "lr": 0.01},
-                           {"params": model.classifier.parameters(), "lr": 0.1, "name": "head"}], momentum=0.5)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, [lambda s: 0.5 ** s, lambda s: 1.0 / (1 + s)])
+    opt = torch.optim.SGD(
+        [
+            {"params": model.features.parameters(), "lr": 0.01},
+            {"params": model.classifier.parameters(), "lr": 0.1, "name": "head"},
+        ],
+        momentum=0.5,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [lambda s: 0.5**s, lambda s: 1.0 / (1 + s)])
     x, y = torch.randn(16, 10), torch.randint(0, 2, (16,))
     used: dict[int, list[float]] = {}
     with lakelog.init(tmp_path, name="lr") as run:
@@ -248,12 +322,18 @@ def test_watch_and_holdout_leave_training_bit_identical(tmp_path: Path) -> None:
     for keep in ("cpu", "disk"):
         np.random.seed(0)
         random.seed(0)
-        model, opt, watcher = train_cnn(tmp_path, steps=5, name=f"w-{keep}",
-                                        watch={"every": 1, "holdout": ([(hx, hy)], forward), "keep_previous": keep})
+        model, opt, watcher = train_cnn(
+            tmp_path,
+            steps=5,
+            name=f"w-{keep}",
+            watch={"every": 1, "holdout": ([(hx, hy)], forward), "keep_previous": keep},
+        )
         assert watcher.error is None and len(draws) >= 5
         for (n, a), (_, b) in zip(ref.state_dict().items(), model.state_dict().items(), strict=True):
             assert torch.equal(a, b), n
-        for a, b in zip(ref_opt.state_dict()["state"].values(), opt.state_dict()["state"].values(), strict=True):
+        for a, b in zip(
+            ref_opt.state_dict()["state"].values(), opt.state_dict()["state"].values(), strict=True
+        ):
             assert all(torch.equal(a[k], b[k]) for k in a)
         assert [m.training for m in ref.modules()] == [m.training for m in model.modules()]
         assert not model.features[5].training and model.features[1].training
@@ -273,7 +353,9 @@ def test_holdout_rows_match_an_eval_forward(tmp_path: Path) -> None:
     assert [r["label"] for r in rows] == hy.tolist()
     assert np.array_equal(np.array([r["logits"] for r in rows], dtype=np.float32), logits.numpy())
     assert [r["prediction"] for r in rows] == logits.argmax(1).tolist()
-    scalars = {r["name"]: r["value"] for r in query(tmp_path, "SELECT name, value FROM scalars WHERE step = 2")}
+    scalars = {
+        r["name"]: r["value"] for r in query(tmp_path, "SELECT name, value FROM scalars WHERE step = 2")
+    }
     assert scalars["holdout/acc"] == pytest.approx(float((logits.argmax(1) == hy).float().mean()))
     assert scalars["holdout/loss"] == pytest.approx(float(F.cross_entropy(logits, hy)), rel=1e-5)
     assert query(tmp_path, "SELECT DISTINCT step FROM holdout ORDER BY step") == [{"step": 0}, {"step": 2}]
@@ -291,8 +373,11 @@ def test_steps_follow_the_users_numbering(tmp_path: Path) -> None:
                     run.log_batch(step=log_from + i, sample_ids=[i])
                 model(torch.ones(1, 4)).sum().backward()
                 opt.step()
-        rows = query(tmp_path, "SELECT DISTINCT step FROM params WHERE run = ? AND kind = 'param' ORDER BY step",
-                     [name])
+        rows = query(
+            tmp_path,
+            "SELECT DISTINCT step FROM params WHERE run = ? AND kind = 'param' ORDER BY step",
+            [name],
+        )
         return [r["step"] for r in rows]
 
     assert run_with("zero", 0) == [0, 3, 6]
@@ -314,13 +399,21 @@ def test_label_balance_from_observed_labels(tmp_path: Path) -> None:
         opt.step()
         with pytest.raises(InvalidArgumentError, match="labels"):
             lakelog.telemetry.observe_labels(run, torch.randn(5))
-    got = {(r["step"], r["name"]): r["value"]
-           for r in query(tmp_path, "SELECT step, name, value FROM scalars WHERE name LIKE 'label_pct/%' "
-                                    "OR name = 'batch_size'")}
-    assert got[(0, "label_pct/0")] == pytest.approx(300 / 7) and got[(0, "label_pct/2")] == pytest.approx(300 / 7)
+    got = {
+        (r["step"], r["name"]): r["value"]
+        for r in query(
+            tmp_path,
+            "SELECT step, name, value FROM scalars WHERE name LIKE 'label_pct/%' OR name = 'batch_size'",
+        )
+    }
+    assert got[(0, "label_pct/0")] == pytest.approx(300 / 7) and got[(0, "label_pct/2")] == pytest.approx(
+        300 / 7
+    )
     assert got[(0, "label_pct/1")] == pytest.approx(100 / 7) and got[(0, "label_pct/3")] == 0.0
     assert got[(0, "batch_size")] == 7
-    assert got[(1, "label_pct/1")] == 75.0 and got[(1, "label_pct/0")] == 25.0 and got[(1, "label_pct/2")] == 0.0
+    assert (
+        got[(1, "label_pct/1")] == 75.0 and got[(1, "label_pct/0")] == 25.0 and got[(1, "label_pct/2")] == 0.0
+    )
 
 
 @pytest.mark.parametrize("keep", ["device", "cpu", "disk", None])
@@ -341,7 +434,9 @@ def test_keep_previous_modes_agree(tmp_path: Path, keep: str | None) -> None:
         before = dict(model_2.named_parameters())
         for r in got:
             p = dict(model_4.named_parameters())[r["name"]]
-            assert r["update_norm"] == pytest.approx(float((p - before[r["name"]]).detach().double().norm()), rel=1e-5)
+            assert r["update_norm"] == pytest.approx(
+                float((p - before[r["name"]]).detach().double().norm()), rel=1e-5
+            )
     assert any(seen) == (keep == "disk")
     assert not list((tmp_path / "k").glob(".telemetry/*.safetensors"))  # removed at finish
 
@@ -378,20 +473,40 @@ def test_dtypes_sparse_complex_and_nonfinite_values(tmp_path: Path) -> None:
     assert bf["dtype"] == "bfloat16" and bf["norm"] == pytest.approx(float(w.norm()), rel=1e-5)
     assert bf["std"] == pytest.approx(float(w.std()), rel=1e-4) and bf["max"] == float(w.max())
     c = rows[("param", "scale")]
-    assert c["dtype"] == "complex64" and c["norm"] == pytest.approx(float(model.scale.detach().abs().norm()), rel=1e-6)
-    assert c["min"] is None and c["mean"] is None and c["absmax"] == pytest.approx(float(model.scale.detach().abs().max()))
+    assert c["dtype"] == "complex64" and c["norm"] == pytest.approx(
+        float(model.scale.detach().abs().norm()), rel=1e-6
+    )
+    assert (
+        c["min"] is None
+        and c["mean"] is None
+        and c["absmax"] == pytest.approx(float(model.scale.detach().abs().max()))
+    )
     hf = rows[("param", "fp16")]
     assert hf["dtype"] == "float16" and hf["grad_norm"] is None and hf["update_norm"] is None
     assert hf["mean"] == pytest.approx(float(model.fp16.double().mean()), rel=1e-3)
     cnt = rows[("buffer", "counter")]
-    assert cnt["dtype"] == "int32" and cnt["mean"] == 2.5 and cnt["max"] == 5 and cnt["norm"] == pytest.approx(math.sqrt(55))
+    assert (
+        cnt["dtype"] == "int32"
+        and cnt["mean"] == 2.5
+        and cnt["max"] == 5
+        and cnt["norm"] == pytest.approx(math.sqrt(55))
+    )
     assert rows[("buffer", "empty")]["norm"] == 0 and rows[("buffer", "empty")]["min"] is None
     bad = rows[("param", "mlp.3.weight")]
     finite = model.mlp[3].weight.detach()[torch.isfinite(model.mlp[3].weight.detach())]
-    assert bad["nan_count"] == 1 and bad["inf_count"] == 2 and math.isnan(bad["norm"]) and math.isnan(bad["absmax"])
+    assert (
+        bad["nan_count"] == 1
+        and bad["inf_count"] == 2
+        and math.isnan(bad["norm"])
+        and math.isnan(bad["absmax"])
+    )
     assert bad["min"] == float(finite.min()) and bad["max"] == float(finite.max())
     nan_grad = rows[("param", "mlp.3.bias")]
-    assert math.isnan(nan_grad["grad_norm"]) and math.isnan(nan_grad["grad_absmax"]) and nan_grad["nan_count"] == 1
+    assert (
+        math.isnan(nan_grad["grad_norm"])
+        and math.isnan(nan_grad["grad_absmax"])
+        and nan_grad["nan_count"] == 1
+    )
 
 
 def test_optimizer_parameters_outside_the_model(tmp_path: Path) -> None:
@@ -404,7 +519,10 @@ def test_optimizer_parameters_outside_the_model(tmp_path: Path) -> None:
         opt.step()
         with pytest.raises(InvalidArgumentError, match="optimizer: none of its"):
             run.watch(nn.Linear(3, 2), torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1))
-    names = {r["name"]: r["group"] for r in query(tmp_path, "SELECT name, \"group\" FROM params WHERE kind = 'param'")}
+    names = {
+        r["name"]: r["group"]
+        for r in query(tmp_path, "SELECT name, \"group\" FROM params WHERE kind = 'param'")
+    }
     assert names == {"weight": "group_0", "bias": "group_0", "optimizer.group_1.0": "group_1"}
 
 
@@ -424,7 +542,10 @@ def test_bad_arguments_name_the_argument(tmp_path: Path) -> None:
         (dict(step="run"), "step:"),
         (dict(colour="red"), "unknown option"),
         (dict(holdout=[torch.ones(2, 3)]), "holdout: batch 0"),
-        (dict(holdout=([(torch.ones(2, 4), torch.zeros(2))], lambda m, b: (m(b[0]), b[1]))), "holdout: forward_fn raised"),
+        (
+            dict(holdout=([(torch.ones(2, 4), torch.zeros(2))], lambda m, b: (m(b[0]), b[1]))),
+            "holdout: forward_fn raised",
+        ),
         (dict(holdout=([(torch.ones(2, 3), torch.zeros(2))], lambda m, b: m(b[0]))), "must return"),
         (dict(holdout=(torch.ones(2, 3), torch.zeros(2))), "labels must be"),
         (dict(model=nn.LazyLinear(2)), "lazy"),
@@ -449,12 +570,26 @@ def test_holdout_failure_later_keeps_training_and_telemetry_going(tmp_path: Path
         return model(batch[0]), batch[1]
 
     hx, hy = images(4, seed=2)
-    model, _, watcher = train_cnn(tmp_path, steps=5, watch={"every": 1, "holdout": ([(hx, hy)], forward)})
+    _, _, watcher = train_cnn(tmp_path, steps=5, watch={"every": 1, "holdout": ([(hx, hy)], forward)})
     assert isinstance(watcher.error, RuntimeError) and len(calls) == 3
     assert query(tmp_path, "SELECT DISTINCT step FROM holdout ORDER BY step") == [{"step": 0}]
     assert query(tmp_path, "SELECT count(DISTINCT step) n FROM params WHERE kind = 'param'") == [{"n": 5}]
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert "holdout disk went away" in info["telemetry_error"] and info["watch"]["every"] == 1
+
+
+def test_a_failing_step_callable_turns_telemetry_off_not_training(tmp_path: Path) -> None:
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with lakelog.init(tmp_path, name="badstep") as run:
+        watcher = run.watch(model, opt, step=lambda: 1 // 0)
+        model(torch.ones(1, 3)).sum().backward()
+        opt.step()
+        opt.step()
+        watcher.observe(torch.tensor([1, 2]))  # detached: ignored
+    assert isinstance(watcher.error, ZeroDivisionError) and not watcher._labels
+    assert not opt._optimizer_step_pre_hooks
+    assert "ZeroDivisionError" in json.loads((tmp_path / "badstep" / "run.json").read_text())["telemetry_error"]
 
 
 def test_detach_at_finish_and_module_level_watch(tmp_path: Path) -> None:
@@ -477,8 +612,11 @@ def test_gradients_of_a_closure_step_are_read_after_it(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = nn.Linear(4, 2)
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
-    for name, opt in (("lbfgs", torch.optim.LBFGS(model.parameters(), max_iter=3)),
-                      ("sgd", torch.optim.SGD(model.parameters(), lr=0.1))):
+    for name, opt in (
+        ("lbfgs", torch.optim.LBFGS(model.parameters(), max_iter=3)),
+        ("sgd", torch.optim.SGD(model.parameters(), lr=0.1)),
+    ):
+
         def closure(opt: torch.optim.Optimizer = opt) -> torch.Tensor:
             opt.zero_grad()
             loss = F.cross_entropy(model(x), y)
@@ -489,8 +627,11 @@ def test_gradients_of_a_closure_step_are_read_after_it(tmp_path: Path) -> None:
         with lakelog.init(tmp_path, name=name) as run:
             run.watch(model, opt, every=1)
             opt.step(closure) if name == "lbfgs" else opt.step(closure=closure)
-        rows = query(tmp_path, "SELECT name, grad_fingerprint, grad_norm FROM params WHERE run = ? AND kind = 'param'",
-                     [name])
+        rows = query(
+            tmp_path,
+            "SELECT name, grad_fingerprint, grad_norm FROM params WHERE run = ? AND kind = 'param'",
+            [name],
+        )
         for r in rows:
             grad = dict(model.named_parameters())[r["name"]].grad
             assert r["grad_fingerprint"] == fingerprint_hex(grad)
@@ -503,9 +644,15 @@ def test_manual_capture_without_optimizer(tmp_path: Path) -> None:
         watcher = run.watch(model, fingerprints=False)
         model(torch.randint(0, 40, (2, 3))).sum().backward()
         watcher.capture(step=7)
-    rows = query(tmp_path, "SELECT kind, count(*) n, count(grad_norm) g, count(fingerprint) f FROM params "
-                           "GROUP BY kind ORDER BY kind")
-    assert rows == [{"kind": "initial:param", "n": 5, "g": 0, "f": 0}, {"kind": "param", "n": 5, "g": 5, "f": 0}]
+    rows = query(
+        tmp_path,
+        "SELECT kind, count(*) n, count(grad_norm) g, count(fingerprint) f FROM params "
+        "GROUP BY kind ORDER BY kind",
+    )
+    assert rows == [
+        {"kind": "initial:param", "n": 5, "g": 0, "f": 0},
+        {"kind": "param", "n": 5, "g": 5, "f": 0},
+    ]
     assert query(tmp_path, "SELECT DISTINCT step FROM params WHERE kind = 'param'") == [{"step": 7}]
 
 
