@@ -16,7 +16,7 @@ Peak memory is the child's VmHWM from /proc/self/status (tracemalloc cannot see 
 the generator just wrote (page cache warm for both); the chart and report files are not written
 (the seeds' plotting is not timed either). All files live in a temporary folder, removed at the end.
 
-    python benchmarks/bench_dumps.py            # 1-2 minutes on 2 idle cores, 3-4 on busy ones
+    python benchmarks/bench_dumps.py   # about 1 minute on 2 cores at load 5; 4 when the cores are saturated
 """
 
 from __future__ import annotations

@@ -1,14 +1,13 @@
 """lakelog: where, exactly, did two training runs stop being the same, and why.
 
-The write side (``init``, ``log``…) imports torch when first used; the read side
-(``connect``, ``query``) does not need it.
+Everything is imported on first use: the write side (``init``, ``log``…) brings torch, the read
+side (``connect``, ``query``) brings DuckDB and polars, and neither loads the other.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .connect import connect
 from .errors import (
     DumpError,
     InvalidArgumentError,
@@ -21,14 +20,14 @@ from .errors import (
     RunNotFoundError,
     WriterFailedError,
 )
-from .querylib import query
-
 if TYPE_CHECKING:
     from .run import Run
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "connect": "lakelog.views",
+    "query": "lakelog.querylib",
     "init": "lakelog.api",
     "log": "lakelog.api",
     "log_predictions": "lakelog.api",

@@ -419,7 +419,7 @@ def determinism_report(
     loss_tol: float = 0.0,
 ) -> DeterminismReport:
     """Compare two runs of a lake that should be identical, check by check; reads only the lake (no torch)."""
-    from .connect import connect
+    from .views import connect
     from .querylib import query
 
     lake = Lake.open(root)

@@ -90,7 +90,7 @@ def sql_command(sql: str, root: str, pairs: tuple, params: tuple, fmt: str, outp
 
     Example: lakelog sql "SELECT run, max(step) FROM scalars GROUP BY run" --root runs
     """
-    from .connect import connect
+    from .views import connect
 
     con = connect(root)
     emit(querylib.run_sql(con, sql, collect_params(pairs, params)), fmt, output)

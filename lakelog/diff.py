@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from .connect import connect
+from .views import connect
 from .errors import InvalidArgumentError, RunNotFoundError
 from .layout import RUN_FILE, Lake
 from .querylib import query

@@ -243,7 +243,7 @@ def query(name: str, *, root: Any = "runs", con: duckdb.DuckDBPyConnection | Non
     q = get(name)
     bound = q.bind(params)
     if con is None:
-        from .connect import connect
+        from .views import connect
 
         con = connect(root)
     try:

@@ -132,7 +132,7 @@ def build_report(
     show_progress: bool | None = None,
 ) -> Report:
     """Write the report page for ``targets`` (run folders, lake roots, or run names under ``root``)."""
-    from .connect import connect
+    from .views import connect
 
     con = connect(resolve_targets(targets, root))
     overview = querylib.query("plot_runs_overview", con=con)

@@ -218,6 +218,12 @@ class Run:
             self._epoch = _check_int(epoch, "epoch")
         return self._step, self._epoch
 
+    def _queue_epoch(self, epoch: int | None) -> int:
+        """The epoch partition for rows queued by helpers; unlike log calls, it never moves the run's epoch."""
+        if self._closed:
+            raise RunClosedError(f"run {self.name!r} is finished: start a new one with lakelog.init(...)")
+        return self._epoch if epoch is None else _check_int(epoch, "epoch")
+
     def _skip(self, step: int, every: int | None) -> bool:
         every = self.log_every if every is None else (_check_int(every, "every") or 1)
         return every > 1 and step % every != 0
@@ -271,14 +277,13 @@ class Run:
 
     def write_rows(self, table: str, rows: Mapping[str, Any] | pa.Table, *, epoch: int | None = None) -> None:
         """Append prepared rows to any table (used by telemetry, dumps and integrations); thread-safe."""
-        _, epoch = self._position(None, epoch)
+        epoch = self._queue_epoch(epoch)
         data = rows if isinstance(rows, pa.Table) else pa.table(dict(rows))
         self._writer.submit(epoch, lambda: {table: data})
 
     def submit(self, build: Callable[[], Mapping[str, pa.Table | None]], *, epoch: int | None = None) -> None:
         """Queue a row builder that runs on the writer thread (for work that waits on device copies)."""
-        _, epoch = self._position(None, epoch)
-        self._writer.submit(epoch, build)
+        self._writer.submit(self._queue_epoch(epoch), build)
 
     # -- telemetry and dumps (implemented in their own modules) -------------------------------
     def watch(self, model: Any, optimizer: Any = None, **options: Any) -> Any:

@@ -6,8 +6,10 @@ Here every reduction of every tensor is queued (``torch._foreach_norm`` for all 
 per device, and ``Pack`` ships that to the host with a single non-blocking copy. Means, standard
 deviations and absmax are derived on the writer thread from the sums (``finish_stats``).
 
-Raw columns on the device, per tensor: norm, sum, min, max, absmax, nan_count, inf_count (NaN where
-not computed). ``kinds`` tells the host how to read a row: real, complex, sparse or empty.
+Raw columns on the device, per tensor: norm, sum, min, max, absmax, nan_count, inf_count and a
+two-pass variance for small tensors (NaN where not computed). ``kinds`` tells the host how to read a
+row: real, complex, sparse or empty. ``Previous`` keeps the weights of the last capture for the update
+norm.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .fingerprint import fingerprint_many, to_hex
 from .hostcopy import HostCopy
 
 F64 = torch.float64
@@ -100,11 +103,12 @@ def _values(t: torch.Tensor) -> torch.Tensor:
 def tensor_stats(
     tensors: Sequence[torch.Tensor], *, full: bool = True, minmax: bool = True
 ) -> tuple[torch.Tensor, list[str]]:
-    """Raw columns ``RAW`` of tensors on one device as an (n, 7) float64 tensor, and each row's kind.
+    """Raw columns ``RAW`` of tensors on one device as an (n, 8) float64 tensor, and each row's kind.
 
     ``full=True`` (weights, buffers): min and max are those of the finite values, with NaN and Inf
     counted. ``full=False`` (gradients): norm, min and max only, NaN propagating; ``minmax=False`` as
-    well (optimizer state): the norm alone, one pass.
+    well (optimizer state): the norm alone, one pass. Sparse tensors are summarized from their
+    coalesced values (on CUDA, coalescing waits for the device: sparse parameters are rare).
     """
     n = len(tensors)
     kinds = [kind_of(t) for t in tensors]
@@ -249,8 +253,6 @@ class Section:
         fingerprint: bool,
         minmax: bool = True,
     ) -> None:
-        from .fingerprint import fingerprint_many
-
         self.n = len(tensors)
         self.kinds = ["none"] * self.n
         self.numels = [t.numel() if t is not None else 0 for t in tensors]
@@ -279,8 +281,6 @@ class Section:
         return finish_stats(raw, self.kinds, self.numels, full=self.full, minmax=self.minmax)
 
     def fingerprints(self, pack: Pack) -> list[str | None]:
-        from .fingerprint import to_hex
-
         out: list[str | None] = [None] * self.n
         for rows, _, fp_key in self._parts:
             if fp_key is not None:

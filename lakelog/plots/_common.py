@@ -36,7 +36,7 @@ def connection(source: Source) -> duckdb.DuckDBPyConnection:
         return source
     if source is None:
         raise InvalidArgumentError("source: expected a lakelog.connect(...) connection, a lake root or run folder")
-    from ..connect import connect
+    from ..views import connect
 
     return connect(source if not isinstance(source, os.PathLike) else os.fspath(source))
 
