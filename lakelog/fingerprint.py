@@ -57,8 +57,12 @@ __all__ = [
     "to_hex",
 ]
 
+if sys.byteorder != "little":  # pragma: no cover - every platform torch ships for is little-endian
+    raise ImportError("lakelog.fingerprint defines words as little-endian and assumes such a host")
+
 VERSION = 1
 _MASK64 = (1 << 64) - 1
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 # Words per chunk. Temporaries stay under 64 bytes per chunk word (4 MiB on CPU, 64 MiB on CUDA). On
 # CPU the buffers of a chunk stay in cache through its ~15 ops (2**16 and 2**17 were fastest of
@@ -110,15 +114,27 @@ def _on_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
     return table.to(device, non_blocking=True)
 
 
-class _Lanes:
-    """The per-lane constants of steps 3 and 5 as (2, 1) columns on one device."""
+class _Kernel:
+    """Step 3 (and the finalizers of step 5) on one device, with buffers reused across tensors.
 
-    def __init__(self, device: torch.device) -> None:
+    The per-lane constants are (2, 1) columns, copied to the device once per call. The scratch
+    buffers of a chunk are allocated once per call too: allocating them per tensor made the CPU
+    allocator return and re-fault the pages on every tensor, which doubled the time for a model.
+    """
+
+    def __init__(self, device: torch.device, total_words: int) -> None:
         table = _on_device(_CPU_TABLE, device).unsqueeze(-1)
+        self.device = device
         self.key = table[0]
         self.steps = [
             (table[1 + 3 * k], table[2 + 3 * k], table[3 + 3 * k] if k < 2 else None) for k in range(3)
         ]
+        self.chunk = _chunk_words(device)
+        size = max(1, min(self.chunk, total_words))
+        self.ramp = torch.arange(size, dtype=torch.int64, device=device)
+        self.x, self.tmp, self.keys = (
+            torch.empty((2, size), dtype=torch.int64, device=device) for _ in range(3)
+        )
 
     def finalize_(self, x: torch.Tensor, tmp: torch.Tensor) -> None:
         """Each row of int64 `x` (2, m) through its lane's finalizer, in place; `tmp` is scratch."""
@@ -129,86 +145,78 @@ class _Lanes:
             if mult is not None:
                 x.mul_(mult)
 
-    def mix_(self, words: torch.Tensor, keys: torch.Tensor, x: torch.Tensor, tmp: torch.Tensor) -> None:
-        """``x = F(words XOR keys)`` for both lanes: `words` (m,), `keys`, `x`, `tmp` (2, m)."""
-        torch.bitwise_xor(keys, words, out=x)  # (2, m) first: faster than broadcasting the first operand
-        self.finalize_(x, tmp)
+    def large_sums(self, pieces: list[torch.Tensor]) -> torch.Tensor:
+        """Step 3 for one tensor whose words are `pieces` joined: (2,) int64, chunk by chunk.
 
+        The keys ``i * G`` of the current chunk live in a buffer advanced by ``m * G`` after each
+        chunk of m words, so no index data comes from the host and the chunk size does not matter.
+        """
+        size = min(self.chunk, sum(p.numel() for p in pieces))
+        keys = self.keys[:, :size]
+        torch.mul(self.ramp[:size], self.key, out=keys)
+        partial = []
+        for piece in pieces:
+            for start in range(0, piece.numel(), self.chunk):
+                w = piece[start : start + self.chunk]
+                m = w.numel()
+                x = self.x[:, :m]
+                # (2, m) operand first: faster than broadcasting the first operand.
+                torch.bitwise_xor(keys[:, :m], w, out=x)
+                self.finalize_(x, self.tmp[:, :m])
+                partial.append(x.sum(dim=1))
+                keys.add_(self.key * m)
+        return partial[0] if len(partial) == 1 else torch.stack(partial).sum(dim=0)
 
-def _large_sums(pieces: list[torch.Tensor], chunk: int, lanes: _Lanes) -> torch.Tensor:
-    """Step 3 for one tensor whose words are `pieces` joined: (2,) int64, in chunks of `chunk` words.
+    def group_sums(self, groups: list[list[torch.Tensor]]) -> torch.Tensor:
+        """Step 3 for several small tensors at once (at most a chunk of words): (k, 2) int64.
 
-    The keys ``i * G`` of the current chunk are kept in a buffer advanced by ``m * G`` after each
-    chunk of m words, so no index data comes from the host and the result does not depend on `chunk`.
-    """
-    device = pieces[0].device
-    size = min(chunk, sum(p.numel() for p in pieces))
-    x, tmp = (torch.empty((2, size), dtype=torch.int64, device=device) for _ in range(2))
-    keys = torch.arange(size, dtype=torch.int64, device=device).mul(lanes.key)
-    partial = []
-    for piece in pieces:
-        for start in range(0, piece.numel(), chunk):
-            w = piece[start : start + chunk]
-            m = w.numel()
-            lanes.mix_(w, keys[:, :m], x[:, :m], tmp[:, :m])
-            partial.append(x[:, :m].sum(dim=1))
-            keys.add_(lanes.key * m)
-    return partial[0] if len(partial) == 1 else torch.stack(partial).sum(dim=0)
+        Hashing a 64-element bias alone costs as many kernel calls as a chunk of a big tensor, so
+        small tensors are concatenated, mixed with their own word indices, and split again by
+        reading a cumulative sum at the tensor boundaries.
+        """
+        counts = [sum(p.numel() for p in pieces) for pieces in groups]
+        words = torch.cat([p for pieces in groups for p in pieces])
+        total = words.numel()
+        local = torch.cat([self.ramp[:c] for c in counts])  # each word's index within its own tensor
+        x = self.x[:, :total]
+        torch.mul(local, self.key, out=x)
+        torch.bitwise_xor(x, words, out=x)
+        self.finalize_(x, self.tmp[:, :total])
+        cums = torch.zeros((2, total + 1), dtype=torch.int64, device=self.device)
+        torch.cumsum(x, dim=1, out=cums[:, 1:])
+        at = [0]
+        for c in counts:
+            at.append(at[-1] + c)
+        ends = torch.stack([cums[:, a] for a in at])  # (k + 1, 2)
+        return ends[1:] - ends[:-1]
 
+    def sums(self, groups: list[list[torch.Tensor]]) -> torch.Tensor:
+        """Step 3 for tensors on this device, given as word pieces: (k, 2) int64 in the same order.
 
-def _group_sums(groups: list[list[torch.Tensor]], lanes: _Lanes) -> torch.Tensor:
-    """Step 3 for several small tensors at once: (k, 2) int64, one row per entry of `groups`.
+        Tensors above a quarter chunk are hashed alone, in chunks; the others are batched, up to a
+        chunk of words per batch, whatever their order among the large ones.
+        """
+        rows: list[torch.Tensor | None] = [None] * len(groups)
+        batch: list[int] = []
+        batch_words = 0
 
-    Hashing a 64-element bias costs as many kernel calls as a chunk of a big tensor, so small tensors
-    are concatenated, mixed with their own word indices, and split again by reading a cumulative sum
-    at the tensor boundaries.
-    """
-    device = groups[0][0].device
-    counts = [sum(p.numel() for p in pieces) for pieces in groups]
-    words = torch.cat([p for pieces in groups for p in pieces])
-    total = words.numel()
-    ramp = torch.arange(max(counts), dtype=torch.int64, device=device)
-    local = torch.cat([ramp[:c] for c in counts])  # each word's index within its own tensor
-    x = local.mul(lanes.key)  # (2, total) keys, then the mixed words
-    tmp = torch.empty_like(x)
-    lanes.mix_(words, x, x, tmp)
-    cums = torch.zeros((2, total + 1), dtype=torch.int64, device=device)
-    torch.cumsum(x, dim=1, out=cums[:, 1:])
-    at = [0]
-    for c in counts:
-        at.append(at[-1] + c)
-    ends = torch.stack([cums[:, a] for a in at])  # (k + 1, 2)
-    return ends[1:] - ends[:-1]
+        def flush() -> None:
+            for i, row in zip(batch, self.group_sums([groups[i] for i in batch]).unbind(), strict=True):
+                rows[i] = row
 
-
-def _device_sums(groups: list[list[torch.Tensor]], lanes: _Lanes) -> torch.Tensor:
-    """Step 3 for tensors on one device, given as word pieces: (k, 2) int64 in the same order.
-
-    Tensors above a quarter chunk are hashed alone, in chunks; the others are batched, up to a chunk
-    of words per batch, whatever their order among the large ones.
-    """
-    chunk = _chunk_words(groups[0][0].device)
-    rows: list[torch.Tensor | None] = [None] * len(groups)
-    batch: list[int] = []
-    batch_words = 0
-
-    def flush() -> None:
-        for i, row in zip(batch, _group_sums([groups[i] for i in batch], lanes).unbind(), strict=True):
-            rows[i] = row
-
-    for i, pieces in enumerate(groups):
-        n = sum(p.numel() for p in pieces)
-        if n > chunk // 4:
-            rows[i] = _large_sums(pieces, chunk, lanes)
-            continue
-        if batch_words + n > chunk:
+        for i, pieces in enumerate(groups):
+            n = sum(p.numel() for p in pieces)
+            if n > self.chunk // 4:
+                rows[i] = self.large_sums(pieces)
+                continue
+            if batch_words + n > self.chunk:
+                flush()
+                batch, batch_words = [], 0
+            batch.append(i)
+            batch_words += n
+        if batch:
             flush()
-            batch, batch_words = [], 0
-        batch.append(i)
-        batch_words += n
-    if batch:
-        flush()
-    return torch.stack(rows)  # type: ignore[arg-type]
+        return torch.stack(rows)  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -268,10 +276,10 @@ def _prepare(t: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
     return pieces, _header(t.dtype, shape, layout, nbytes)
 
 
-def _finalized(pre: torch.Tensor, lanes: _Lanes) -> torch.Tensor:
+def _finalized(pre: torch.Tensor, kernel: _Kernel) -> torch.Tensor:
     """Step 5 on `pre` of shape (n, 2): each lane's finalizer on its column, as a new tensor."""
     x = pre.t().contiguous()
-    lanes.finalize_(x, torch.empty_like(x))
+    kernel.finalize_(x, torch.empty_like(x))
     return x.t().contiguous()
 
 
@@ -302,16 +310,18 @@ def fingerprint_many(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         by_device.setdefault(pieces[0].device, []).append(i)
     rows: list[torch.Tensor] = []
     order: list[int] = []
-    lanes = {device: _Lanes(device) for device in by_device}
+    kernels = {}
     for device, members in by_device.items():
-        block = _device_sums([prepared[i][0] for i in members], lanes[device])
+        groups = [prepared[i][0] for i in members]
+        kernels[device] = _Kernel(device, sum(p.numel() for pieces in groups for p in pieces))
+        block = kernels[device].sums(groups)
         rows.extend((block if device == target else block.to(target)).unbind())
         order.extend(members)
     if order != sorted(order):
         rows = [row for _, row in sorted(zip(order, rows, strict=True), key=lambda pair: pair[0])]
     sums = torch.stack(rows)
     headers = _on_device(torch.tensor([h for _, h in prepared], dtype=torch.int64), target)
-    return _finalized(sums.bitwise_xor_(headers), lanes[target])
+    return _finalized(sums.bitwise_xor_(headers), kernels[target])
 
 
 def to_hex(fp: torch.Tensor) -> list[str] | str:
@@ -340,7 +350,7 @@ def combine_hex(hexes: Sequence[str]) -> str:
     if isinstance(hexes, str):
         raise InvalidArgumentError("combine_hex expects a sequence of hex strings, not a single str")
     for h in hexes:
-        if not isinstance(h, str) or len(h) != 32:
+        if not isinstance(h, str) or len(h) != 32 or not set(h) <= _HEX_DIGITS:
             raise InvalidArgumentError(f"combine_hex expects 32-char hex strings, got {h!r}")
     text = f"lakelog-combine-v{VERSION}|{len(hexes)}|" + ",".join(h.lower() for h in hexes)
     return xxhash.xxh3_128_hexdigest(text.encode())
@@ -353,7 +363,3 @@ def fingerprint_bytes(data: bytes | bytearray | memoryview) -> str:
             f"fingerprint_bytes expects bytes or memoryview, got {type(data).__name__}"
         )
     return xxhash.xxh3_128_hexdigest(data)
-
-
-if sys.byteorder != "little":  # pragma: no cover - every platform torch ships for is little-endian
-    raise ImportError("lakelog.fingerprint assumes a little-endian host")

@@ -4,7 +4,8 @@ The contract of ``holdout=(batches, forward_fn)``: ``batches`` is a list (or any
 once at ``watch`` time) of whatever your loader yields; ``forward_fn(model, batch)`` returns
 ``(logits, labels)``: logits a float tensor of shape (n, classes), or (n,) for a single binary logit;
 labels an integer tensor of shape (n,) (negative labels, e.g. -100, count as "no label") or None.
-``holdout=batches`` alone works when each batch is an ``(inputs, labels)`` pair: the default forward
+``holdout=batches`` (or ``(batches, None)``) works when each batch is an ``(inputs, labels)`` pair
+(labels may be None), and ``holdout=(inputs, labels)`` is one such batch: the default forward
 moves the inputs to the model's device and calls ``model(inputs)`` (``model(*inputs)`` for a tuple,
 ``model(**inputs)`` for a dict); a model output with a ``.logits`` attribute or a tuple gives its logits.
 
@@ -105,8 +106,10 @@ def parse(spec: Any, model: torch.nn.Module) -> tuple[list[Any], ForwardFn] | No
         and not isinstance(spec[1], torch.Tensor)
     ):
         batches, forward = spec
-    elif isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(v, torch.Tensor) for v in spec):
-        batches = [spec]  # holdout=(inputs, labels): one batch
+    elif isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], torch.Tensor):
+        batches = [spec]  # holdout=(inputs, labels) or (inputs, None): one batch
+    elif isinstance(spec, tuple) and len(spec) == 2 and spec[1] is None:
+        batches = spec[0]  # holdout=(batches, None): the default forward
     if isinstance(batches, torch.Tensor | str | bytes | Mapping) or not hasattr(batches, "__iter__"):
         raise InvalidArgumentError(
             "holdout: expected (batches, forward_fn) or a list of (inputs, labels) batches, "

@@ -99,6 +99,7 @@ class Run:
         self._epoch = 0
         self._summary: dict[str, Any] = {}
         self._last_scalars: dict[str, float] = {}
+        self._watchers: list[Any] = []
         self._finish_callbacks: list[Callable[[], None]] = []
         self._closed = False
         self._started = time.monotonic()
@@ -247,6 +248,10 @@ class Run:
     ) -> None:
         """One row per sample: logits (any number of classes), label, prediction and named key columns."""
         step, epoch = self._position(step, epoch)
+        if labels is not None and self._watchers:  # label balance for run.watch, counted on the device
+            from .telemetry import observe_labels
+
+            observe_labels(self, labels, num_classes=logits.shape[-1] if getattr(logits, "ndim", 0) == 2 else None)
         if self._skip(step, every):
             return
         job = records.predictions_job(logits, step=step, labels=labels, keys=keys, loss=loss, batch_idx=batch_idx)

@@ -417,6 +417,8 @@ def test_combine_hex_is_order_aware() -> None:
         combine_hex(a)
     with pytest.raises(InvalidArgumentError):
         combine_hex(["xyz"])
+    with pytest.raises(InvalidArgumentError):
+        combine_hex(["g" * 32])
 
 
 def test_fingerprint_bytes() -> None:

@@ -91,6 +91,10 @@ def test_parse_accepts_the_documented_shapes() -> None:
     assert holdout.parse([(x, y), [x, y]], model)[1] is holdout.default_forward
     batches, forward = holdout.parse(([x, x], fn), model)
     assert forward is fn and len(batches) == 2
+    batches, forward = holdout.parse(([(x, y), (x, y)], None), model)  # the README's (batches, None)
+    assert forward is holdout.default_forward and len(batches) == 2
+    batches, _ = holdout.parse((x, None), model)  # one batch without labels
+    assert batches[0][1] is None and holdout.evaluate(model, batches, forward)[1] is None
     for bad, message in [
         (42, "expected"),
         ([], "no batches"),
