@@ -20,6 +20,7 @@ from .errors import (
     RunNotFoundError,
     WriterFailedError,
 )
+
 if TYPE_CHECKING:
     from .run import Run
 

@@ -419,8 +419,8 @@ def determinism_report(
     loss_tol: float = 0.0,
 ) -> DeterminismReport:
     """Compare two runs of a lake that should be identical, check by check; reads only the lake (no torch)."""
-    from .views import connect
     from .querylib import query
+    from .views import connect
 
     lake = Lake.open(root)
     info = (_read_info(lake, run_a), _read_info(lake, run_b))

@@ -16,10 +16,10 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from .views import connect
 from .errors import InvalidArgumentError, RunNotFoundError
 from .layout import RUN_FILE, Lake
 from .querylib import query
+from .views import connect
 
 IDENTICAL_STATUSES = ("same", "not captured")
 
