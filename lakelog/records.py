@@ -7,6 +7,8 @@ that the writer thread calls to build the Arrow batch. No Python loop runs per s
 
 from __future__ import annotations
 
+import array
+import collections
 import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,7 +48,7 @@ def _values_digest(values: np.ndarray | list | None) -> str | None:
         return None
     if isinstance(values, np.ndarray):
         return _digest(values.dtype.str.encode() + np.ascontiguousarray(values).tobytes())
-    return _digest(ID_SEPARATOR.join(map(str, values)).encode())
+    return _digest(ID_SEPARATOR.join(values).encode())  # lists hold only str (see _uniform_list)
 
 
 def _key_column(name: str, value: Any, n: int) -> HostCopy | np.ndarray | list:
@@ -69,13 +71,22 @@ def _key_column(name: str, value: Any, n: int) -> HostCopy | np.ndarray | list:
     return _uniform_list(value, f"keys[{name!r}]")
 
 
-def _uniform_list(values: Sequence, arg: str) -> list:
-    """A copy of a list of ids, checked to hold only strings or only integers (one C-level pass)."""
+def _uniform_list(values: Sequence, arg: str) -> list[str] | np.ndarray:
+    """A copy of a list of ids, checked to hold only strings or only integers with C-level passes."""
     values = list(values)
-    kinds = set(map(type, values))
-    if kinds <= {str} or all(issubclass(k, numbers.Integral) and k is not bool for k in kinds):
-        return values if kinds <= {str, int} else [int(v) for v in values]
-    names = ", ".join(sorted(k.__name__ for k in kinds))
+    if values and type(values[0]) is str:
+        try:
+            "".join(values)  # raises TypeError unless every value is a str
+        except TypeError:
+            pass
+        else:
+            return values
+    else:
+        try:
+            return np.frombuffer(array.array("q", values), dtype=np.int64)  # rejects floats, strings, None
+        except (TypeError, OverflowError):
+            pass
+    names = ", ".join(sorted({type(v).__name__ for v in values}))
     raise InvalidArgumentError(f"{arg}: expected all strings or all integers, got values of types {names}")
 
 
@@ -176,7 +187,7 @@ def _scalar_values(metrics: Mapping[str, Any]) -> tuple[list[str], list[float], 
             if value.is_complex():
                 raise InvalidArgumentError(f"log: {name!r} is a complex tensor; log its real part or abs()")
             tensor_names.append(name)
-            tensors.append(value.detach().reshape(()))
+            tensors.append(value if value.ndim == 0 else value.reshape(()))
         elif isinstance(value, numbers.Real):  # numpy scalars, bools, fractions
             names.append(name)
             values.append(float(value))
@@ -187,33 +198,63 @@ def _scalar_values(metrics: Mapping[str, Any]) -> tuple[list[str], list[float], 
     pending = None
     if tensors:
         device = tensors[0].device
+        if any(t.device != device for t in tensors):
+            tensors = [t.to(device, non_blocking=True) for t in tensors]
+        with torch.no_grad():  # one stack (with type promotion) and one copy, whatever the number of metrics
+            stacked = torch.stack(tensors)
         wide = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
-        same = [t.to(device=device, dtype=wide, non_blocking=True) for t in tensors]
-        pending = HostCopy(torch.stack(same), dtype=torch.float64)
+        pending = HostCopy(stacked, dtype=wide)
     return names, values, tensor_names, pending
 
 
-def scalars_job(
-    metrics: Mapping[str, Any], *, step: int, last: dict[str, float] | None = None
-) -> Callable[[], dict[str, dict[str, list]]]:
-    """Scalars become plain column lists, converted to Arrow in bulk when the part file is written.
+def _plain_numbers(metrics: dict) -> bool:
+    """True when every name is a non-empty str and every value a Python float or int (not bool)."""
+    return set(map(type, metrics.values())) <= _FLOAT_INT and set(map(type, metrics)) <= _STR and "" not in metrics
 
-    ``last`` receives the latest value of each metric (on the writer thread) for the run's summary.
-    """
-    if not isinstance(metrics, Mapping):
+
+_FLOAT_INT = frozenset((float, int))
+_STR = frozenset((str,))
+
+
+ScalarRow = tuple[int, int, list[str], list[float], list[str], "HostCopy | None", int]
+
+
+def scalar_row(metrics: Mapping[str, Any], *, step: int, epoch: int) -> ScalarRow:
+    """Check one ``log`` call and keep it as a tuple; the writer thread turns many of them into columns."""
+    if type(metrics) is dict and _plain_numbers(metrics):  # the common case: two C-level passes, no loop
+        names, values, tensor_names, pending = list(metrics), list(metrics.values()), [], None
+    elif not isinstance(metrics, Mapping):
         raise InvalidArgumentError(f"log: expected a mapping of name to value, got {type(metrics).__name__}")
-    names, values, tensor_names, pending = _scalar_values(metrics)
-    stamp = int(time.time() * 1e6)
+    else:
+        names, values, tensor_names, pending = _scalar_values(metrics)
+    return step, epoch, names, values, tensor_names, pending, int(time.time() * 1e6)
 
-    def build() -> dict[str, dict[str, list]]:
-        all_names = names + tensor_names if tensor_names else names
-        all_values = values + pending.numpy().reshape(-1).tolist() if pending is not None else values
-        if last is not None:
-            last.update(zip(all_names, all_values, strict=True))
-        n = len(all_names)
-        return {"scalars": {"step": [step] * n, "name": all_names, "value": all_values, "time": [stamp] * n}}
 
-    return build
+def scalar_source(rows: collections.deque, last: dict[str, float]) -> Callable[[], dict[tuple[str, int], dict]]:
+    """A writer source that drains the run's pending scalar rows into columns, one chunk per epoch.
+
+    ``last`` receives the latest value of each metric, for the run's summary.
+    """
+
+    def drain() -> dict[tuple[str, int], dict[str, list]]:
+        out: dict[tuple[str, int], dict[str, list]] = {}
+        while rows:
+            step, epoch, names, values, tensor_names, pending, stamp = rows.popleft()
+            if pending is not None:
+                names = names + tensor_names
+                values = values + pending.numpy().reshape(-1).tolist()
+            last.update(zip(names, values, strict=True))
+            columns = out.get(("scalars", epoch))
+            if columns is None:
+                columns = out[("scalars", epoch)] = {"step": [], "name": [], "value": [], "time": []}
+            n = len(names)
+            columns["step"].extend([step] * n)
+            columns["name"].extend(names)
+            columns["value"].extend(values)
+            columns["time"].extend([stamp] * n)
+        return out
+
+    return drain
 
 
 def _ids_array(sample_ids: Any) -> HostCopy | np.ndarray | list:

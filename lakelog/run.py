@@ -7,6 +7,7 @@ module-level functions (``lakelog.log``…) without passing it around.
 from __future__ import annotations
 
 import atexit
+import collections
 import json
 import logging
 import os
@@ -50,6 +51,8 @@ def _json_default(value: Any) -> Any:
 
 
 def _check_int(value: Any, arg: str) -> int:
+    if type(value) is int and value >= 0:  # the common case first: this runs on every log call
+        return value
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise InvalidArgumentError(f"{arg}: expected a non-negative int, got {type(value).__name__} {value!r}")
     if value < 0:
@@ -105,6 +108,8 @@ class Run:
         self._started = time.monotonic()
         self._info = self._open_folder(mode, dict(config or {}), seed, dict(tags or {}))
         self._writer = PartWriter(self.lake, self.run_dir, self.rank, flush_every_s=float(flush_every_s))
+        self._scalar_rows: collections.deque[records.ScalarRow] = collections.deque()
+        self._writer.add_source(records.scalar_source(self._scalar_rows, self._last_scalars))
         self._dumper: Any = None
         self._dump_options: dict[str, Any] = {}
         _live_runs.add(self)
@@ -232,7 +237,12 @@ class Run:
     def log(self, metrics: Mapping[str, Any], *, step: int | None = None, epoch: int | None = None) -> None:
         """Scalars in long format; values may be numbers or one-element tensors on any device."""
         step, epoch = self._position(step, epoch)
-        self._writer.submit(epoch, records.scalars_job(metrics, step=step, last=self._last_scalars))
+        if self._writer.failed:
+            self._writer.check()
+        rows = self._scalar_rows
+        rows.append(records.scalar_row(metrics, step=step, epoch=epoch))  # drained by the writer thread
+        if len(rows) > 4096:
+            self._writer.wake()
 
     def log_predictions(
         self,
