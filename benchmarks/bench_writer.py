@@ -6,7 +6,7 @@ row on disk, and the ratios the project targets:
   predictions: >= 10x less training-thread time than csv.writer, files >= 5x smaller;
   scalars (8 per step): no slower than a flushed JSON line, >= 10x faster than SummaryWriter.add_scalar.
 
-    python benchmarks/bench_writer.py [--steps 400]
+    python benchmarks/bench_writer.py [--steps 1000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +53,7 @@ def folder_bytes(path: Path) -> int:
 
 
 def bench_predictions(steps: int, tmp: Path) -> dict[str, float]:
+    tmp.mkdir(parents=True)
     results: dict[str, float] = {}
     # no logging: the loop alone
     step = make_loop(steps)
@@ -109,6 +111,7 @@ def bench_predictions(steps: int, tmp: Path) -> dict[str, float]:
 
 
 def bench_scalars(steps: int, tmp: Path) -> dict[str, float]:
+    tmp.mkdir(parents=True)
     from torch.utils.tensorboard import SummaryWriter
 
     names = [f"metric_{i}" for i in range(8)]
@@ -149,15 +152,20 @@ def bench_scalars(steps: int, tmp: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400, help="logged batches / steps per way")
+    parser.add_argument("--steps", type=int, default=1000, help="logged batches / steps per way")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians are printed)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     lakelog.init(tempfile.mkdtemp(), name="warm-up").finish()  # import costs are paid once, not per step
-    with tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
-        p = bench_predictions(args.steps, tmp)
-        s = bench_scalars(args.steps * 5, tmp)
-    print(f"predictions ({args.steps} batches of {BATCH}, {CLASSES} classes, 2 file-name keys)")
+    runs_p, runs_s = [], []
+    for repeat in range(args.repeats):  # interleaved repeats; the median of each figure is printed
+        with tempfile.TemporaryDirectory() as tmpdir:
+            runs_p.append(bench_predictions(args.steps, Path(tmpdir) / f"p{repeat}"))
+            runs_s.append(bench_scalars(args.steps * 5, Path(tmpdir) / f"s{repeat}"))
+    p = {key: statistics.median(r[key] for r in runs_p) for key in runs_p[0]}
+    s = {key: statistics.median(r[key] for r in runs_s) for key in runs_s[0]}
+    print(f"predictions ({args.steps} batches of {BATCH}, {CLASSES} classes, 2 file-name keys; "
+          f"median of {args.repeats} interleaved repeats)")
     print(f"  training loop alone           {p['none_loop_s'] / args.steps * 1e3:8.3f} ms/step")
     print(f"  csv.writer on training thread {p['csv_thread_ms']:8.3f} ms/batch   {p['csv_bytes_per_row']:6.1f} B/row")
     print(f"  lakelog on training thread    {p['lakelog_thread_ms']:8.3f} ms/batch   {p['lakelog_bytes_per_row']:6.1f} B/row")
