@@ -173,9 +173,7 @@ class DumpWriter:
         max_pending: int = 2,
     ) -> None:
         self.run = run
-        self.every = _positive(every, "every")
-        self.keep_first = _positive(keep_first, "keep_first")
-        self.keep_every = _positive(keep_every, "keep_every")
+        self.configure(every=every, keep_first=keep_first, keep_every=keep_every)
         self.written: list[Path] = []
         self._calls = 0
         self._estimated = False
@@ -183,6 +181,12 @@ class DumpWriter:
         self._error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=_positive(max_pending, "max_pending") or 2)
         self._thread: threading.Thread | None = None
+
+    def configure(self, *, every: int | None = None, keep_first: int | None = None, keep_every: int | None = None) -> None:
+        """Change which steps are dumped; dumps already written or queued stay as they are."""
+        self.every = _positive(every, "every")
+        self.keep_first = _positive(keep_first, "keep_first")
+        self.keep_every = _positive(keep_every, "keep_every")
 
     # -- training thread ---------------------------------------------------------------------
     def wanted(self, step: int) -> bool:

@@ -310,7 +310,8 @@ class Run:
     def configure_dumps(self, *, every: int | None = None, keep_first: int | None = None, keep_every: int | None = None) -> None:
         """Options for ``dump``: dump every N-th step, keep only the first K, or every N-th dump."""
         self._dump_options = {"every": every, "keep_first": keep_first, "keep_every": keep_every}
-        self._dumper = None
+        if self._dumper is not None:
+            self._dumper.configure(**self._dump_options)
 
     def dump(
         self,
