@@ -204,8 +204,8 @@ def main() -> None:
           f"lakelog sums in float64); first difference: seeds {best['seeds']['first']}, lakelog step {ours['first']}; "
           f"lakelog imported torch: {ours['torch']}")
     print(f"load average after: {os.getloadavg()[0]:.1f}. Ratios divide the better seeds figure by lakelog's: above 1, "
-          "lakelog is faster or smaller. lakelog's RSS after imports is mostly `import lakelog` itself (its "
-          "__init__ loads duckdb and pyarrow for connect/query), which compare-dumps does not use")
+          "lakelog is faster or smaller. lakelog's RSS after imports is the interpreter, numpy, safetensors "
+          "and polars; torch, DuckDB and pyarrow's Parquet are not loaded by compare-dumps")
 
 
 if __name__ == "__main__":
