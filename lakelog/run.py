@@ -14,7 +14,6 @@ import os
 import shutil
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +33,7 @@ log = logging.getLogger("lakelog")
 
 Mode = Literal["error", "resume", "overwrite"]
 _MODES = ("error", "resume", "overwrite")
-_live_runs: weakref.WeakSet[Run] = weakref.WeakSet()
+_live_runs: set[Run] = set()  # strong references: an unfinished run is flushed at exit even if dropped
 _current: Run | None = None
 
 
@@ -373,6 +372,7 @@ class Run:
             self._write_info(self._info)
         if _current is self:
             _current = None
+        _live_runs.discard(self)
         if errors:
             raise errors[0]
 

@@ -60,3 +60,20 @@ def test_interpreter_exit_writes_what_is_buffered(tmp_path):
     con = lakelog.connect(tmp_path)
     assert con.execute("SELECT count(*), max(value) FROM scalars").fetchone() == (100, 99.0)
     assert con.execute("SELECT status FROM runs").fetchone() == ("exited",)
+
+
+def test_a_run_dropped_without_finish_is_still_written_at_exit(tmp_path):
+    script = textwrap.dedent(
+        """
+        import gc, sys, lakelog
+
+        def train():
+            run = lakelog.Run(sys.argv[1], name="dropped", flush_every_s=3600)  # not the current run
+            run.log({"loss": 0.5}, step=0)
+
+        train()
+        gc.collect()
+        """
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
+    assert lakelog.connect(tmp_path).execute("SELECT count(*) FROM scalars").fetchall() == [(1,)]
