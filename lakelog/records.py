@@ -109,6 +109,8 @@ def predictions_job(
     if isinstance(logits, torch.Tensor) and logits.is_complex():
         raise InvalidArgumentError("logits: complex tensors are not supported; log the real scores")
     n, classes = int(logits.shape[0]), int(logits.shape[1])
+    if classes == 0:
+        raise InvalidArgumentError(f"logits: expected at least one score per sample, got shape {tuple(logits.shape)}")
     host_logits = as_host(logits, dtype=torch.float32) if isinstance(logits, torch.Tensor) else np.asarray(logits, dtype=np.float32).copy()
 
     host_labels = None

@@ -28,6 +28,9 @@ def run(tmp_path):
         (lambda r: r.log_predictions(torch.zeros(3, 2), keys={"image1": ["a", "b"]}), r"keys\['image1'\]: expected 3 values"),
         (lambda r: r.log_predictions(torch.zeros(2, 2, 2)), r"logits: expected shape \(batch, classes\)"),
         (lambda r: r.log_predictions([[0.1, 0.2]]), r"logits: expected a tensor or numpy array"),
+        (lambda r: r.log_predictions(torch.zeros(3, 0)), r"logits: expected at least one score per sample"),
+        (lambda r: r.log_predictions(torch.zeros(2, 2), keys={"id": [1, "b"]}), r"keys\['id'\]: expected all strings or all integers"),
+        (lambda r: r.log_predictions(torch.zeros(2, 2), keys={"id": [1.5, 2.5]}), r"keys\['id'\]: expected all strings or all integers"),
         (lambda r: r.log_predictions(torch.zeros(2, 2), labels=["cat", "dog"]), r"labels: expected integer class indices"),
         (lambda r: r.log_predictions(torch.zeros(2, 2), labels=torch.tensor([0.5, 1.0])), r"labels: expected integer"),
         (lambda r: r.log_predictions(torch.zeros(2, 2), labels=torch.zeros(2, 1, dtype=torch.long)), r"labels: expected one value per sample"),
@@ -111,3 +114,10 @@ def test_bad_init_arguments(tmp_path, kwargs, message):
     kwargs = {"name": "ok", **kwargs}
     with pytest.raises(InvalidArgumentError, match=message):
         lakelog.init(tmp_path, **kwargs)
+
+
+def test_empty_batch_is_stored_as_nothing(tmp_path):
+    with lakelog.init(tmp_path, name="empty") as run:
+        run.log_predictions(torch.zeros(0, 3), step=0, labels=torch.zeros(0, dtype=torch.long))
+        run.log_predictions(torch.ones(1, 3), step=1, labels=[2])
+    assert lakelog.connect(tmp_path).execute("SELECT step, label FROM predictions").fetchall() == [(1, 2)]
