@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,31 +44,10 @@ def _memory() -> dict[str, float]:
 
 # -- the model and the two runs --------------------------------------------------------------------
 def resnet50_like():
-    """ResNet-50's layers and shapes; BatchNorm without running stats keeps it to the parameters."""
-    from torch import nn
+    """ResNet-50 without BatchNorm running stats, so a dump holds the parameters only."""
+    from resnet import resnet50  # benchmarks/resnet.py; imported here: the lakelog child must not load torch
 
-    def bn(c: int) -> nn.BatchNorm2d:
-        return nn.BatchNorm2d(c, track_running_stats=False)
-
-    def block(cin: int, width: int, stride: int, down: bool) -> nn.Sequential:
-        parts = OrderedDict(
-            conv1=nn.Conv2d(cin, width, 1, bias=False), bn1=bn(width),
-            conv2=nn.Conv2d(width, width, 3, stride, 1, bias=False), bn2=bn(width),
-            conv3=nn.Conv2d(width, width * 4, 1, bias=False), bn3=bn(width * 4),
-        )
-        if down:
-            parts["downsample"] = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False), bn(width * 4))
-        return nn.Sequential(parts)
-
-    layers, cin = OrderedDict(conv1=nn.Conv2d(3, 64, 7, 2, 3, bias=False), bn1=bn(64)), 64
-    for i, (width, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True)):
-        stage = []
-        for j in range(blocks):
-            stage.append(block(cin, width, (1 if i == 0 else 2) if j == 0 else 1, j == 0))
-            cin = width * 4
-        layers[f"layer{i + 1}"] = nn.Sequential(*stage)
-    layers["fc"] = nn.Linear(2048, 1000)
-    return nn.Sequential(layers)
+    return resnet50(track_running_stats=False)
 
 
 def generate(folder: Path, dumps: int, part: int) -> dict:

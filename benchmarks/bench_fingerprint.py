@@ -14,42 +14,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from resnet import resnet50, timed  # benchmarks/resnet.py, beside this script
 
 from lakelog.fingerprint import fingerprint_many, to_hex
-
-
-def resnet50_shapes() -> list[tuple[int, ...]]:
-    """Parameter shapes of torchvision's resnet50 (161 tensors, 25.56M elements), without torchvision."""
-    shapes: list[tuple[int, ...]] = [(64, 3, 7, 7), (64,), (64,)]
-    inplanes = 64
-    for planes, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
-        for block in range(blocks):
-            shapes += [(planes, inplanes, 1, 1), (planes,), (planes,)]
-            shapes += [(planes, planes, 3, 3), (planes,), (planes,)]
-            shapes += [(planes * 4, planes, 1, 1), (planes * 4,), (planes * 4,)]
-            if block == 0:  # the downsample branch
-                shapes += [(planes * 4, inplanes, 1, 1), (planes * 4,), (planes * 4,)]
-            inplanes = planes * 4
-    shapes += [(1000, 2048), (1000,)]
-    return shapes
-
-
-def timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> tuple[float, float]:
-    """Best and median wall time of `fn` in ms, after one warm-up call; `sync` waits for the device."""
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return min(times), statistics.median(times)
 
 
 def main() -> None:
@@ -64,7 +33,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     gen = torch.Generator().manual_seed(0)
-    params = [torch.randn(s, generator=gen).to(device) for s in resnet50_shapes()]
+    params = [torch.randn(s, generator=gen).to(device) for s in (p.shape for p in resnet50().parameters())]
     numel = sum(p.numel() for p in params)
     print(
         f"{len(params)} tensors, {numel / 1e6:.2f}M float32 ({numel * 4 / 2**20:.0f} MiB) on {device}, "
@@ -82,11 +51,8 @@ def main() -> None:
     def norms() -> float:
         return sum(p.norm().item() for p in params)
 
-    results = {
-        "fingerprint_many + to_hex": timed(fp_to_host, args.repeats, sync),
-        "torch.save to BytesIO": timed(save, args.repeats, sync),
-        "sum of .norm().item()": timed(norms, args.repeats, sync),
-    }
+    ways = {"fingerprint_many + to_hex": fp_to_host, "torch.save to BytesIO": save, "sum of .norm().item()": norms}
+    results = {name: tuple(t * 1e3 for t in timed(fn, args.repeats, sync)) for name, fn in ways.items()}
     base = results["fingerprint_many + to_hex"][0]
     print(f"{'':28s} {'best ms':>9s} {'median ms':>10s} {'best / fingerprint':>19s}")
     for name, (best, median) in results.items():

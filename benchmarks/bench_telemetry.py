@@ -27,58 +27,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from resnet import resnet50, timed  # benchmarks/resnet.py, beside this script
 from torch import nn
 
 import lakelog
 from lakelog.fingerprint import fingerprint_hex
 
 
-class Bottleneck(nn.Module):
-    def __init__(self, cin: int, width: int, stride: int) -> None:
-        super().__init__()
-        cout = width * 4
-        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
-        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
-        self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + (x if self.down is None else self.down(x)))
-
-
-def resnet50(classes: int = 1000) -> nn.Module:
-    layers: list[nn.Module] = [
-        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.MaxPool2d(3, 2, 1),
-    ]
-    cin = 64
-    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-        for b in range(blocks):
-            layers.append(Bottleneck(cin, width, stride if b == 0 else 1))
-            cin = width * 4
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes)]
-    return nn.Sequential(*layers)
-
-
-def timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    """Median seconds of ``fn`` over ``repeats`` runs, after one warm-up run."""
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def median(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
+    return timed(fn, repeats, sync)[1]
 
 
 def seed_loop(model: nn.Module, path: Path) -> None:
@@ -148,19 +105,19 @@ def main() -> None:
     )
 
     def train_step() -> None:
-        loss = F.cross_entropy(model(x), y)
+        loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
 
-    step_s = timed(train_step, args.repeats, sync)  # also leaves gradients and momentum buffers in place
+    step_s = median(train_step, args.repeats, sync)  # also leaves gradients and momentum buffers in place
     results: list[tuple[str, float, float | None]] = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "last_checkpoint.pt"
-        seed_s = timed(lambda: seed_loop(model, ckpt), args.repeats, sync)
-        seed_full_s = timed(lambda: seed_full(model, ckpt), args.repeats, sync)
+        seed_s = median(lambda: seed_loop(model, ckpt), args.repeats, sync)
+        seed_full_s = median(lambda: seed_full(model, ckpt), args.repeats, sync)
         kept: dict[str, torch.Tensor] = {}
-        naive_s = timed(lambda: naive_same_content(model, opt, kept), args.repeats, sync)
+        naive_s = median(lambda: naive_same_content(model, opt, kept), args.repeats, sync)
         variants = [
             ("lakelog capture (default: fingerprints, keep_previous='cpu')", {}),
             ("lakelog capture, fingerprints=False", {"fingerprints": False}),
