@@ -27,8 +27,8 @@ from transformers import TrainerCallback
 
 from .. import api
 from ..distributed import shared_run_name
-from ..errors import InvalidArgumentError
 from ..run import Run
+from . import check_watch_every
 
 log = logging.getLogger("lakelog")
 
@@ -71,9 +71,7 @@ class LakelogCallback(TrainerCallback):
     def __init__(self, root: str | os.PathLike[str] = "runs", name: str | None = None, *, run: Run | None = None,
                  watch: bool = True, watch_every: int | None = None, groups: Any = None,
                  **init_options: Any) -> None:
-        if watch_every is not None and (isinstance(watch_every, bool) or not isinstance(watch_every, int)
-                                        or watch_every < 1):
-            raise InvalidArgumentError(f"watch_every: expected a positive int or None, got {watch_every!r}")
+        check_watch_every(watch_every)
         self.root = root
         self.name = name
         self.watch = watch

@@ -40,6 +40,7 @@ except ImportError:  # the standalone pytorch_lightning package
 from .. import api
 from ..errors import InvalidArgumentError
 from ..run import Run
+from . import check_watch_every
 
 log = logging.getLogger("lakelog")
 
@@ -172,9 +173,7 @@ class LakelogCallback(Callback):
         super().__init__()
         if scalars not in (True, False, "auto"):
             raise InvalidArgumentError(f"scalars: expected True, False or 'auto', got {scalars!r}")
-        if watch_every is not None and (isinstance(watch_every, bool) or not isinstance(watch_every, int)
-                                        or watch_every < 1):
-            raise InvalidArgumentError(f"watch_every: expected a positive int or None, got {watch_every!r}")
+        check_watch_every(watch_every)
         self.root = root
         self.name = name
         self.watch = watch
