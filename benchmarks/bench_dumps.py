@@ -9,7 +9,7 @@ a at step ``--part``), and writes 10 dumps per run twice: as the seeds did (``to
 - seeds: ``torch.load`` both files whole, loop over the parameters in Python with torch ops (float32),
   once with torch's default threads and once with one thread (threads that wait for busy cores
   make the default much slower on a loaded machine; the better of the two is the one compared);
-- lakelog: ``lakelog.compare_dumps.compare_dumps`` (lazy ``safe_open``, one tensor pair at a time, float64).
+- lakelog: ``lakelog.read.dumps.compare.compare_dumps`` (lazy ``safe_open``, one tensor pair at a time, float64).
 
 Peak memory is the child's VmHWM from /proc/self/status (tracemalloc cannot see torch's buffers);
 "work" memory is that peak minus the child's resident size after its imports. Both ways read files
@@ -59,8 +59,11 @@ def generate(folder: Path, dumps: int, part: int) -> dict:
     models = {"a": resnet50_like(), "b": resnet50_like()}
     models["b"].load_state_dict(models["a"].state_dict())
     state = models["a"].state_dict()
-    info = {"params": sum(t.numel() for t in state.values()), "tensors": len(state),
-            "dump_mb": sum(t.nbytes for t in state.values()) / 2**20}
+    info = {
+        "params": sum(t.numel() for t in state.values()),
+        "tensors": len(state),
+        "dump_mb": sum(t.nbytes for t in state.values()) / 2**20,
+    }
     runs = {name: lakelog.init(folder / "runs", name=name) for name in models}
     for k in range(dumps):
         step = k * 10  # the seeds dumped every 10 batches
@@ -103,24 +106,40 @@ def seeds_way(dir_a: Path, dir_b: Path) -> dict:
             ss += l2 * l2
         steps.append(ss**0.5)
         del a, b
-    return {"seconds": time.perf_counter() - start, "baseline_mb": baseline, **_memory(),
-            "l2": steps, "first": first}
+    return {
+        "seconds": time.perf_counter() - start,
+        "baseline_mb": baseline,
+        **_memory(),
+        "l2": steps,
+        "first": first,
+    }
 
 
 def lakelog_way(dir_a: Path, dir_b: Path) -> dict:
-    from lakelog.compare_dumps import compare_dumps
+    from lakelog.read.dumps.compare import compare_dumps
 
     start, baseline = time.perf_counter(), _memory()["VmRSS"]
     result = compare_dumps(dir_a, dir_b, progress=False)
     first = result.summary["first_difference"]
-    return {"seconds": time.perf_counter() - start, "baseline_mb": baseline, **_memory(),
-            "l2": result.steps["l2"].to_list(), "first": first and first["step"], "torch": "torch" in sys.modules}
+    return {
+        "seconds": time.perf_counter() - start,
+        "baseline_mb": baseline,
+        **_memory(),
+        "l2": result.steps["l2"].to_list(),
+        "first": first and first["step"],
+        "torch": "torch" in sys.modules,
+    }
 
 
 def child(way: str, dir_a: Path, dir_b: Path) -> dict:
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--worker", way, str(dir_a), str(dir_b)],
-                          capture_output=True, text=True, cwd=ROOT, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", way, str(dir_a), str(dir_b)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     if proc.returncode:
         raise SystemExit(f"{way} worker failed:\n{proc.stderr}")
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "process_s": time.perf_counter() - started}
@@ -142,23 +161,33 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         way, a, b = args.worker
-        if way == "seeds-1t":  # torch's default threads fight for 2 busy cores; one thread is the fairer rival
+        if (
+            way == "seeds-1t"
+        ):  # torch's default threads fight for 2 busy cores; one thread is the fairer rival
             import torch
 
             torch.set_num_threads(1)
         print(json.dumps((lakelog_way if way == "lakelog" else seeds_way)(Path(a), Path(b))))
         return
 
-    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (timings are noisy on a busy machine)")
+    print(
+        f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (timings are noisy on a busy machine)"
+    )
     with tempfile.TemporaryDirectory(prefix="lakelog-bench-dumps-") as tmp:
         folder = Path(tmp)
         t = time.perf_counter()
         info = generate(folder, args.dumps, args.part)
-        print(f"model: {info['params'] / 1e6:.1f}M parameters in {info['tensors']} tensors, "
-              f"{info['dump_mb']:.0f} MiB a dump; 2 runs x {args.dumps} dumps, each written as .pt and "
-              f".safetensors in {time.perf_counter() - t:.0f} s")
+        print(
+            f"model: {info['params'] / 1e6:.1f}M parameters in {info['tensors']} tensors, "
+            f"{info['dump_mb']:.0f} MiB a dump; 2 runs x {args.dumps} dumps, each written as .pt and "
+            f".safetensors in {time.perf_counter() - t:.0f} s"
+        )
         seeds_dirs = (folder / "seeds" / "a", folder / "seeds" / "b")
-        dirs = {"seeds": seeds_dirs, "seeds-1t": seeds_dirs, "lakelog": (folder / "runs" / "a", folder / "runs" / "b")}
+        dirs = {
+            "seeds": seeds_dirs,
+            "seeds-1t": seeds_dirs,
+            "lakelog": (folder / "runs" / "a", folder / "runs" / "b"),
+        }
         results: dict[str, list[dict]] = {way: [] for way in WAYS}
         for _ in range(args.repeat):
             for way in WAYS:
@@ -167,23 +196,31 @@ def main() -> None:
     work = {way: max(r["VmHWM"] - r["baseline_mb"] for r in runs) for way, runs in results.items()}
     peak = {way: max(r["VmHWM"] for r in runs) for way, runs in results.items()}
     ours = best["lakelog"]
-    rows = [("compare time, s", {w: best[w]["seconds"] for w in WAYS}, ".2f"),
-            ("process time, s", {w: best[w]["process_s"] for w in WAYS}, ".2f"),
-            ("peak RSS, MiB", peak, ".0f"),
-            ("peak RSS over imports, MiB", work, ".0f"),
-            ("RSS after imports, MiB", {w: best[w]["baseline_mb"] for w in WAYS}, ".0f")]
+    rows = [
+        ("compare time, s", {w: best[w]["seconds"] for w in WAYS}, ".2f"),
+        ("process time, s", {w: best[w]["process_s"] for w in WAYS}, ".2f"),
+        ("peak RSS, MiB", peak, ".0f"),
+        ("peak RSS over imports, MiB", work, ".0f"),
+        ("RSS after imports, MiB", {w: best[w]["baseline_mb"] for w in WAYS}, ".0f"),
+    ]
     print(f"{'':28}" + "".join(f"{label:>22}" for label in WAYS.values()) + f"{'seeds best / lakelog':>22}")
     for label, values, spec in rows:
         seeds_best = min(values["seeds"], values["seeds-1t"])
         ratio = f"{seeds_best / values['lakelog']:.1f}x" if "after imports" not in label else ""
         print(f"{label:28}" + "".join(f"{format(values[w], spec):>22}" for w in WAYS) + f"{ratio:>22}")
-    rel = max((abs(x - y) / y for x, y in zip(best["seeds"]["l2"], ours["l2"], strict=True) if y), default=0.0)
-    print(f"same answer: per-step L2 differ by at most {rel:.1e} relative (the seeds' float32 torch.norm; "
-          f"lakelog sums in float64); first difference: seeds {best['seeds']['first']}, lakelog step {ours['first']}; "
-          f"lakelog imported torch: {ours['torch']}")
-    print(f"load average after: {os.getloadavg()[0]:.1f}. Ratios divide the better seeds figure by lakelog's: above 1, "
-          "lakelog is faster or smaller. lakelog's RSS after imports is the interpreter, numpy, safetensors "
-          "and polars; torch, DuckDB and pyarrow's Parquet are not loaded by compare-dumps")
+    rel = max(
+        (abs(x - y) / y for x, y in zip(best["seeds"]["l2"], ours["l2"], strict=True) if y), default=0.0
+    )
+    print(
+        f"same answer: per-step L2 differ by at most {rel:.1e} relative (the seeds' float32 torch.norm; "
+        f"lakelog sums in float64); first difference: seeds {best['seeds']['first']}, lakelog step {ours['first']}; "
+        f"lakelog imported torch: {ours['torch']}"
+    )
+    print(
+        f"load average after: {os.getloadavg()[0]:.1f}. Ratios divide the better seeds figure by lakelog's: above 1, "
+        "lakelog is faster or smaller. lakelog's RSS after imports is the interpreter, numpy, safetensors "
+        "and polars; torch, DuckDB and pyarrow's Parquet are not loaded by compare-dumps"
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import io
 import torch
 from resnet import resnet50, timed  # benchmarks/resnet.py, beside this script
 
-from lakelog.fingerprint import fingerprint_many, to_hex
+from lakelog.write.fingerprint import fingerprint_many, to_hex
 
 
 def main() -> None:
@@ -51,7 +51,11 @@ def main() -> None:
     def norms() -> float:
         return sum(p.norm().item() for p in params)
 
-    ways = {"fingerprint_many + to_hex": fp_to_host, "torch.save to BytesIO": save, "sum of .norm().item()": norms}
+    ways = {
+        "fingerprint_many + to_hex": fp_to_host,
+        "torch.save to BytesIO": save,
+        "sum of .norm().item()": norms,
+    }
     results = {name: tuple(t * 1e3 for t in timed(fn, args.repeats, sync)) for name, fn in ways.items()}
     base = results["fingerprint_many + to_hex"][0]
     print(f"{'':28s} {'best ms':>9s} {'median ms':>10s} {'best / fingerprint':>19s}")

@@ -4,7 +4,7 @@ Two runs of ``--rows`` prediction rows each (batch 256, 2 classes, two file-name
 seeds' batch logger), identical until three quarters of the way in, where run B's logits move by
 0.01. The lakes are written in bulk with pyarrow in the layout lakelog's PartWriter produces (hive
 partitions, its part-file names and size, zstd level and per-column encodings), with a pred_digests
-row per batch computed by lakelog.records' own digest functions; b's part files before the
+row per batch computed by lakelog.write.records' own digest functions; b's part files before the
 divergence are copies of a's. The seeds' CSVs are written with pyarrow's CSV writer. Side by side:
 
 - lakelog: ``lakelog.query("first_divergence", ...)`` (exact, and with tol=1e-3);
@@ -43,9 +43,15 @@ def _names(ids: np.ndarray, suffix: str) -> pa.Array:
     return pc.binary_join_element_wise(text, pa.scalar(suffix), "")
 
 
-def _digests(logits: np.ndarray, labels: np.ndarray, keys: dict[str, pa.Array], steps: np.ndarray,
-             batch_idx: np.ndarray, shared: list | None = None) -> tuple[dict, list]:
-    """One pred_digests row per batch, computed as lakelog.records computes them.
+def _digests(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    keys: dict[str, pa.Array],
+    steps: np.ndarray,
+    batch_idx: np.ndarray,
+    shared: list | None = None,
+) -> tuple[dict, list]:
+    """One pred_digests row per batch, computed as lakelog.write.records computes them.
 
     Key columns given as lists are digested by records as the batch's values joined with
     ``ID_SEPARATOR``; here pyarrow joins each batch's strings in C (checked against records on the
@@ -56,36 +62,55 @@ def _digests(logits: np.ndarray, labels: np.ndarray, keys: dict[str, pa.Array], 
     n_batches = len(steps)
     offsets = pa.array(np.arange(0, n_batches * BATCH + 1, BATCH, dtype=np.int32))
     if shared is None:
-        joined = {k: pc.binary_join(pa.ListArray.from_arrays(offsets, v), records.ID_SEPARATOR).to_pylist()
-                  for k, v in keys.items()}
+        joined = {
+            k: pc.binary_join(pa.ListArray.from_arrays(offsets, v), records.ID_SEPARATOR).to_pylist()
+            for k, v in keys.items()
+        }
         first = {k: v.slice(0, BATCH).to_pylist() for k, v in keys.items()}
         assert all(records._digest(joined[k][0].encode()) == records._values_digest(first[k]) for k in keys)
         shared = []
         for b in range(n_batches):
             keys_text = "|".join(f"{k}={records._digest(joined[k][b].encode())}" for k in sorted(keys))
-            shared.append((records._values_digest(labels[b * BATCH:(b + 1) * BATCH]),
-                           records._digest(keys_text.encode())))
+            shared.append(
+                (
+                    records._values_digest(labels[b * BATCH : (b + 1) * BATCH]),
+                    records._digest(keys_text.encode()),
+                )
+            )
     logits_digests = [
-        records._digest(np.ascontiguousarray(logits[b * BATCH:(b + 1) * BATCH]).tobytes() + f"{BATCH}x{CLASSES}".encode())
+        records._digest(
+            np.ascontiguousarray(logits[b * BATCH : (b + 1) * BATCH]).tobytes()
+            + f"{BATCH}x{CLASSES}".encode()
+        )
         for b in range(n_batches)
     ]
     rows = {
-        "step": steps, "batch_idx": batch_idx, "n_samples": np.full(n_batches, BATCH, np.int32),
-        "logits_digest": logits_digests, "labels_digest": [s[0] for s in shared], "keys_digest": [s[1] for s in shared],
+        "step": steps,
+        "batch_idx": batch_idx,
+        "n_samples": np.full(n_batches, BATCH, np.int32),
+        "logits_digest": logits_digests,
+        "labels_digest": [s[0] for s in shared],
+        "keys_digest": [s[1] for s in shared],
     }
     return rows, shared
 
 
 def _write(folder: Path, data: pa.Table, encodings: tuple[list[str], list[str]]) -> Path:
     """A part file as lakelog's PartWriter writes it (file name, zstd level, per-column encodings)."""
-    from lakelog.layout import part_file_name
-    from lakelog.writer import PartWriter
+    from lakelog.lake.layout import part_file_name
+    from lakelog.write.writer import PartWriter
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / part_file_name(0)
     level = PartWriter.__init__.__kwdefaults__["compression_level"]
-    pq.write_table(data, path, compression="zstd", compression_level=level,
-                   use_dictionary=encodings[0], use_byte_stream_split=encodings[1])
+    pq.write_table(
+        data,
+        path,
+        compression="zstd",
+        compression_level=level,
+        use_dictionary=encodings[0],
+        use_byte_stream_split=encodings[1],
+    )
     return path
 
 
@@ -95,7 +120,7 @@ def generate(root: Path, csv_dir: Path, rows: int) -> dict[str, int]:
     Run b's logits move by SHIFT from three quarters of the steps on; before that its part files
     hold exactly run a's rows, so they are copies of a's files (as the writer would produce them).
     """
-    from lakelog.writer import _encodings
+    from lakelog.write.writer import _encodings
 
     n_batches = rows // BATCH
     per_epoch = n_batches // EPOCHS
@@ -107,8 +132,16 @@ def generate(root: Path, csv_dir: Path, rows: int) -> dict[str, int]:
     csv_writers = {}
     for run in ("a", "b"):
         (root / run).mkdir(parents=True)
-        info = {"name": run, "created": "2026-01-01T00:00:00+00:00", "status": "finished", "config": {"batch": BATCH},
-                "seed": 0, "world_size": 1, "environment": {}, "summary": {}}
+        info = {
+            "name": run,
+            "created": "2026-01-01T00:00:00+00:00",
+            "status": "finished",
+            "config": {"batch": BATCH},
+            "seed": 0,
+            "world_size": 1,
+            "environment": {},
+            "summary": {},
+        }
         (root / run / "run.json").write_text(json.dumps(info))
     for epoch in range(EPOCHS):
         first = epoch * per_epoch
@@ -136,23 +169,38 @@ def generate(root: Path, csv_dir: Path, rows: int) -> dict[str, int]:
                         folder.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(path, folder / path.name.replace("-r0-", "-r0-b"))
                 else:
-                    predictions = pa.table({
-                        "step": np.repeat(steps, BATCH), "batch_idx": np.repeat(batch_idx, BATCH),
-                        "sample_idx": np.tile(np.arange(BATCH, dtype=np.int32), nb), "label": labels,
-                        "prediction": logits.argmax(axis=1).astype(np.int64),
-                        "logits": pa.ListArray.from_arrays(
-                            pa.array(np.arange(0, n * CLASSES + 1, CLASSES, dtype=np.int32)), pa.array(logits.reshape(-1))),
-                        "loss": pa.nulls(n, pa.float32()), **keys,
-                    })
+                    predictions = pa.table(
+                        {
+                            "step": np.repeat(steps, BATCH),
+                            "batch_idx": np.repeat(batch_idx, BATCH),
+                            "sample_idx": np.tile(np.arange(BATCH, dtype=np.int32), nb),
+                            "label": labels,
+                            "prediction": logits.argmax(axis=1).astype(np.int64),
+                            "logits": pa.ListArray.from_arrays(
+                                pa.array(np.arange(0, n * CLASSES + 1, CLASSES, dtype=np.int32)),
+                                pa.array(logits.reshape(-1)),
+                            ),
+                            "loss": pa.nulls(n, pa.float32()),
+                            **keys,
+                        }
+                    )
                     digests, shared = _digests(logits, labels, keys, steps, batch_idx, shared)
                     for name, data in (("predictions", predictions), ("pred_digests", pa.table(digests))):
                         encodings.setdefault(name, _encodings(data))
-                        copied[name] = _write(root / run / name / f"epoch={epoch}" / "rank=0", data, encodings[name])
-                csv = pa.table({
-                    "batch_idx": np.repeat(batch_idx + 1, BATCH), "epoch": np.full(n, epoch, np.int64),
-                    "sample_idx": np.tile(np.arange(BATCH, dtype=np.int32), nb), **keys,
-                    "winner": labels, "logit0": logits[:, 0], "logit1": logits[:, 1],
-                })
+                        copied[name] = _write(
+                            root / run / name / f"epoch={epoch}" / "rank=0", data, encodings[name]
+                        )
+                csv = pa.table(
+                    {
+                        "batch_idx": np.repeat(batch_idx + 1, BATCH),
+                        "epoch": np.full(n, epoch, np.int64),
+                        "sample_idx": np.tile(np.arange(BATCH, dtype=np.int32), nb),
+                        **keys,
+                        "winner": labels,
+                        "logit0": logits[:, 0],
+                        "logit1": logits[:, 1],
+                    }
+                )
                 if run not in csv_writers:
                     csv_writers[run] = pacsv.CSVWriter(csv_dir / f"{run}.csv", csv.schema)
                 csv_writers[run].write_table(csv)
@@ -200,7 +248,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/lakelog-bench"), help="scratch folder")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of first_divergence (best is kept)")
     parser.add_argument("--reuse", action="store_true", help="reuse data generated by an earlier --keep run")
-    parser.add_argument("--skip-pandas", action="store_true", help="leave out the pandas way (slow, memory-hungry)")
+    parser.add_argument(
+        "--skip-pandas", action="store_true", help="leave out the pandas way (slow, memory-hungry)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     args = parser.parse_args()
 
@@ -215,10 +265,12 @@ def main() -> None:
         csv_dir.mkdir(parents=True)
         shape = generate(root, csv_dir, args.rows)
         marker.write_text(json.dumps({**shape, "rows": args.rows}))
-    print(f"data: 2 x {shape['batches'] * BATCH:,} rows, ready in {time.perf_counter() - t:.1f}s "
-          f"(lake {sum(f.stat().st_size for f in root.rglob('*.parquet')) / 1e6:.0f} MB, "
-          f"CSV {sum(f.stat().st_size for f in csv_dir.iterdir()) / 1e6:.0f} MB); "
-          f"runs part at step {shape['diverge_step']}")
+    print(
+        f"data: 2 x {shape['batches'] * BATCH:,} rows, ready in {time.perf_counter() - t:.1f}s "
+        f"(lake {sum(f.stat().st_size for f in root.rglob('*.parquet')) / 1e6:.0f} MB, "
+        f"CSV {sum(f.stat().st_size for f in csv_dir.iterdir()) / 1e6:.0f} MB); "
+        f"runs part at step {shape['diverge_step']}"
+    )
 
     t = time.perf_counter()
     con = lakelog.connect(root)
@@ -238,7 +290,11 @@ def main() -> None:
         results[("ours", tol)] = timed(lambda tol=tol: ours(tol), args.repeat)
         results[("plain", tol)] = timed(lambda tol=tol: plain(tol), 2)  # seconds each: best of two
         for method in ("ours", "plain"):
-            assert results[(method, tol)][1] == shape["diverge_step"], (method, tol, results[(method, tol)][1])
+            assert results[(method, tol)][1] == shape["diverge_step"], (
+                method,
+                tol,
+                results[(method, tol)][1],
+            )
     if not args.skip_pandas:
         results[("pandas", TOL)] = timed(lambda: pandas_way(csv_dir, TOL), 1)
         epoch, batch = results[("pandas", TOL)][1]
@@ -247,18 +303,27 @@ def main() -> None:
     print(f"\nconnect (views over both runs): {connect_s * 1000:.0f} ms")
     print(f"{'method':<44}{'tol':>8}{'seconds':>10}")
     for (method, tol), (seconds, _) in results.items():
-        label = {"ours": "lakelog first_divergence (all layers)", "plain": "plain DuckDB join of predictions",
-                 "pandas": "pandas: read 2 CSVs, merge, filter"}[method]
+        label = {
+            "ours": "lakelog first_divergence (all layers)",
+            "plain": "plain DuckDB join of predictions",
+            "pandas": "pandas: read 2 CSVs, merge, filter",
+        }[method]
         print(f"{label:<44}{tol:>8g}{seconds:>10.3f}")
     print()
     for tol in (0.0, TOL):
-        print(f"tol={tol:g}: first_divergence is {results[('plain', tol)][0] / results[('ours', tol)][0]:.1f}x "
-              f"faster than the plain join (target >= 5x)")
+        print(
+            f"tol={tol:g}: first_divergence is {results[('plain', tol)][0] / results[('ours', tol)][0]:.1f}x "
+            f"faster than the plain join (target >= 5x)"
+        )
     if ("pandas", TOL) in results:
-        print(f"tol={TOL:g}: first_divergence is {results[('pandas', TOL)][0] / results[('ours', TOL)][0]:.0f}x "
-              f"faster than the pandas way (target >= 30x)")
-    print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores while measuring; "
-          f"best of {args.repeat} runs of first_divergence, 2 of the plain join, 1 of pandas)")
+        print(
+            f"tol={TOL:g}: first_divergence is {results[('pandas', TOL)][0] / results[('ours', TOL)][0]:.0f}x "
+            f"faster than the pandas way (target >= 30x)"
+        )
+    print(
+        f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores while measuring; "
+        f"best of {args.repeat} runs of first_divergence, 2 of the plain join, 1 of pandas)"
+    )
     if not args.keep:
         shutil.rmtree(args.dir, ignore_errors=True)
 

@@ -31,7 +31,7 @@ from resnet import resnet50, timed  # benchmarks/resnet.py, beside this script
 from torch import nn
 
 import lakelog
-from lakelog.fingerprint import fingerprint_hex
+from lakelog.write.fingerprint import fingerprint_hex
 
 
 def median(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
@@ -63,8 +63,18 @@ def naive_same_content(model: nn.Module, opt: torch.optim.Optimizer, kept: dict[
     """What a capture records, computed the per-parameter way: one reduction and one .item() at a time."""
     for name, p in model.named_parameters():
         t = p.detach()
-        for value in (t.norm(), t.mean(), t.std(), t.min(), t.max(), t.abs().max(), torch.isnan(t).sum(),
-                      torch.isinf(t).sum(), p.grad.norm(), p.grad.abs().max()):
+        for value in (
+            t.norm(),
+            t.mean(),
+            t.std(),
+            t.min(),
+            t.max(),
+            t.abs().max(),
+            torch.isnan(t).sum(),
+            torch.isinf(t).sum(),
+            p.grad.norm(),
+            p.grad.abs().max(),
+        ):
             value.item()
         fingerprint_hex(t)
         fingerprint_hex(p.grad)
@@ -153,13 +163,17 @@ def main() -> None:
         f"{'seed: full (+ torch.load and per-parameter weight delta)':64s} {seed_full_s * 1e3:9.1f} "
         f"{seed_full_s / step_s:8.2f} {seed_s / seed_full_s:12.2f}x"
     )
-    print(f"{'same content as a capture, per-parameter .item() loop':64s} {naive_s * 1e3:9.1f} "
-          f"{naive_s / step_s:8.2f} {seed_s / naive_s:12.2f}x")
+    print(
+        f"{'same content as a capture, per-parameter .item() loop':64s} {naive_s * 1e3:9.1f} "
+        f"{naive_s / step_s:8.2f} {seed_s / naive_s:12.2f}x"
+    )
     for label, capture_s, writer_s in results:
         print(f"{label:64s} {capture_s * 1e3:9.1f} {capture_s / step_s:8.2f} {seed_s / capture_s:12.2f}x")
         print(f"{'  + writer thread (rows, Parquet), off the training loop':64s} {writer_s * 1e3:9.1f}")
     print("\n'vs seed loop' > 1: that many times cheaper than the seed's per-parameter loop.")
-    print(f"default capture vs the same content computed per parameter: {naive_s / results[0][1]:.2f}x cheaper")
+    print(
+        f"default capture vs the same content computed per parameter: {naive_s / results[0][1]:.2f}x cheaper"
+    )
 
 
 if __name__ == "__main__":

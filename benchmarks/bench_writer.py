@@ -69,13 +69,17 @@ def bench_predictions(steps: int, tmp: Path) -> dict[str, float]:
     start = time.perf_counter()
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["batch_idx", "epoch", "sample_idx", "image1", "image2", "winner", "logit0", "logit1"])
+        writer.writerow(
+            ["batch_idx", "epoch", "sample_idx", "image1", "image2", "winner", "logit0", "logit1"]
+        )
         for s in range(steps):
             logits, labels, n1, n2, _ = step(s)
             t0 = time.perf_counter()
             values, winners = logits.tolist(), labels.tolist()
             for i in range(BATCH):
-                writer.writerow([s, 0, i, n1[i], n2[i], winners[i], f"{values[i][0]:.10f}", f"{values[i][1]:.10f}"])
+                writer.writerow(
+                    [s, 0, i, n1[i], n2[i], winners[i], f"{values[i][0]:.10f}", f"{values[i][1]:.10f}"]
+                )
             f.flush()
             spent += time.perf_counter() - t0
     results["csv_total_s"] = time.perf_counter() - start
@@ -164,15 +168,27 @@ def main() -> None:
             runs_s.append(bench_scalars(args.steps * 5, Path(tmpdir) / f"s{repeat}"))
     p = {key: statistics.median(r[key] for r in runs_p) for key in runs_p[0]}
     s = {key: statistics.median(r[key] for r in runs_s) for key in runs_s[0]}
-    print(f"predictions ({args.steps} batches of {BATCH}, {CLASSES} classes, 2 file-name keys; "
-          f"median of {args.repeats} interleaved repeats)")
+    print(
+        f"predictions ({args.steps} batches of {BATCH}, {CLASSES} classes, 2 file-name keys; "
+        f"median of {args.repeats} interleaved repeats)"
+    )
     print(f"  training loop alone           {p['none_loop_s'] / args.steps * 1e3:8.3f} ms/step")
-    print(f"  csv.writer on training thread {p['csv_thread_ms']:8.3f} ms/batch   {p['csv_bytes_per_row']:6.1f} B/row")
-    print(f"  lakelog on training thread    {p['lakelog_thread_ms']:8.3f} ms/batch   {p['lakelog_bytes_per_row']:6.1f} B/row")
+    print(
+        f"  csv.writer on training thread {p['csv_thread_ms']:8.3f} ms/batch   {p['csv_bytes_per_row']:6.1f} B/row"
+    )
+    print(
+        f"  lakelog on training thread    {p['lakelog_thread_ms']:8.3f} ms/batch   {p['lakelog_bytes_per_row']:6.1f} B/row"
+    )
     print(f"  lakelog end to end            {p['lakelog_rows_per_s']:,.0f} rows/s")
-    print(f"  ratio training-thread time csv/lakelog   {p['csv_thread_ms'] / p['lakelog_thread_ms']:6.1f}x (target >= 10x)")
-    print(f"  ratio bytes per row csv/lakelog          {p['csv_bytes_per_row'] / p['lakelog_bytes_per_row']:6.1f}x (target >= 5x)")
-    print(f"  loop time with logging / without         {p['lakelog_total_s'] / p['none_loop_s']:6.2f}x (csv: {p['csv_total_s'] / p['none_loop_s']:.2f}x)")
+    print(
+        f"  ratio training-thread time csv/lakelog   {p['csv_thread_ms'] / p['lakelog_thread_ms']:6.1f}x (target >= 10x)"
+    )
+    print(
+        f"  ratio bytes per row csv/lakelog          {p['csv_bytes_per_row'] / p['lakelog_bytes_per_row']:6.1f}x (target >= 5x)"
+    )
+    print(
+        f"  loop time with logging / without         {p['lakelog_total_s'] / p['none_loop_s']:6.2f}x (csv: {p['csv_total_s'] / p['none_loop_s']:.2f}x)"
+    )
     print(f"  finish() writing the buffered rows       {p['lakelog_finish_s'] * 1e3:6.0f} ms")
     print("scalars (8 per step)")
     print(f"  JSON line + flush             {s['jsonl_us']:8.1f} us/step")

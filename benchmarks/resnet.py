@@ -48,13 +48,17 @@ def resnet50(classes: int = 1000, *, track_running_stats: bool = True) -> nn.Mod
     cin = 64
     for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
         for b in range(blocks):
-            layers.append(Bottleneck(cin, width, stride if b == 0 else 1, track_running_stats=track_running_stats))
+            layers.append(
+                Bottleneck(cin, width, stride if b == 0 else 1, track_running_stats=track_running_stats)
+            )
             cin = width * 4
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes)]
     return nn.Sequential(*layers)
 
 
-def timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None) -> tuple[float, float]:
+def timed(
+    fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None
+) -> tuple[float, float]:
     """Best and median seconds of ``fn`` over ``repeats`` runs, after one warm-up run; ``sync`` waits
     for the device so queued kernels are counted."""
     fn()

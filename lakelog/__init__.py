@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from lakelog.errors import (
     DumpError,
     InvalidArgumentError,
     LakelogError,
@@ -22,44 +22,51 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .run import Run
+    from lakelog.write.run import Run
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "connect": "lakelog.views",
-    "query": "lakelog.querylib",
-    "init": "lakelog.api",
-    "log": "lakelog.api",
-    "log_predictions": "lakelog.api",
-    "log_batch": "lakelog.api",
-    "watch": "lakelog.api",
-    "dump": "lakelog.api",
-    "summary": "lakelog.api",
-    "flush": "lakelog.api",
-    "finish": "lakelog.api",
-    "current_run": "lakelog.run",
-    "seed_everything": "lakelog.determinism",
-    "seed_worker": "lakelog.determinism",
-    "dataloader_generator": "lakelog.determinism",
-    "record_workers": "lakelog.determinism",
-    "rng_fingerprints": "lakelog.determinism",
-    "should_stop": "lakelog.determinism",
-    "determinism_report": "lakelog.check_determinism",
-    "diff_runs": "lakelog.diff",
-    "DiffResult": "lakelog.diff",
-    "Run": "lakelog.run",
+    # the read side: DuckDB and polars, never torch
+    "connect": "lakelog.read.views",
+    "query": "lakelog.read.querylib",
+    "diff_runs": "lakelog.read.diff",
+    "DiffResult": "lakelog.read.diff",
+    "determinism_report": "lakelog.read.determinism.report",
+    # the write side: torch
+    "init": "lakelog.write.api",
+    "log": "lakelog.write.api",
+    "log_predictions": "lakelog.write.api",
+    "log_batch": "lakelog.write.api",
+    "watch": "lakelog.write.api",
+    "dump": "lakelog.write.api",
+    "summary": "lakelog.write.api",
+    "flush": "lakelog.write.api",
+    "finish": "lakelog.write.api",
+    "current_run": "lakelog.write.context",
+    "Run": "lakelog.write.run",
+    "seed_everything": "lakelog.write.determinism.seeding",
+    "dataloader_generator": "lakelog.write.determinism.seeding",
+    "should_stop": "lakelog.write.determinism.seeding",
+    "seed_worker": "lakelog.write.determinism.workers",
+    "record_workers": "lakelog.write.determinism.workers",
+    "rng_fingerprints": "lakelog.write.determinism.rng",
+    "check_determinism": "lakelog.check_determinism",
 }
+# Subpackages reachable as attributes (``from lakelog import plots``), imported on first use.
+_LAZY_MODULES = {"plots": "lakelog.read.plots", "querylib": "lakelog.read.querylib"}
 
 
 def __getattr__(name: str) -> Any:
     """Import the write side (and torch) only when a training script first touches it; the rest on first use."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lakelog' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module), name)
+    if name in _LAZY_MODULES:
+        value = importlib.import_module(_LAZY_MODULES[name])
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module 'lakelog' has no attribute {name!r}")
     globals()[name] = value
     return value
 
@@ -79,4 +86,5 @@ __all__ = [
     "connect",
     "query",
     *_LAZY,
+    *_LAZY_MODULES,
 ]

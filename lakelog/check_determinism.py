@@ -1,93 +1,34 @@
-"""Run the same training twice and say where, and why, the two runs first differ.
+"""Train the same function twice, each time with a fresh run, and report where the two runs differ.
 
-The checks follow the order of the users' determinism guide: environment, sample ids (file order),
-input tensors (transforms), RNG states, initial weights, forward outputs, loss, gradients, update.
-Each check asks the lake one question (``queries/determinism_*.sql``); the first difference comes with
-its likely cause and fix, taken from that guide. Importing this module does not import torch:
-only ``check_determinism(fn)``, which trains, loads the write side.
-
-This module asks the questions and runs the training; the verdicts with their causes and fixes come from
-``determinism_causes``, the report's data and text from ``determinism_findings`` (both re-exported here).
+The two calls run in this process with the determinism flags put back before each, but not the RNG
+states: what the function does not seed differs between the calls, as it would between two
+processes. The comparison itself is ``lakelog.read.determinism.report.determinism_report``
+(re-exported here). This module sits above both sides: it trains with the write side, then reports
+with the read side, so neither side imports the other.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from .determinism_causes import FIX_KERNELS as FIX_KERNELS
-from .determinism_causes import FIX_LISTING as FIX_LISTING
-from .determinism_causes import FIX_SEED as FIX_SEED
-from .determinism_causes import FIX_SHUFFLE as FIX_SHUFFLE
-from .determinism_causes import FIX_WORKERS as FIX_WORKERS
-from .determinism_causes import Judge, worker_flag
-from .determinism_findings import CHECKS as CHECKS
-from .determinism_findings import NOT_LOGGED as NOT_LOGGED
-from .determinism_findings import Check as Check
-from .determinism_findings import DeterminismReport as DeterminismReport
-from .determinism_findings import WorkerFlag as WorkerFlag
-from .errors import InvalidArgumentError, RunNotFoundError
-from .layout import RUN_FILE, Lake, check_run_name
+from lakelog.errors import InvalidArgumentError
+from lakelog.read.determinism.findings import DeterminismReport
+from lakelog.read.determinism.report import RUN_NAMES, determinism_report
+from lakelog.write.context import current_run, set_current, set_step_limit, take_pending_seeding
+from lakelog.write.determinism.rng import restore_flags, restore_state, save_state
+from lakelog.write.run import Run
 
-RUN_NAMES = ("determinism-a", "determinism-b")
-
-
-def _run_target(lake: Lake, name: str) -> str:
-    return os.path.join(lake.base, name) if lake.local else f"{lake.root.rstrip('/')}/{name}"
-
-
-def _read_info(lake: Lake, name: str) -> dict[str, Any]:
-    path = lake.join(check_run_name(name), RUN_FILE)
-    if not lake.is_file(path):
-        raise RunNotFoundError(f"run {name!r} not found in {lake.root} (no {RUN_FILE})")
-    return json.loads(lake.read_text(path))
-
-
-def _by_evidence(frame: Any) -> dict[str, dict[str, Any]]:
-    return {row["evidence"]: row for row in frame.iter_rows(named=True)}
-
-
-def determinism_report(
-    root: Any, run_a: str = RUN_NAMES[0], run_b: str = RUN_NAMES[1], *, loss_name: str = "loss",
-    loss_tol: float = 0.0,
-) -> DeterminismReport:
-    """Compare two runs of a lake that should be identical, check by check; reads only the lake (no torch)."""
-    from .querylib import query
-    from .views import connect
-
-    lake = Lake.open(root)
-    info = (_read_info(lake, run_a), _read_info(lake, run_b))
-    con = connect([_run_target(lake, run_a), _run_target(lake, run_b)])
-    pair = {"run_a": run_a, "run_b": run_b}
-    flags = [WorkerFlag(run=run, **worker_flag(row)) for run in (run_a, run_b)
-             for row in query("determinism_workers", con=con, run=run).iter_rows(named=True)]
-    judge = Judge(run_a, run_b, info, _by_evidence(query("determinism_batches", con=con, **pair)),
-                   _by_evidence(query("determinism_params", con=con, **pair)),
-                   _by_evidence(query("determinism_outputs", con=con, **pair, loss_name=loss_name,
-                                      loss_tol=float(loss_tol))),
-                   query("determinism_worker_seeds", con=con, **pair).row(0, named=True), flags)
-    checks = [Check(name, title, **judge.judge(name)) for name, title in CHECKS.items()]
-    for c in checks:
-        if c.status == "not logged":
-            c.detail = f"log it with {NOT_LOGGED[c.name]}"
-    order, start = list(CHECKS), judge.start_step()
-
-    def when(c: Check) -> tuple[float, int]:
-        if c.name == "environment":
-            return (float("-inf"), 0)
-        step = (start if start is not None else c.step) if c.name == "initial_weights" else c.step
-        return (float(step or 0), order.index(c.name))
-
-    differing = [c for c in checks if c.status == "differs"]
-    first = min(differing, key=when) if differing else None
-    return DeterminismReport(root=lake.root, run_a=run_a, run_b=run_b, checks=checks, worker_flags=flags, first=first)
+__all__ = ["check_determinism", "determinism_report"]
 
 
 def check_determinism(
-    fn: Callable[[Any], Any], steps: int = 10, root: Any = None, *, names: tuple[str, str] = RUN_NAMES,
+    fn: Callable[[Any], Any],
+    steps: int = 10,
+    root: Any = None,
+    *,
+    names: tuple[str, str] = RUN_NAMES,
     loss_name: str = "loss",
 ) -> DeterminismReport:
     """Call ``fn(run)`` twice, each time with a fresh run, and compare the two runs.
@@ -103,16 +44,13 @@ def check_determinism(
         raise InvalidArgumentError(f"steps: expected a positive int, got {steps!r}")
     if len(names) != 2 or names[0] == names[1]:
         raise InvalidArgumentError(f"names: expected two different run names, got {names!r}")
-    from . import determinism as det
-    from .run import Run, current_run, set_current
-
     root = root if root is not None else tempfile.mkdtemp(prefix="lakelog-determinism-")
-    saved, previous, previous_limit = det.save_state(), current_run(), det._max_steps
+    saved, previous = save_state(), current_run()
+    previous_limit = set_step_limit(steps)
     try:
         for name in names:
-            det.restore_flags(saved["flags"])
-            det.pending_seeding()
-            det._max_steps = steps
+            restore_flags(saved["flags"])
+            take_pending_seeding()
             run = Run(root, name, mode="overwrite")
             set_current(run)
             try:
@@ -122,7 +60,7 @@ def check_determinism(
                 raise
             run.finish()
     finally:
-        det._max_steps = previous_limit
-        det.restore_state(saved)
+        set_step_limit(previous_limit)
+        restore_state(saved)
         set_current(previous)
     return determinism_report(root, names[0], names[1], loss_name=loss_name)

@@ -21,16 +21,16 @@ import xxhash
 from torch import nn
 
 import lakelog
-from lakelog import records
-from lakelog.fingerprint import fingerprint_hex
+from lakelog.write import records
+from lakelog.write.fingerprint import fingerprint_hex
 
 N_SAMPLES = 64
 BATCH = 8
 STEPS_PER_EPOCH = N_SAMPLES // BATCH
 GROUPS = {"backbone": "backbone.", "head": "head."}
 CAUSE_STEP = 5
-HAS_TELEMETRY = importlib.util.find_spec("lakelog.telemetry") is not None
-HAS_DETERMINISM = importlib.util.find_spec("lakelog.determinism") is not None
+HAS_TELEMETRY = importlib.util.find_spec("lakelog.write.telemetry.watch") is not None
+HAS_DETERMINISM = importlib.util.find_spec("lakelog.write.determinism.seeding") is not None
 
 
 class Net(nn.Module):
@@ -43,8 +43,14 @@ class Net(nn.Module):
         return self.head(self.backbone(x))
 
 
-def dataset(n: int = N_SAMPLES, *, features: int = 6, imbalance: float | None = None, random_labels: bool = False,
-            seed: int = 1234):
+def dataset(
+    n: int = N_SAMPLES,
+    *,
+    features: int = 6,
+    imbalance: float | None = None,
+    random_labels: bool = False,
+    seed: int = 1234,
+):
     """A fixed synthetic dataset: the same for every run, drawn from its own generator."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, features, generator=g)
@@ -59,7 +65,7 @@ def dataset(n: int = N_SAMPLES, *, features: int = 6, imbalance: float | None = 
 
 
 def rng_states() -> dict[str, str]:
-    """RNG fingerprints at batch start (used until lakelog.determinism provides log_batch(rng=True))."""
+    """RNG fingerprints at batch start (used until lakelog.write.determinism.seeding provides log_batch(rng=True))."""
     return {
         "torch": xxhash.xxh3_128_hexdigest(torch.get_rng_state().numpy().tobytes()),
         "numpy": xxhash.xxh3_128_hexdigest(np.random.get_state()[1].tobytes()),
@@ -71,27 +77,63 @@ def _group_of(name: str) -> str | None:
     return next((g for g, prefix in GROUPS.items() if name.startswith(prefix)), None)
 
 
-def param_rows(model: nn.Module, optimizer: torch.optim.Optimizer, step: int, previous: dict) -> dict[str, list]:
-    """PARAMS rows as run.watch writes them (used until lakelog.telemetry exists)."""
-    rows: dict[str, list] = {k: [] for k in ("step", "name", "kind", "group", "shape", "numel", "dtype", "norm",
-                                             "mean", "std", "min", "max", "absmax", "nan_count", "inf_count",
-                                             "grad_norm", "grad_absmax", "update_norm", "update_ratio",
-                                             "fingerprint", "grad_fingerprint")}
+def param_rows(
+    model: nn.Module, optimizer: torch.optim.Optimizer, step: int, previous: dict
+) -> dict[str, list]:
+    """PARAMS rows as run.watch writes them (used until lakelog.write.telemetry.watch exists)."""
+    rows: dict[str, list] = {
+        k: []
+        for k in (
+            "step",
+            "name",
+            "kind",
+            "group",
+            "shape",
+            "numel",
+            "dtype",
+            "norm",
+            "mean",
+            "std",
+            "min",
+            "max",
+            "absmax",
+            "nan_count",
+            "inf_count",
+            "grad_norm",
+            "grad_absmax",
+            "update_norm",
+            "update_ratio",
+            "fingerprint",
+            "grad_fingerprint",
+        )
+    }
 
     def add(name: str, kind: str, t: torch.Tensor, grad: torch.Tensor | None, update: float | None) -> None:
         t = t.detach()
         finite = t[torch.isfinite(t)]
         norm = float(t.float().norm())
         values = {
-            "step": step, "name": name, "kind": kind, "group": _group_of(name), "shape": str(list(t.shape)),
-            "numel": t.numel(), "dtype": str(t.dtype).removeprefix("torch."), "norm": norm,
-            "mean": float(t.mean()), "std": float(t.std()) if t.numel() > 1 else 0.0,
-            "min": float(finite.min()) if finite.numel() else None, "max": float(finite.max()) if finite.numel() else None,
-            "absmax": float(t.abs().max()), "nan_count": int(torch.isnan(t).sum()), "inf_count": int(torch.isinf(t).sum()),
+            "step": step,
+            "name": name,
+            "kind": kind,
+            "group": _group_of(name),
+            "shape": str(list(t.shape)),
+            "numel": t.numel(),
+            "dtype": str(t.dtype).removeprefix("torch."),
+            "norm": norm,
+            "mean": float(t.mean()),
+            "std": float(t.std()) if t.numel() > 1 else 0.0,
+            "min": float(finite.min()) if finite.numel() else None,
+            "max": float(finite.max()) if finite.numel() else None,
+            "absmax": float(t.abs().max()),
+            "nan_count": int(torch.isnan(t).sum()),
+            "inf_count": int(torch.isinf(t).sum()),
             "grad_norm": None if grad is None else float(grad.norm()),
             "grad_absmax": None if grad is None else float(grad.abs().max()),
-            "update_norm": update, "update_ratio": None if update is None else update / max(norm, 1e-30),
-            "fingerprint": fingerprint_hex(t), "grad_fingerprint": None if grad is None else fingerprint_hex(grad),
+            "update_norm": update,
+            "update_ratio": None if update is None else update / max(norm, 1e-30),
+            "fingerprint": fingerprint_hex(t),
+            "grad_fingerprint": None if grad is None else fingerprint_hex(grad),
         }
         for key, value in values.items():
             rows[key].append(value)
@@ -150,18 +192,57 @@ def train(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is faster on a shared 2-core machine
     try:
-        return _train(root, name, seed=seed, epochs=epochs, cause=cause, cause_step=cause_step, lrs=lrs,
-                      capture_rng=capture_rng, watch=watch, log_batches=log_batches,
-                      log_predictions=log_predictions, data=data, batch=batch, model=model,
-                      optimizer_params=optimizer_params, start_epoch=start_epoch, state=state,
-                      replay_epoch=replay_epoch, mode=mode, holdout=holdout, config=config)
+        return _train(
+            root,
+            name,
+            seed=seed,
+            epochs=epochs,
+            cause=cause,
+            cause_step=cause_step,
+            lrs=lrs,
+            capture_rng=capture_rng,
+            watch=watch,
+            log_batches=log_batches,
+            log_predictions=log_predictions,
+            data=data,
+            batch=batch,
+            model=model,
+            optimizer_params=optimizer_params,
+            start_epoch=start_epoch,
+            state=state,
+            replay_epoch=replay_epoch,
+            mode=mode,
+            holdout=holdout,
+            config=config,
+        )
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(root, name, *, seed, epochs, cause, cause_step, lrs, capture_rng, watch, log_batches,
-           log_predictions, data, batch, model, optimizer_params, start_epoch, state, replay_epoch, mode,
-           holdout, config) -> Trained:
+def _train(
+    root,
+    name,
+    *,
+    seed,
+    epochs,
+    cause,
+    cause_step,
+    lrs,
+    capture_rng,
+    watch,
+    log_batches,
+    log_predictions,
+    data,
+    batch,
+    model,
+    optimizer_params,
+    start_epoch,
+    state,
+    replay_epoch,
+    mode,
+    holdout,
+    config,
+) -> Trained:
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
@@ -182,12 +263,23 @@ def _train(root, name, *, seed, epochs, cause, cause_step, lrs, capture_rng, wat
         torch.set_rng_state(state["torch_rng"])
     trained = Trained(name, 0)
     previous: dict[str, torch.Tensor] = {}
-    run = lakelog.init(root, name=name, seed=seed, mode=mode,
-                       config=config if config is not None else {"lr": list(lrs), "batch": batch, "cause": cause})
+    run = lakelog.init(
+        root,
+        name=name,
+        seed=seed,
+        mode=mode,
+        config=config if config is not None else {"lr": list(lrs), "batch": batch, "cause": cause},
+    )
     if watch and HAS_TELEMETRY:
         # A resumed segment has no step logged yet, so its initial capture would be stamped step 0.
-        run.watch(model, optimizer, every=1, groups=GROUPS, initial=state is None,
-                  holdout=None if holdout is None else [holdout])
+        run.watch(
+            model,
+            optimizer,
+            every=1,
+            groups=GROUPS,
+            initial=state is None,
+            holdout=None if holdout is None else [holdout],
+        )
     with run:
         for epoch in range(start_epoch, epochs):
             order_epoch = replay_epoch if replay_epoch is not None else epoch
@@ -195,9 +287,11 @@ def _train(root, name, *, seed, epochs, cause, cause_step, lrs, capture_rng, wat
             for b in range(steps_per_epoch):
                 step = epoch * steps_per_epoch + b
                 if cause == "shuffle" and step == cause_step:
-                    rest = order[b * batch:]
-                    order[b * batch:] = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(99))]
-                idx = order[b * batch:(b + 1) * batch].clone()
+                    rest = order[b * batch :]
+                    order[b * batch :] = rest[
+                        torch.randperm(len(rest), generator=torch.Generator().manual_seed(99))
+                    ]
+                idx = order[b * batch : (b + 1) * batch].clone()
                 if cause == "reorder" and step == cause_step:
                     idx = idx.flip(0)
                 if cause == "dropout" and step == cause_step:
@@ -210,18 +304,35 @@ def _train(root, name, *, seed, epochs, cause, cause_step, lrs, capture_rng, wat
                 batch_names = [names[i] for i in idx.tolist()]
                 if log_batches:
                     if HAS_DETERMINISM or not capture_rng:
-                        run.log_batch(sample_ids=batch_names, inputs=x, step=step, epoch=epoch, batch_idx=b,
-                                      rng=capture_rng)
+                        run.log_batch(
+                            sample_ids=batch_names,
+                            inputs=x,
+                            step=step,
+                            epoch=epoch,
+                            batch_idx=b,
+                            rng=capture_rng,
+                        )
                     else:
-                        run.submit(records.batch_job(step=step, sample_ids=batch_names, inputs=x, batch_idx=b,
-                                                     rng=rng_states()), epoch=epoch)
+                        run.submit(
+                            records.batch_job(
+                                step=step, sample_ids=batch_names, inputs=x, batch_idx=b, rng=rng_states()
+                            ),
+                            epoch=epoch,
+                        )
                 model.train()
                 out = model(x)
                 per_sample = F.cross_entropy(out, y, reduction="none")
                 loss = per_sample.mean()
                 if log_predictions:
-                    run.log_predictions(out.detach(), step=step, epoch=epoch, labels=y, keys={"sample": batch_names},
-                                        loss=per_sample.detach(), batch_idx=b)
+                    run.log_predictions(
+                        out.detach(),
+                        step=step,
+                        epoch=epoch,
+                        labels=y,
+                        keys={"sample": batch_names},
+                        loss=per_sample.detach(),
+                        batch_idx=b,
+                    )
                 optimizer.zero_grad()
                 loss.backward()
                 if cause == "lr" and step == cause_step:
@@ -295,8 +406,13 @@ def _recipe(name: str) -> dict[str, Any]:
     health: dict[str, Any] = {
         "three_classes": lambda: {"model": _seeded(Net, classes=3)},
         "healthy": lambda: {"holdout": dataset(n=32, seed=99)[:2], "epochs": 3},
-        "overfit": lambda: {"data": dataset(features=32, random_labels=True), "lrs": (0.2, 0.2), "epochs": 8,
-                            "model": _seeded(Net, features=32, hidden=128, dropout=0.0), "holdout": _paired_holdout(32)},
+        "overfit": lambda: {
+            "data": dataset(features=32, random_labels=True),
+            "lrs": (0.2, 0.2),
+            "epochs": 8,
+            "model": _seeded(Net, features=32, hidden=128, dropout=0.0),
+            "holdout": _paired_holdout(32),
+        },
         "nan": lambda: {"cause": "nan_input", "cause_step": 3},
         "explode": lambda: {"data": _scaled_data(100.0), "lrs": (5.0, 5.0), "epochs": 1},
         "vanish": lambda: {"model": _seeded(ScaledNet, scale=1e-12)},
@@ -331,8 +447,14 @@ class Lake:
                 continue
             if name in RESUMES:
                 first = train(self.root, name, epochs=1)
-                self.built[name] = train(self.root, name, start_epoch=1, state=first.info["checkpoint"],
-                                         mode="resume", replay_epoch=RESUMES[name])
+                self.built[name] = train(
+                    self.root,
+                    name,
+                    start_epoch=1,
+                    state=first.info["checkpoint"],
+                    mode="resume",
+                    replay_epoch=RESUMES[name],
+                )
             else:
                 self.built[name] = train(self.root, name, **_recipe(name))
         return self.root

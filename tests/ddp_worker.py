@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import lakelog
-from lakelog.distributed import shared_run_name
+from lakelog.write.distributed import shared_run_name
 
 N, FEATURES, BATCH = 48, 4, 4
 PERTURB_STEP = 3

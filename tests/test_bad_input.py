@@ -24,27 +24,54 @@ def run(tmp_path):
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda r: r.log_predictions(torch.zeros(3, 2), labels=torch.tensor([0, 1])), r"labels: expected 3 labels"),
-        (lambda r: r.log_predictions(torch.zeros(3, 2), keys={"image1": ["a", "b"]}), r"keys\['image1'\]: expected 3 values"),
+        (
+            lambda r: r.log_predictions(torch.zeros(3, 2), labels=torch.tensor([0, 1])),
+            r"labels: expected 3 labels",
+        ),
+        (
+            lambda r: r.log_predictions(torch.zeros(3, 2), keys={"image1": ["a", "b"]}),
+            r"keys\['image1'\]: expected 3 values",
+        ),
         (lambda r: r.log_predictions(torch.zeros(2, 2, 2)), r"logits: expected shape \(batch, classes\)"),
         (lambda r: r.log_predictions([[0.1, 0.2]]), r"logits: expected a tensor or numpy array"),
         (lambda r: r.log_predictions(torch.zeros(3, 0)), r"logits: expected at least one score per sample"),
-        (lambda r: r.log_predictions(torch.zeros(2, 2), keys={"id": [1, "b"]}), r"keys\['id'\]: expected all strings or all integers"),
-        (lambda r: r.log_predictions(torch.zeros(2, 2), keys={"id": [1.5, 2.5]}), r"keys\['id'\]: expected all strings or all integers"),
-        (lambda r: r.log_predictions(torch.zeros(2, 2), labels=["cat", "dog"]), r"labels: expected integer class indices"),
-        (lambda r: r.log_predictions(torch.zeros(2, 2), labels=torch.tensor([0.5, 1.0])), r"labels: expected integer"),
-        (lambda r: r.log_predictions(torch.zeros(2, 2), labels=torch.zeros(2, 1, dtype=torch.long)), r"labels: expected one value per sample"),
+        (
+            lambda r: r.log_predictions(torch.zeros(2, 2), keys={"id": [1, "b"]}),
+            r"keys\['id'\]: expected all strings or all integers",
+        ),
+        (
+            lambda r: r.log_predictions(torch.zeros(2, 2), keys={"id": [1.5, 2.5]}),
+            r"keys\['id'\]: expected all strings or all integers",
+        ),
+        (
+            lambda r: r.log_predictions(torch.zeros(2, 2), labels=["cat", "dog"]),
+            r"labels: expected integer class indices",
+        ),
+        (
+            lambda r: r.log_predictions(torch.zeros(2, 2), labels=torch.tensor([0.5, 1.0])),
+            r"labels: expected integer",
+        ),
+        (
+            lambda r: r.log_predictions(torch.zeros(2, 2), labels=torch.zeros(2, 1, dtype=torch.long)),
+            r"labels: expected one value per sample",
+        ),
         (lambda r: r.log_predictions(torch.zeros(2, 2), keys={"label": [1, 2]}), r"keys: key names must be"),
         (lambda r: r.log_predictions(torch.zeros(2, 2), keys=["a", "b"]), r"keys: expected a mapping"),
         (lambda r: r.log_predictions(torch.zeros(2, 2), step=-1), r"step: expected a non-negative int"),
         (lambda r: r.log_predictions(torch.zeros(2, 2), step=1.5), r"step: expected a non-negative int"),
-        (lambda r: r.log({"loss": "low"}), r"log: 'loss' must be a Python number or a one-element tensor, got str"),
+        (
+            lambda r: r.log({"loss": "low"}),
+            r"log: 'loss' must be a Python number or a one-element tensor, got str",
+        ),
         (lambda r: r.log({"loss": torch.zeros(3)}), r"log: 'loss' must be a number or a one-element tensor"),
         (lambda r: r.log({"loss": None}), r"got NoneType"),
         (lambda r: r.log([1.0]), r"log: expected a mapping"),
         (lambda r: r.log_batch(sample_ids=torch.zeros(2)), r"sample_ids: expected integer or string ids"),
         (lambda r: r.log_batch(sample_ids=[1, 2], inputs="pixels"), r"inputs: expected a tensor"),
-        (lambda r: r.log_batch(sample_ids=[1, 2], inputs=[torch.zeros(2), "x"]), r"inputs\['1'\]: expected a tensor"),
+        (
+            lambda r: r.log_batch(sample_ids=[1, 2], inputs=[torch.zeros(2), "x"]),
+            r"inputs\['1'\]: expected a tensor",
+        ),
     ],
 )
 def test_bad_calls_name_the_argument_and_keep_earlier_rows(run, call, message):
@@ -56,7 +83,9 @@ def test_bad_calls_name_the_argument_and_keep_earlier_rows(run, call, message):
 
 def test_nan_and_inf_logits_are_stored_not_rejected(tmp_path):
     with lakelog.init(tmp_path, name="nan") as run:
-        run.log_predictions(torch.tensor([[float("nan"), 1.0], [float("inf"), -float("inf")]]), step=0, labels=[0, 1])
+        run.log_predictions(
+            torch.tensor([[float("nan"), 1.0], [float("inf"), -float("inf")]]), step=0, labels=[0, 1]
+        )
         run.log({"loss": float("inf"), "grad": torch.tensor(float("nan"))}, step=0)
     con = lakelog.connect(tmp_path)
     logits = [r[0] for r in con.execute("SELECT logits FROM predictions ORDER BY sample_idx").fetchall()]
@@ -69,7 +98,11 @@ def test_half_precision_and_binary_logits(tmp_path):
     with lakelog.init(tmp_path, name="half") as run:
         run.log_predictions(torch.tensor([[1.5, -2.0]], dtype=torch.bfloat16), step=0)
         run.log_predictions(torch.tensor([0.3, -0.2]), step=1, labels=torch.tensor([True, False]))
-    rows = lakelog.connect(tmp_path).execute("SELECT step, logits, prediction, label FROM predictions ORDER BY step, sample_idx").fetchall()
+    rows = (
+        lakelog.connect(tmp_path)
+        .execute("SELECT step, logits, prediction, label FROM predictions ORDER BY step, sample_idx")
+        .fetchall()
+    )
     assert rows[0][1] == [1.5, -2.0] and rows[0][2] == 0
     assert [r[2] for r in rows[1:]] == [1, 0] and [r[3] for r in rows[1:]] == [1, 0]
 
@@ -102,14 +135,17 @@ def test_read_only_root(tmp_path):
         lakelog.init(root, name="a")
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"name": "a/b"}, "name: 'a/b' cannot be a run folder name"),
-    ({"name": "epoch=1"}, "cannot be a run folder name"),
-    ({"name": ""}, "name: expected a non-empty string"),
-    ({"mode": "append"}, "mode: expected one of"),
-    ({"config": [1, 2]}, "config: expected a mapping"),
-    ({"log_every": -2}, "log_every: expected a non-negative int"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "a/b"}, "name: 'a/b' cannot be a run folder name"),
+        ({"name": "epoch=1"}, "cannot be a run folder name"),
+        ({"name": ""}, "name: expected a non-empty string"),
+        ({"mode": "append"}, "mode: expected one of"),
+        ({"config": [1, 2]}, "config: expected a mapping"),
+        ({"log_every": -2}, "log_every: expected a non-negative int"),
+    ],
+)
 def test_bad_init_arguments(tmp_path, kwargs, message):
     kwargs = {"name": "ok", **kwargs}
     with pytest.raises(InvalidArgumentError, match=message):

@@ -24,10 +24,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import lakelog
-from lakelog import schemas
 from lakelog.check_determinism import check_determinism, determinism_report
 from lakelog.cli import cli
-from lakelog.determinism import (
+from lakelog.lake import schemas
+from lakelog.write.determinism import (
     dataloader_generator,
     log_initial_state,
     record_workers,
@@ -37,7 +37,7 @@ from lakelog.determinism import (
     seed_worker,
     should_stop,
 )
-from lakelog.fingerprint import fingerprint_hex
+from lakelog.write.fingerprint import fingerprint_hex
 
 N_FILES = 12
 BATCH = 3
@@ -48,8 +48,12 @@ _listing_calls = itertools.count()
 def _restore_global_state():
     """Seeding changes process-wide state other tests rely on: put RNGs, flags and variables back."""
     saved = save_state()
-    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     env = {k: os.environ.get(k) for k in ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -128,10 +132,15 @@ def capture_params(run: Any, model: nn.Module, step: int) -> None:
     named = list(model.named_parameters())
     n = len(named)
     columns = {f.name: pa.nulls(n, f.type) for f in schemas.PARAMS}
-    columns.update(step=pa.array([step] * n, pa.int64()), name=pa.array([k for k, _ in named]),
-                   kind=pa.array(["param"] * n), fingerprint=pa.array([fingerprint_hex(p.detach()) for _, p in named]),
-                   grad_fingerprint=pa.array([None if p.grad is None else fingerprint_hex(p.grad) for _, p in named],
-                                             pa.string()))
+    columns.update(
+        step=pa.array([step] * n, pa.int64()),
+        name=pa.array([k for k, _ in named]),
+        kind=pa.array(["param"] * n),
+        fingerprint=pa.array([fingerprint_hex(p.detach()) for _, p in named]),
+        grad_fingerprint=pa.array(
+            [None if p.grad is None else fingerprint_hex(p.grad) for _, p in named], pa.string()
+        ),
+    )
     run.write_rows("params", pa.table(columns, schema=schemas.PARAMS))
 
 
@@ -159,7 +168,10 @@ def trainer(setup: Setup):
         if setup.unsorted_listing and next(_listing_calls) % 2:
             names = names[::-1]  # os.listdir order is whatever the filesystem gives
         loader = DataLoader(
-            Files(names, setup.augment), batch_size=BATCH, shuffle=setup.shuffle, num_workers=setup.workers,
+            Files(names, setup.augment),
+            batch_size=BATCH,
+            shuffle=setup.shuffle,
+            num_workers=setup.workers,
             worker_init_fn=setup.worker_init if setup.workers else None,
             generator=dataloader_generator(0) if setup.generator else None,
         )
@@ -241,8 +253,12 @@ def test_random_augmentation_from_an_unseeded_rng(tmp_path):
 
 def test_workers_without_a_seeded_generator(tmp_path):
     """NumPy random in __getitem__, two workers, no seeded generator: worker seeds differ between runs."""
-    report = check(Setup(seed=None, generator=False, shuffle=False, workers=2, worker_init=None,
-                         augment="numpy_in_worker"), tmp_path)
+    report = check(
+        Setup(
+            seed=None, generator=False, shuffle=False, workers=2, worker_init=None, augment="numpy_in_worker"
+        ),
+        tmp_path,
+    )
     first = report.first
     assert (first.name, first.step) == ("inputs", 0)
     assert "DataLoader workers started from different random states" in first.cause
@@ -264,7 +280,9 @@ def test_model_initialized_without_a_seed(tmp_path):
     report = check(Setup(seed_model_first=False), tmp_path)
     first = report.first
     assert first.name == "initial_weights" and first.step is None
-    assert "initialized from a different RNG state" in first.cause and "before building the model" in first.fix
+    assert (
+        "initialized from a different RNG state" in first.cause and "before building the model" in first.fix
+    )
     assert "0.weight" in first.detail
     assert report.check("rng").status == "same" and report.check("sample_ids").status == "same"
     assert "before training" in report.to_text()
@@ -282,8 +300,13 @@ def test_a_different_update_is_found_past_identical_gradients(tmp_path):
 
 @pytest.mark.parametrize("bug", ["constant_seed", "dataset_rng"])
 def test_worker_seeding_bugs_are_flagged_though_reproducible(tmp_path, bug):
-    setup = Setup(workers=2, epochs=2, steps=8, worker_init=constant_numpy_seed if bug == "constant_seed" else None,
-                  augment="numpy" if bug == "constant_seed" else "dataset_rng")
+    setup = Setup(
+        workers=2,
+        epochs=2,
+        steps=8,
+        worker_init=constant_numpy_seed if bug == "constant_seed" else None,
+        augment="numpy" if bug == "constant_seed" else "dataset_rng",
+    )
     report = check(setup, tmp_path)
     assert report.identical  # the bug is deterministic: only the flags catch it
     rng = "numpy" if bug == "constant_seed" else "dataset"
@@ -299,8 +322,12 @@ def _resume_case(root, *, replay_from_start: bool) -> None:
     """An uninterrupted run of 6 steps and a run stopped after 3 steps and resumed from its checkpoint."""
 
     def loader() -> DataLoader:
-        return DataLoader(Files([f"f{i:02d}" for i in range(N_FILES)]), batch_size=2, shuffle=True,
-                          generator=dataloader_generator(0))
+        return DataLoader(
+            Files([f"f{i:02d}" for i in range(N_FILES)]),
+            batch_size=2,
+            shuffle=True,
+            generator=dataloader_generator(0),
+        )
 
     def steps(run, model, optimizer, batches, first_step):
         for step, (x, y, ids) in enumerate(batches, first_step):
@@ -336,7 +363,7 @@ def _resume_case(root, *, replay_from_start: bool) -> None:
 
 @pytest.mark.parametrize("replay_from_start", [True, False])
 def test_resume_that_replays_the_wrong_batch_order(tmp_path, replay_from_start):
-    from lakelog.diff import diff_runs  # the query library's step-by-step diff lines the runs up too
+    from lakelog.read.diff import diff_runs  # the query library's step-by-step diff lines the runs up too
 
     _resume_case(tmp_path, replay_from_start=replay_from_start)
     report = determinism_report(tmp_path, "full", "resumed")
@@ -349,7 +376,10 @@ def test_resume_that_replays_the_wrong_batch_order(tmp_path, replay_from_start):
     assert (diff.first_layer, diff.first_step) == ("batch_order", 3)
     first = report.first
     assert (first.name, first.step) == ("sample_ids", 3)
-    assert "'resumed' was resumed from a checkpoint" in first.cause and "replays a different batch order" in first.cause
+    assert (
+        "'resumed' was resumed from a checkpoint" in first.cause
+        and "replays a different batch order" in first.cause
+    )
     assert report.check("loss").step == 3 and report.check("update").step == 3
 
 
@@ -357,7 +387,7 @@ SCRIPT = """
 import os, random, sys
 import torch
 import lakelog
-from lakelog.determinism import seed_everything, should_stop
+from lakelog.write.determinism import seed_everything, should_stop
 
 # Until lakelog.init reads LAKELOG_ROOT / LAKELOG_RUN_NAME itself, pass them on explicitly.
 run = lakelog.init(os.environ["LAKELOG_ROOT"], name=os.environ["LAKELOG_RUN_NAME"], mode="overwrite")
@@ -381,10 +411,13 @@ def test_cli_runs_the_script_twice_and_reports(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(SCRIPT.format(seeding="torch.manual_seed(0)")))
     root = tmp_path / "lake"
-    result = CliRunner().invoke(cli, ["check-determinism", "--steps", "3", "--root", str(root), "--",
-                                      sys.executable, str(script)])
+    result = CliRunner().invoke(
+        cli, ["check-determinism", "--steps", "3", "--root", str(root), "--", sys.executable, str(script)]
+    )
     print(result.output)
-    steps = lakelog.connect(root).execute("SELECT count(DISTINCT step) FROM batches WHERE run = 'determinism-a'")
+    steps = lakelog.connect(root).execute(
+        "SELECT count(DISTINCT step) FROM batches WHERE run = 'determinism-a'"
+    )
     assert steps.fetchone()[0] == 3  # LAKELOG_MAX_STEPS reached the script
     assert result.exit_code == 1
     assert "FIRST DIFFERENCE: input tensors (transforms) at step 0" in result.output
@@ -405,7 +438,16 @@ def test_cli_identical_runs_exit_zero_and_json(tmp_path):
     """The CLI's own path, with a script that writes a run folder by hand (no torch to start: fast)."""
     script = tmp_path / "write_run.py"
     script.write_text(TORCHLESS_SCRIPT)
-    args = ["check-determinism", "-k", "4", "--root", str(tmp_path / "lake"), "--", sys.executable, str(script)]
+    args = [
+        "check-determinism",
+        "-k",
+        "4",
+        "--root",
+        str(tmp_path / "lake"),
+        "--",
+        sys.executable,
+        str(script),
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "IDENTICAL" in result.output and "not logged" in result.output
@@ -418,13 +460,17 @@ def test_cli_identical_runs_exit_zero_and_json(tmp_path):
 def test_cli_json_and_failures(tmp_path):
     script = tmp_path / "fails.py"
     script.write_text("raise SystemExit('no data found')\n")
-    result = CliRunner().invoke(cli, ["check-determinism", "--root", str(tmp_path / "lake"), "--",
-                                      sys.executable, str(script)])
-    assert result.exit_code == 2 and "exited with code 1" in result.output and "no data found" in result.output
+    result = CliRunner().invoke(
+        cli, ["check-determinism", "--root", str(tmp_path / "lake"), "--", sys.executable, str(script)]
+    )
+    assert (
+        result.exit_code == 2 and "exited with code 1" in result.output and "no data found" in result.output
+    )
     silent = tmp_path / "silent.py"
     silent.write_text("print('no lakelog here')\n")
-    result = CliRunner().invoke(cli, ["check-determinism", "--root", str(tmp_path / "lake"), "--",
-                                      sys.executable, str(silent)])
+    result = CliRunner().invoke(
+        cli, ["check-determinism", "--root", str(tmp_path / "lake"), "--", sys.executable, str(silent)]
+    )
     assert result.exit_code == 2 and "must call lakelog.init()" in result.output
     report = determinism_report  # the JSON form is the report's to_dict
     _resume_case(tmp_path / "json", replay_from_start=True)

@@ -45,11 +45,16 @@ def test_sql_prints_a_table_or_csv_json_parquet(root, tmp_path):
     assert table.exit_code == 0 and "base" in table.output and "15" in table.output
     rows = list(csv.DictReader(io.StringIO(run("sql", sql, "--root", root, "--format", "csv").output)))
     assert rows == [{"run": "base", "last": "15"}, {"run": "lr", "last": "15"}]
-    assert json.loads(run("sql", sql, "--root", root, "--format", "json").output)[1] == {"run": "lr", "last": 15}
+    assert json.loads(run("sql", sql, "--root", root, "--format", "json").output)[1] == {
+        "run": "lr",
+        "last": 15,
+    }
     out = tmp_path / "rows.parquet"
     assert run("sql", sql, "--root", root, "--format", "parquet", "-o", out).exit_code == 0
     assert pl.read_parquet(out)["run"].to_list() == ["base", "lr"]
-    failed(run("sql", sql, "--root", root, "--format", "parquet"), "--format parquet: give a file with -o FILE")
+    failed(
+        run("sql", sql, "--root", root, "--format", "parquet"), "--format parquet: give a file with -o FILE"
+    )
 
 
 def test_sql_binds_parameters_and_nested_columns_become_json_in_csv(root):
@@ -71,8 +76,21 @@ def test_query_list_shows_docs_and_parameters():
 
 
 def test_query_runs_a_named_query_with_both_parameter_styles(root):
-    out = run("query", "first_divergence", "--root", root, "-p", "run_a", "base", "--param", "run_b=lr",
-              "--param", "tol=0", "--format", "json")
+    out = run(
+        "query",
+        "first_divergence",
+        "--root",
+        root,
+        "-p",
+        "run_a",
+        "base",
+        "--param",
+        "run_b=lr",
+        "--param",
+        "tol=0",
+        "--format",
+        "json",
+    )
     assert out.exit_code == 0, out.output
     first = [r for r in json.loads(out.output) if r["is_first"]]
     assert (first[0]["layer"], first[0]["first_step"]) == ("weights", CAUSE_STEP)
@@ -83,18 +101,47 @@ def test_query_runs_a_named_query_with_both_parameter_styles(root):
 def test_query_bad_input_is_one_line(root):
     failed(run("query", "nope", "--root", root), "unknown query 'nope'")
     failed(run("query", "first_divergence", "--root", root, "-p", "run_a", "base"), "needs parameter 'run_b'")
-    failed(run("query", "first_divergence", "--root", root, "-p", "run_a", "base", "-p", "run_b", "lr",
-               "--param", "tol=abc"), "parameter 'tol': expected a number")
+    failed(
+        run(
+            "query",
+            "first_divergence",
+            "--root",
+            root,
+            "-p",
+            "run_a",
+            "base",
+            "-p",
+            "run_b",
+            "lr",
+            "--param",
+            "tol=abc",
+        ),
+        "parameter 'tol': expected a number",
+    )
     failed(run("query", "--root", root), "query: give a query NAME")
     failed(run("query", "run_list", "--root", "/no/such/lake"), "root: '/no/such/lake' does not exist")
 
 
 def test_a_run_name_that_looks_like_sql_is_bound_not_executed(root):
-    out = run("query", "first_divergence", "--root", root, "-p", "run_a", "base", "-p", "run_b",
-              "a'; DROP TABLE x; --", "--format", "json")
+    out = run(
+        "query",
+        "first_divergence",
+        "--root",
+        root,
+        "-p",
+        "run_a",
+        "base",
+        "-p",
+        "run_b",
+        "a'; DROP TABLE x; --",
+        "--format",
+        "json",
+    )
     assert out.exit_code == 0, out.output
     assert {r["status"] for r in json.loads(out.output)} <= {"missing in B", "not captured"}
-    failed(run("diff", "base", "a'; DROP TABLE x; --", "--root", root), "run \"a'; DROP TABLE x; --\" not found")
+    failed(
+        run("diff", "base", "a'; DROP TABLE x; --", "--root", root), 'run "a\'; DROP TABLE x; --" not found'
+    )
 
 
 def test_runs_lists_the_lake(root):
@@ -108,7 +155,12 @@ def test_diff_exit_codes_and_screen(root):
     differ = run("diff", f"{root}/base", f"{root}/lr")
     assert differ.exit_code == 1
     assert f"the runs part first in weights at step {CAUSE_STEP}" in differ.output
-    for section in ("Layers of evidence", "Tensors that differ", "Drift per parameter group", "run.json differences"):
+    for section in (
+        "Layers of evidence",
+        "Tensors that differ",
+        "Drift per parameter group",
+        "run.json differences",
+    ):
         assert section in differ.output
     data = json.loads(run("diff", "base", "lr", "--root", root, "--json").output)
     assert data["first_layer"] == "weights" and data["identical"] is False

@@ -13,12 +13,13 @@ import torch
 from click.testing import CliRunner
 
 import lakelog
-from lakelog.cli_dumps import compare_dumps_command
-from lakelog.compare_dumps import _cosine, _pair_stats, compare_dumps
+from lakelog.cli.dumps import compare_dumps_command
 from lakelog.errors import DumpError, InvalidArgumentError, RunNotFoundError
+from lakelog.read.dumps.compare import compare_dumps
+from lakelog.read.dumps.comparison import cosine as _cosine
+from lakelog.read.dumps.comparison import pair_stats as _pair_stats
 
 PERTURB_STEP = 6
-
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -29,21 +30,29 @@ def _one_thread():
     yield
     torch.set_num_threads(before)
 
+
 class Net(torch.nn.Module):
     def __init__(self, hidden: int = 16) -> None:
         super().__init__()
-        self.features = torch.nn.Sequential(torch.nn.Linear(8, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden))
+        self.features = torch.nn.Sequential(
+            torch.nn.Linear(8, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden)
+        )
         self.classifier = torch.nn.Linear(hidden, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.relu(self.features(x)))
 
 
-def make_run(root, name, *, perturb: bool = False, hidden: int = 16, steps: int = 10, skip=(), optimizer="adamw"):
+def make_run(
+    root, name, *, perturb: bool = False, hidden: int = 16, steps: int = 10, skip=(), optimizer="adamw"
+):
     torch.manual_seed(0)
     model = Net(hidden)
-    opt = (torch.optim.AdamW(model.parameters(), lr=1e-2) if optimizer == "adamw"
-           else torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    opt = (
+        torch.optim.AdamW(model.parameters(), lr=1e-2)
+        if optimizer == "adamw"
+        else torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    )
     g = torch.Generator().manual_seed(1)
     with lakelog.init(root, name=name) as run:
         for step in range(steps):
@@ -57,7 +66,9 @@ def make_run(root, name, *, perturb: bool = False, hidden: int = 16, steps: int 
                 with torch.no_grad():
                     model.features[2].weight[1, 2] += 0.5
             if step not in skip:
-                run.dump(model, opt, step=step, epoch=step // 5, loss=loss, acc=(out.argmax(1) == y).float().mean())
+                run.dump(
+                    model, opt, step=step, epoch=step // 5, loss=loss, acc=(out.argmax(1) == y).float().mean()
+                )
     return root / name
 
 
@@ -74,9 +85,15 @@ def test_perturbation_found_at_its_step_and_parameter(lake, tmp_path):
     s = result.summary
     assert s["first_difference"]["step"] == PERTURB_STEP
     assert s["first_difference"]["tensors"] == ["features.2.weight"] and not s["identical"]
-    row = result.diffs.filter((result.diffs["step"] == PERTURB_STEP) & (result.diffs["name"] == "features.2.weight")).row(0, named=True)
+    row = result.diffs.filter(
+        (result.diffs["step"] == PERTURB_STEP) & (result.diffs["name"] == "features.2.weight")
+    ).row(0, named=True)
     assert row["l2"] == pytest.approx(0.5, rel=1e-6) and row["max_abs_diff"] == pytest.approx(0.5, rel=1e-6)
-    assert not row["equal"] and row["cosine"] < 1.0 and row["rel_diff"] == pytest.approx(0.5 / max(row["norm_a"], row["norm_b"]))
+    assert (
+        not row["equal"]
+        and row["cosine"] < 1.0
+        and row["rel_diff"] == pytest.approx(0.5 / max(row["norm_a"], row["norm_b"]))
+    )
     before = result.diffs.filter(result.diffs["step"] < PERTURB_STEP)
     assert before["equal"].all() and (before["l2"] == 0).all() and (before["cosine"] == 1.0).all()
     steps = result.steps
@@ -87,14 +104,21 @@ def test_perturbation_found_at_its_step_and_parameter(lake, tmp_path):
 
     # Outputs: a Parquet table, a strict-JSON report, the chart.
     files = result.files
-    n = duckdb.sql(f"SELECT count(*) FROM '{files['dump_diffs']}' WHERE step = {PERTURB_STEP} AND NOT equal").fetchall()
+    n = duckdb.sql(
+        f"SELECT count(*) FROM '{files['dump_diffs']}' WHERE step = {PERTURB_STEP} AND NOT equal"
+    ).fetchall()
     assert n == [(1,)]
     report = json.loads(files["report"].read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     step6 = next(st for st in report["steps"] if st["step"] == PERTURB_STEP)
     assert {t["name"] for t in step6["tensors"] if not t["equal"]} == {"features.2.weight"}
     html = files["html"].read_text()
     assert "<script src=" not in html and "window.vegaEmbed" in html  # self-contained: opens offline
-    for title in ("L2 distance of the weights", "cosine similarity of the weights", "loss |a - b|", "accuracy"):
+    for title in (
+        "L2 distance of the weights",
+        "cosine similarity of the weights",
+        "loss |a - b|",
+        "accuracy",
+    ):
         assert title in html
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -106,7 +130,9 @@ def test_filter_forms(lake):
     regex = compare_dumps(lake / "a", lake / "b", filter=r"features\.0", progress=False)
     assert set(regex.diffs["name"]) == {"features.0.weight", "features.0.bias"}
     opt = compare_dumps(lake / "a", lake / "b", filter="backbone=features.", optimizer=True, progress=False)
-    assert {n for n in opt.diffs.filter(opt.diffs["source"] == "optimizer")["name"]} >= {"features.2.weight.exp_avg"}
+    assert {n for n in opt.diffs.filter(opt.diffs["source"] == "optimizer")["name"]} >= {
+        "features.2.weight.exp_avg"
+    }
     assert not any(n.startswith("classifier") for n in opt.diffs["name"])
     with pytest.raises(InvalidArgumentError, match="not a valid regular expression"):
         compare_dumps(lake / "a", lake / "b", filter="mlp(", progress=False)
@@ -132,7 +158,9 @@ def test_mismatched_runs_gaps_and_corruption(lake, tmp_path):
     (tmp_path / "b" / "dumps" / "step=10").mkdir()  # an unfinished dump
     result = compare_dumps(lake / "a", tmp_path / "b", progress=False)
     errors = result.summary["errors"]
-    assert 8 not in result.steps["step"].to_list() and any(e["step"] == 8 and "not a readable" in e["error"] for e in errors)
+    assert 8 not in result.steps["step"].to_list() and any(
+        e["step"] == 8 and "not a readable" in e["error"] for e in errors
+    )
     assert any(e["step"] == 9 and "checksum" in e["error"] and e["run"] == "b" for e in errors)
     assert result.summary["incomplete_b"] and result.summary["first_difference"]["step"] == PERTURB_STEP
     lines = "\n".join(result.summary_lines())
@@ -142,7 +170,9 @@ def test_mismatched_runs_gaps_and_corruption(lake, tmp_path):
 def test_empty_and_disjoint_runs(lake, tmp_path):
     with lakelog.init(tmp_path, name="empty"):
         pass
-    with pytest.raises(DumpError, match=r"run empty \(.*\): no dumps; expected .*dumps/step=<s>/model\.safetensors"):
+    with pytest.raises(
+        DumpError, match=r"run empty \(.*\): no dumps; expected .*dumps/step=<s>/model\.safetensors"
+    ):
         compare_dumps(lake / "a", tmp_path / "empty", progress=False)
     with pytest.raises(RunNotFoundError, match="no such folder"):
         compare_dumps("nope", "a", root=lake, progress=False)
@@ -217,20 +247,35 @@ def test_chunked_statistics_match_float64_reference():
 
 def test_nan_weights_compare_bit_for_bit(tmp_path):
     state = {"w": torch.tensor([1.0, float("nan"), -0.0])}
-    for name, tensor in (("a", state["w"]), ("b", state["w"].clone()), ("c", torch.tensor([1.0, float("nan"), 0.0]))):
+    for name, tensor in (
+        ("a", state["w"]),
+        ("b", state["w"].clone()),
+        ("c", torch.tensor([1.0, float("nan"), 0.0])),
+    ):
         with lakelog.init(tmp_path, name=name) as run:
             run.dump({"w": tensor}, step=0)
     assert compare_dumps(tmp_path / "a", tmp_path / "b", progress=False).diffs["equal"].to_list() == [True]
     row = compare_dumps(tmp_path / "a", tmp_path / "c", progress=False).diffs.row(0, named=True)
-    assert not row["equal"] and math.isnan(row["cosine"]) and math.isnan(row["l2"])  # -0.0 vs 0.0; NaN stays NaN
+    assert (
+        not row["equal"] and math.isnan(row["cosine"]) and math.isnan(row["l2"])
+    )  # -0.0 vs 0.0; NaN stays NaN
 
 
 def test_cli(lake, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(compare_dumps_command, ["a", "b", "--root", str(lake), "--filter", "features",
-                                                   "-o", str(tmp_path / "cmp"), "--no-progress"])
+    result = runner.invoke(
+        compare_dumps_command,
+        ["a", "b", "--root", str(lake), "--filter", "features", "-o", str(tmp_path / "cmp"), "--no-progress"],
+    )
     assert result.exit_code == 0, result.output
-    assert f"first difference: step {PERTURB_STEP}, 1 tensor " in result.output and "features.2.weight" in result.output
+    assert (
+        f"first difference: step {PERTURB_STEP}, 1 tensor " in result.output
+        and "features.2.weight" in result.output
+    )
     assert (tmp_path / "cmp" / "dump_comparison.png").is_file()
     result = runner.invoke(compare_dumps_command, ["a", str(tmp_path / "missing"), "--root", str(lake)])
-    assert result.exit_code == 2 and result.output.startswith("lakelog: error: run ") and result.output.count("\n") == 1
+    assert (
+        result.exit_code == 2
+        and result.output.startswith("lakelog: error: run ")
+        and result.output.count("\n") == 1
+    )

@@ -36,10 +36,24 @@ def ddp_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     port = str(_free_port())
     procs = []
     for rank in range(WORLD):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, str(worker), str(root)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(WORLD),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(worker), str(root)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = []
     try:
         for proc in procs:
@@ -56,7 +70,9 @@ def ddp_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 def test_every_rank_writes_its_own_partitions_of_one_run(ddp_lake: tuple[Path, dict[str, str]]) -> None:
     root, names = ddp_lake
-    assert sorted(p.name for p in root.iterdir()) == sorted(names.values())  # one folder per run, not per rank
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        names.values()
+    )  # one folder per run, not per rank
     assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", names["correct"])  # generated once, shared by broadcast
     run_dir = root / names["correct"]
     info = json.loads((run_dir / "run.json").read_text())
@@ -77,7 +93,8 @@ def test_correct_ddp_run_has_no_desync_and_no_shared_samples(ddp_lake: tuple[Pat
     con = lakelog.connect(root)
     run = names["correct"]
     captured = con.execute(
-        "SELECT count(DISTINCT rank), count(DISTINCT step) FROM params WHERE run = ? AND kind = 'param'", [run]
+        "SELECT count(DISTINCT rank), count(DISTINCT step) FROM params WHERE run = ? AND kind = 'param'",
+        [run],
     ).fetchall()
     assert captured == [(WORLD, STEPS)]  # the query below had fingerprints from both ranks to compare
     assert lakelog.query("rank_desync", con=con, run=run).height == 0
@@ -110,10 +127,21 @@ def test_missing_distributed_sampler_shows_as_shared_samples(ddp_lake: tuple[Pat
 def test_write_path_adds_no_collective_calls() -> None:
     """Logging must not block on other ranks: no collective in the modules a training step runs."""
     package = Path(lakelog.__file__).parent
-    modules = ["run.py", "records.py", "writer.py", "hostcopy.py", "fingerprint.py", "telemetry.py",
-               "telemetry_watcher.py", "telemetry_rows.py", "summaries.py", "pack.py", "previous_weights.py"]
-    collective = re.compile(r"\b(dist|distributed)\.(all_reduce|all_gather\w*|broadcast\w*|barrier|reduce_scatter\w*"
-                            r"|gather\w*|scatter\w*|send|recv|monitored_barrier)\b")
+    modules = [
+        "write/run.py",
+        "write/records.py",
+        "write/writer.py",
+        "write/hostcopy.py",
+        "write/fingerprint.py",
+        *(
+            f"write/telemetry/{m}.py"
+            for m in ("watch", "watcher", "rows", "summaries", "pack", "previous_weights")
+        ),
+    ]
+    collective = re.compile(
+        r"\b(dist|distributed)\.(all_reduce|all_gather\w*|broadcast\w*|barrier|reduce_scatter\w*"
+        r"|gather\w*|scatter\w*|send|recv|monitored_barrier)\b"
+    )
     for module in modules:
         path = package / module
         assert path.exists(), f"{module} moved: update this list"
@@ -123,16 +151,25 @@ def test_write_path_adds_no_collective_calls() -> None:
 def test_majority_of_ranks_is_the_reference(tmp_path: Path) -> None:
     """Three ranks: the rank that differs from the other two is named, even when it is rank 0."""
     fps = {  # (step, name) -> fingerprint per rank; captures every 2 steps
-        (2, "a"): ["x", "x", "x"], (2, "b"): ["y", "y", "y"],
-        (4, "a"): ["p", "q", "q"], (4, "b"): ["y", "y", "z"],
-        (6, "a"): ["r", "s", "t"], (6, "b"): ["y", "y", "z"],
+        (2, "a"): ["x", "x", "x"],
+        (2, "b"): ["y", "y", "y"],
+        (4, "a"): ["p", "q", "q"],
+        (4, "b"): ["y", "y", "z"],
+        (6, "a"): ["r", "s", "t"],
+        (6, "b"): ["y", "y", "z"],
     }
     for rank in range(3):
         with lakelog.init(tmp_path, name="three", rank=rank, world_size=3) as run:
-            run.write_rows("params", {
-                "step": [s for s, _ in fps], "name": [n for _, n in fps], "kind": ["param"] * len(fps),
-                "group": ["g"] * len(fps), "fingerprint": [v[rank] for v in fps.values()],
-            })
+            run.write_rows(
+                "params",
+                {
+                    "step": [s for s, _ in fps],
+                    "name": [n for _, n in fps],
+                    "kind": ["param"] * len(fps),
+                    "group": ["g"] * len(fps),
+                    "fingerprint": [v[rank] for v in fps.values()],
+                },
+            )
     desync = lakelog.query("rank_desync", root=tmp_path, run="three")
     rows = {r["name"]: r for r in desync.iter_rows(named=True)}
     assert set(desync["step"]) == {4} and set(rows) == {"a", "b"}

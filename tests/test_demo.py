@@ -5,7 +5,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from lakelog.cli import cli
-from lakelog.diff import diff_runs
+from lakelog.read.diff import diff_runs
 
 
 def test_demo_trains_two_runs_and_finds_the_shuffle_bug(tmp_path):

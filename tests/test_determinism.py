@@ -1,4 +1,4 @@
-"""lakelog.determinism: seeding, RNG fingerprints that draw nothing, worker seeds, stopping after K steps."""
+"""lakelog.write.determinism: seeding, RNG fingerprints that draw nothing, worker seeds, stopping after K steps."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import lakelog
-from lakelog import determinism
 from lakelog.check_determinism import check_determinism, determinism_report
-from lakelog.determinism import (
+from lakelog.errors import InvalidArgumentError, RunNotFoundError
+from lakelog.write.context import current_run, set_current
+from lakelog.write.context import take_pending_seeding as pending_seeding
+from lakelog.write.determinism import (
     dataloader_generator,
     init_overrides,
     log_initial_state,
-    pending_seeding,
     record_workers,
     restore_state,
     rng_fingerprints,
@@ -29,20 +30,29 @@ from lakelog.determinism import (
     seed_worker,
     should_stop,
 )
-from lakelog.errors import InvalidArgumentError, RunNotFoundError
-from lakelog.fingerprint import fingerprint_hex
-from lakelog.run import current_run, set_current
+from lakelog.write.determinism import rng as determinism
+from lakelog.write.fingerprint import fingerprint_hex
 
-ENV = ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED", "LAKELOG_ROOT", "LAKELOG_RUN_NAME", "LAKELOG_MODE",
-       "LAKELOG_MAX_STEPS")
+ENV = (
+    "CUBLAS_WORKSPACE_CONFIG",
+    "PYTHONHASHSEED",
+    "LAKELOG_ROOT",
+    "LAKELOG_RUN_NAME",
+    "LAKELOG_MODE",
+    "LAKELOG_MAX_STEPS",
+)
 
 
 @pytest.fixture(autouse=True)
 def _restore_global_state():
     """Put RNG states, determinism flags, variables and the current run back as they were."""
     rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
-    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     env = {k: os.environ.get(k) for k in ENV}
     run = current_run()
     yield
@@ -71,11 +81,17 @@ def test_seed_everything_seeds_every_rng_and_sets_the_flags(monkeypatch):
     torch.backends.cudnn.benchmark = True
     settings = seed_everything(7)
     first = draws()
-    assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    assert (
+        torch.are_deterministic_algorithms_enabled()
+        and not torch.is_deterministic_algorithms_warn_only_enabled()
+    )
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and os.environ["PYTHONHASHSEED"] == "7"
     assert settings["seed"] == settings["numpy"] == settings["python"] == settings["torch"] == 7
-    assert settings["deterministic_algorithms"] is True and settings["env"]["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert (
+        settings["deterministic_algorithms"] is True
+        and settings["env"]["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    )
     seed_everything(7, deterministic=False)
     assert draws() == first
     seed_everything(8, deterministic=False)
@@ -85,7 +101,10 @@ def test_seed_everything_seeds_every_rng_and_sets_the_flags(monkeypatch):
 def test_seed_everything_keeps_a_users_cublas_setting_and_warn_only(monkeypatch):
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
     settings = seed_everything(1, warn_only=True)
-    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8" and settings["env"]["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    assert (
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+        and settings["env"]["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    )
     assert torch.is_deterministic_algorithms_warn_only_enabled() and settings["warn_only"] is True
 
 
@@ -108,10 +127,14 @@ def test_what_seed_everything_set_lands_in_run_json(tmp_path):
 
 def test_dataloader_generator_fixes_the_shuffle():
     data = list(range(20))
-    first = [b.tolist() for b in DataLoader(data, batch_size=5, shuffle=True, generator=dataloader_generator(5))]
+    first = [
+        b.tolist() for b in DataLoader(data, batch_size=5, shuffle=True, generator=dataloader_generator(5))
+    ]
     torch.manual_seed(123)  # the global RNG does not matter any more
-    again = [b.tolist() for b in DataLoader(data, batch_size=5, shuffle=True, generator=dataloader_generator(5))]
-    assert first == again and first != [data[i:i + 5] for i in range(0, 20, 5)]
+    again = [
+        b.tolist() for b in DataLoader(data, batch_size=5, shuffle=True, generator=dataloader_generator(5))
+    ]
+    assert first == again and first != [data[i : i + 5] for i in range(0, 20, 5)]
     with pytest.raises(InvalidArgumentError, match="seed"):
         dataloader_generator(-3)
 
@@ -154,7 +177,11 @@ def test_log_batch_rng_stores_the_state_at_batch_start(tmp_path):
         after = draws()
     seed_everything(2, deterministic=False)
     assert draws() == after  # logging drew nothing
-    row = lakelog.connect(tmp_path).execute("SELECT rng_torch, rng_numpy, rng_python, rng_cuda FROM batches").fetchone()
+    row = (
+        lakelog.connect(tmp_path)
+        .execute("SELECT rng_torch, rng_numpy, rng_python, rng_cuda FROM batches")
+        .fetchone()
+    )
     assert row == (expected["torch"], expected["numpy"], expected["python"], None)
 
 
@@ -163,11 +190,20 @@ def test_log_initial_state_writes_every_parameter_and_buffer(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     with lakelog.init(tmp_path, name="r") as run:
         log_initial_state(run, model)
-    rows = lakelog.connect(tmp_path).execute("SELECT name, kind, fingerprint, numel FROM params ORDER BY name").fetchall()
-    assert {(n, k) for n, k, _, _ in rows} == {("0.weight", "initial:param"), ("0.bias", "initial:param"),
-                                               ("1.weight", "initial:param"), ("1.bias", "initial:param"),
-                                               ("1.running_mean", "initial:buffer"), ("1.running_var", "initial:buffer"),
-                                               ("1.num_batches_tracked", "initial:buffer")}
+    rows = (
+        lakelog.connect(tmp_path)
+        .execute("SELECT name, kind, fingerprint, numel FROM params ORDER BY name")
+        .fetchall()
+    )
+    assert {(n, k) for n, k, _, _ in rows} == {
+        ("0.weight", "initial:param"),
+        ("0.bias", "initial:param"),
+        ("1.weight", "initial:param"),
+        ("1.bias", "initial:param"),
+        ("1.running_mean", "initial:buffer"),
+        ("1.running_var", "initial:buffer"),
+        ("1.num_batches_tracked", "initial:buffer"),
+    }
     by_name = {n: fp for n, _, fp, _ in rows}
     assert by_name["0.weight"] == fingerprint_hex(model[0].weight)
 
@@ -188,8 +224,16 @@ def _workers(root) -> list[dict]:
 
 def test_record_workers_writes_each_workers_seeds_once_per_pass(tmp_path):
     with lakelog.init(tmp_path, name="r") as run:
-        loader = record_workers(run, DataLoader(Noisy(), batch_size=2, num_workers=2, worker_init_fn=seed_worker,
-                                                generator=dataloader_generator(0)))
+        loader = record_workers(
+            run,
+            DataLoader(
+                Noisy(),
+                batch_size=2,
+                num_workers=2,
+                worker_init_fn=seed_worker,
+                generator=dataloader_generator(0),
+            ),
+        )
         for epoch in range(2):
             for i, batch in enumerate(loader):
                 run.log({"x": float(batch.sum())}, step=epoch * 4 + i, epoch=epoch)
@@ -200,21 +244,33 @@ def test_record_workers_writes_each_workers_seeds_once_per_pass(tmp_path):
     assert [r["step"] for r in rows] == [0, 0, 4, 4]  # the step of each pass's first batch
     assert len({r["torch_seed"] for r in rows}) == 4 and len({r["numpy_state"] for r in rows}) == 4
     assert all(r["numpy_seed"] == r["torch_seed"] % 2**32 for r in rows)  # what seed_worker set
-    assert info == {"dataset": "Noisy", "len": 8, "batch_size": 2, "sampler": "SequentialSampler", "shuffle": False,
-                    "generator_seed": 0, "num_workers": 2, "persistent_workers": False, "worker_init_fn": "seed_worker"}
+    assert info == {
+        "dataset": "Noisy",
+        "len": 8,
+        "batch_size": 2,
+        "sampler": "SequentialSampler",
+        "shuffle": False,
+        "generator_seed": 0,
+        "num_workers": 2,
+        "persistent_workers": False,
+        "worker_init_fn": "seed_worker",
+    }
 
 
 def test_record_workers_with_torch_seeding_and_an_early_break(tmp_path):
     """No worker_init_fn: torch's own seeding is recognised; a loop left early is still recorded at finish."""
     with lakelog.init(tmp_path, name="r") as run:
-        loader = record_workers(run, DataLoader(Noisy(), batch_size=2, num_workers=2, persistent_workers=True),
-                                name="val")
+        loader = record_workers(
+            run, DataLoader(Noisy(), batch_size=2, num_workers=2, persistent_workers=True), name="val"
+        )
         for _ in range(2):
             for batch in loader:
                 run.log({"x": float(batch.sum())})
                 break
     rows = _workers(tmp_path)
-    assert {r["worker_id"] for r in rows} == {0, 1} and {r["pass_idx"] for r in rows} == {0}  # persistent: once
+    assert {r["worker_id"] for r in rows} == {0, 1} and {r["pass_idx"] for r in rows} == {
+        0
+    }  # persistent: once
     assert all(r["loader"] == "val" and r["python_seed"] == str(r["torch_seed"]) for r in rows)
     assert all(r["numpy_seed"] is None for r in rows)
 
@@ -260,8 +316,7 @@ def test_lakelog_init_honours_the_check_determinism_variables(tmp_path, monkeypa
     monkeypatch.setenv("LAKELOG_MODE", "overwrite")
     run = lakelog.init(tmp_path / "elsewhere", name="mine")
     run.finish()
-    if run.name == "mine":
-        pytest.skip("lakelog.init does not call lakelog.determinism.init_overrides yet (lead: api.py snippet)")
+    assert run.name == "determinism-a"
     assert (tmp_path / "lake" / "determinism-a" / "run.json").is_file()
 
 
@@ -311,6 +366,8 @@ def test_environment_differences_come_first(tmp_path):
 
 
 def test_the_report_side_does_not_import_torch():
-    code = ("import sys, lakelog.check_determinism, lakelog.cli_determinism; "
-            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    code = (
+        "import sys, lakelog.read.determinism.report, lakelog.cli.determinism; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

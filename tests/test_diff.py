@@ -10,14 +10,24 @@ import pytest
 from conftest import CAUSE_STEP
 
 import lakelog
-from lakelog.diff import DiffResult, diff_runs
 from lakelog.errors import InvalidArgumentError, RunNotFoundError
+from lakelog.read.diff import DiffResult, diff_runs
 
 
 @pytest.fixture(scope="module")
 def root(lake):
-    return lake("base", "same", "shuffle", "dropout", "lr", "transform", "short", "no_batches", "resumed_ok",
-                "resumed_replay")
+    return lake(
+        "base",
+        "same",
+        "shuffle",
+        "dropout",
+        "lr",
+        "transform",
+        "short",
+        "no_batches",
+        "resumed_ok",
+        "resumed_replay",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +73,9 @@ def test_lr_change_names_the_parameters_and_ranks_the_groups(con):
     differing = r.params.filter(~pl.col("equal"))
     assert sorted(differing["name"]) == ["head.bias", "head.weight"] and set(differing["group"]) == {"head"}
     assert r.group_drift.select("group", "drift_rank", "first_drift_step").rows() == [
-        ("head", 1, CAUSE_STEP), ("backbone", 2, CAUSE_STEP + 1)]
+        ("head", 1, CAUSE_STEP),
+        ("backbone", 2, CAUSE_STEP + 1),
+    ]
     assert r.environment.filter(pl.col("key") == "cause")["value_b"].to_list() == ['"lr"']
 
 
@@ -73,7 +85,12 @@ def test_a_correct_resume_replays_order_rng_and_weights(con):
     [resume] = r.resume
     assert resume["run"] == "resumed_ok" and resume["side"] == "B" and resume["step"] == 8
     assert {k: v["status"] for k, v in resume["layers"].items()} == {
-        "batch_order": "same", "rng": "same", "weights": "same", "predictions": "same", "optimizer": "same"}
+        "batch_order": "same",
+        "rng": "same",
+        "weights": "same",
+        "predictions": "same",
+        "optimizer": "same",
+    }
 
 
 def test_a_resume_that_replays_epoch_0_is_caught_at_the_resume_step(con):
@@ -82,7 +99,10 @@ def test_a_resume_that_replays_epoch_0_is_caught_at_the_resume_step(con):
     assert r.batch["same_as_a_step"] == 0  # B's first resumed batch is A's first batch of epoch 0
     [resume] = r.resume
     assert resume["step"] == 8 and resume["replays_a_step"] == 0
-    assert (resume["layers"]["batch_order"]["status"], resume["layers"]["batch_order"]["first_step"]) == ("differs", 8)
+    assert (resume["layers"]["batch_order"]["status"], resume["layers"]["batch_order"]["first_step"]) == (
+        "differs",
+        8,
+    )
     assert resume["layers"]["rng"]["status"] == "same"  # the RNG was restored; only the order is wrong
 
 

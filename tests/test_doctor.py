@@ -6,8 +6,8 @@ import polars as pl
 import pytest
 
 import lakelog
-from lakelog.doctor import CHECKS, Check, doctor, expectation_names
 from lakelog.errors import InvalidArgumentError
+from lakelog.read.doctor import CHECKS, Check, doctor, expectation_names
 
 RUNS = ("healthy", "overfit", "explode", "nan", "vanish", "frozen", "lr_flat", "imbalanced", "many_batches")
 
@@ -27,8 +27,15 @@ def checks(con, run, **expectations) -> dict[str, Check]:
 def test_a_healthy_run_passes_everything_but_its_tiny_epochs(con):
     found = checks(con, "healthy", lr_ratio="head/backbone=10")
     status = {name: c.status for name, c in found.items()}
-    assert status == {"gradients": "pass", "frozen_layers": "pass", "lr_ratio": "pass", "label_balance": "pass",
-                      "overfitting": "pass", "nan_inf": "pass", "updates_per_epoch": "warn"}
+    assert status == {
+        "gradients": "pass",
+        "frozen_layers": "pass",
+        "lr_ratio": "pass",
+        "label_balance": "pass",
+        "overfitting": "pass",
+        "nan_inf": "pass",
+        "updates_per_epoch": "warn",
+    }
     assert "only 8 batches of 8 samples per epoch" in found["updates_per_epoch"].summary
 
 
@@ -53,7 +60,10 @@ def test_first_nan_names_the_step_and_the_parameters(con, lake):
     ev = found.evidence
     assert ev.filter(pl.col("is_first"))["source"].to_list() == ["predictions"]
     weights = ev.filter(pl.col("source") == "weights")
-    assert weights["step"].min() == nan_step and first_param in weights.filter(pl.col("step") == nan_step)["name"]
+    assert (
+        weights["step"].min() == nan_step
+        and first_param in weights.filter(pl.col("step") == nan_step)["name"]
+    )
 
 
 def test_vanishing_gradients_in_one_group(con):

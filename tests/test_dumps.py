@@ -13,11 +13,11 @@ import torch
 from click.testing import CliRunner
 
 import lakelog
-from lakelog.cli_dumps import import_dumps_command
-from lakelog.dumps import DumpWriter, load_dump, optimizer_state_dict
-from lakelog.dumps_layout import list_dumps
+from lakelog.cli.dumps import import_dumps_command
 from lakelog.errors import DumpError, InvalidArgumentError
-from lakelog.import_dumps import import_dumps
+from lakelog.lake.dump_layout import list_dumps
+from lakelog.write.dumps.importer import import_dumps
+from lakelog.write.dumps.writer import DumpWriter, load_dump, optimizer_state_dict
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -27,6 +27,7 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
 
 class Net(torch.nn.Module):
     """Conv, BatchNorm (buffers, an int counter), a head tied to the embedding, a non-contiguous buffer."""
@@ -55,13 +56,24 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps: int, 
         loss.backward()
         optimizer.step()
         if run is not None:
-            run.dump(model, optimizer, step=step, epoch=step // 2, loss=loss, acc=(out.argmax(1) == y).float().mean())
+            run.dump(
+                model,
+                optimizer,
+                step=step,
+                epoch=step // 2,
+                loss=loss,
+                acc=(out.argmax(1) == y).float().mean(),
+            )
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-    lambda p: torch.optim.AdamW(p, lr=1e-2),
-], ids=["sgd-momentum", "adamw"])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda p: torch.optim.AdamW(p, lr=1e-2),
+    ],
+    ids=["sgd-momentum", "adamw"],
+)
 def test_round_trip_is_bit_exact_and_resumes_identically(tmp_path, make_opt):
     torch.manual_seed(0)
     model, opt = Net(), None
@@ -75,8 +87,12 @@ def test_round_trip_is_bit_exact_and_resumes_identically(tmp_path, make_opt):
         assert state[name].dtype == tensor.dtype and torch.equal(state[name], tensor), name
     assert state["head.weight"] is state["emb.weight"]  # the tie comes back as one tensor
     assert meta["ties"] == {"head.weight": "emb.weight"}
-    assert (meta["step"], meta["epoch"]) == (2, 1) and isinstance(meta["loss"], float) and 0 <= meta["acc"] <= 1
-    assert any(k.endswith(("momentum_buffer", "exp_avg")) for k in flat) and "conv.weight" in {k.rsplit(".", 1)[0] for k in flat}
+    assert (
+        (meta["step"], meta["epoch"]) == (2, 1) and isinstance(meta["loss"], float) and 0 <= meta["acc"] <= 1
+    )
+    assert any(k.endswith(("momentum_buffer", "exp_avg")) for k in flat) and "conv.weight" in {
+        k.rsplit(".", 1)[0] for k in flat
+    }
 
     # The restored model and optimizer take the next step exactly as the originals do.
     torch.manual_seed(0)
@@ -101,8 +117,13 @@ def test_dtypes_and_index_table(tmp_path, caplog):
     assert state["weight"].dtype == torch.bfloat16 and torch.equal(state["weight"], model.weight)
     assert state["fp16"].dtype == torch.float16 and torch.equal(state["fp16"], model.fp16)
     assert flat == {} and meta["loss"] == 0.5 and meta["acc"] is None
-    rows = duckdb.sql(f"SELECT step, path, loss, acc, n_tensors FROM '{tmp_path}/a/dump_index/**/*.parquet' ORDER BY step").fetchall()
-    assert rows == [(0, "dumps/step=0/model.safetensors", 1.5, None, 3), (10, "dumps/step=10/model.safetensors", 0.5, None, 3)]
+    rows = duckdb.sql(
+        f"SELECT step, path, loss, acc, n_tensors FROM '{tmp_path}/a/dump_index/**/*.parquet' ORDER BY step"
+    ).fetchall()
+    assert rows == [
+        (0, "dumps/step=0/model.safetensors", 1.5, None, 3),
+        (10, "dumps/step=10/model.safetensors", 0.5, None, 3),
+    ]
     assert not list((tmp_path / "a").rglob("*.tmp"))  # every file was renamed into place
 
 
@@ -151,8 +172,15 @@ def _seed_checkpoints(folder, model, opt, epochs=2, batches=(0, 10, 20)):
             train(model, opt, 1, seed=epoch * 100 + batch)
             path = folder / f"epoch_{epoch:03d}" / f"batch_{batch:04d}.pt"
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(),
-                        "loss": torch.tensor(0.25), "acc": 0.75}, path)
+            torch.save(
+                {
+                    "model_state_dict": model.state_dict(),
+                    "optimizer_state_dict": opt.state_dict(),
+                    "loss": torch.tensor(0.25),
+                    "acc": 0.75,
+                },
+                path,
+            )
             saved[(epoch, batch)] = {k: v.clone() for k, v in model.state_dict().items()}
     return saved
 
@@ -160,15 +188,23 @@ def _seed_checkpoints(folder, model, opt, epochs=2, batches=(0, 10, 20)):
 def test_import_seed_checkpoints(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Embedding(12, 6), torch.nn.Flatten(), torch.nn.Linear(30, 12))
-    saved = _seed_checkpoints(tmp_path / "batch_dumps", model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
-    result = CliRunner().invoke(import_dumps_command, [str(tmp_path / "batch_dumps"), "--run", "ref",
-                                                       "--root", str(tmp_path / "runs")])
+    saved = _seed_checkpoints(
+        tmp_path / "batch_dumps", model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    )
+    result = CliRunner().invoke(
+        import_dumps_command,
+        [str(tmp_path / "batch_dumps"), "--run", "ref", "--root", str(tmp_path / "runs")],
+    )
     assert result.exit_code == 0, result.output
     listing = list_dumps(tmp_path / "runs" / "ref")
     assert list(listing.steps) == [0, 10, 20, 21, 31, 41]  # steps_per_epoch inferred as 21
     state, flat, meta = load_dump(listing.steps[31])
     assert all(torch.equal(state[k], v) for k, v in saved[(1, 10)].items())
-    assert (meta["import_epoch"], meta["import_batch"], meta["source"]) == ("1", "10", "epoch_001/batch_0010.pt")
+    assert (meta["import_epoch"], meta["import_batch"], meta["source"]) == (
+        "1",
+        "10",
+        "epoch_001/batch_0010.pt",
+    )
     assert (meta["loss"], meta["acc"], meta["epoch"]) == (0.25, 0.75, 1)
     # Saved optimizer state knows parameters by position; the import names them as a live run would.
     assert set(flat) == {f"{name}.momentum_buffer" for name, _ in model.named_parameters()}
@@ -194,11 +230,17 @@ def test_import_refuses_pickle_only_files(tmp_path):
     folder.mkdir(parents=True)
     torch.save({"model_state_dict": {"w": torch.ones(2)}, "loss": 1.0}, folder / "batch_0000.pt")
     marker = tmp_path / "pwned"
-    torch.save({"model_state_dict": {"w": torch.ones(2)}, "extra": Exploit(str(marker))}, folder / "batch_0010.pt")
-    result = CliRunner().invoke(import_dumps_command, [str(tmp_path / "batch_dumps"), "--run", "r",
-                                                       "--root", str(tmp_path / "runs")])
+    torch.save(
+        {"model_state_dict": {"w": torch.ones(2)}, "extra": Exploit(str(marker))}, folder / "batch_0010.pt"
+    )
+    result = CliRunner().invoke(
+        import_dumps_command, [str(tmp_path / "batch_dumps"), "--run", "r", "--root", str(tmp_path / "runs")]
+    )
     assert result.exit_code == 2
-    assert "batch_0010.pt: refused: loading it needs pickle" in result.output and "Unsupported global" in result.output
+    assert (
+        "batch_0010.pt: refused: loading it needs pickle" in result.output
+        and "Unsupported global" in result.output
+    )
     assert not marker.exists()  # never executed
     (folder / "batch_0010.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DumpError, match=r"batch_0010\.pt: not a readable torch\.save checkpoint"):
@@ -210,9 +252,9 @@ def test_compare_side_leaves_torch_unimported(tmp_path):
         run.dump(torch.nn.Linear(2, 2).to(torch.bfloat16), step=0)
     script = textwrap.dedent(f"""
         import sys
-        from lakelog.compare_dumps import compare_dumps
-        import lakelog.cli_dumps
-        r = compare_dumps({str(tmp_path / 'a')!r}, {str(tmp_path / 'a')!r}, progress=False)
+        from lakelog.read.dumps.compare import compare_dumps
+        import lakelog.cli.dumps
+        r = compare_dumps({str(tmp_path / "a")!r}, {str(tmp_path / "a")!r}, progress=False)
         assert r.summary["identical"], r.summary
         assert "torch" not in sys.modules, "compare-dumps imported torch"
     """)

@@ -1,4 +1,4 @@
-"""Tests of lakelog.fingerprint: exactness, sensitivity, every dtype, and the kernel against a reference.
+"""Tests of lakelog.write.fingerprint: exactness, sensitivity, every dtype, and the kernel against a reference.
 
 The pure-Python reference below re-implements the algorithm from the module docstring with Python
 integers (no torch arithmetic), so equality proves the torch kernel computes the documented hash.
@@ -12,9 +12,9 @@ import pytest
 import torch
 import xxhash
 
-import lakelog.fingerprint as fpmod
+import lakelog.write.fingerprint as fpmod
 from lakelog.errors import InvalidArgumentError
-from lakelog.fingerprint import (
+from lakelog.write.fingerprint import (
     combine_hex,
     fingerprint,
     fingerprint_bytes,

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lakelog import holdout
 from lakelog.errors import InvalidArgumentError
+from lakelog.write.telemetry import holdout
 
 
 class BNNet(nn.Module):

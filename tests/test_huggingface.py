@@ -9,11 +9,13 @@ import pytest
 import torch
 
 import lakelog
-from lakelog.doctor import doctor
-from lakelog.fingerprint import fingerprint_hex
+from lakelog.read.doctor import doctor
+from lakelog.write.fingerprint import fingerprint_hex
 
 transformers = pytest.importorskip("transformers")
-pytest.importorskip("accelerate")  # the Trainer needs it (transformers[torch]); lakelog[huggingface] brings it
+pytest.importorskip(
+    "accelerate"
+)  # the Trainer needs it (transformers[torch]); lakelog[huggingface] brings it
 from lakelog.integrations.huggingface import LakelogCallback  # noqa: E402
 
 STEPS = 4
@@ -22,8 +24,9 @@ LAYER = "transformer.h.0.attn.c_attn.weight"
 
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16,
-                                     bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16, bos_token_id=0, eos_token_id=0
+    )
     return transformers.GPT2LMHeadModel(config)
 
 
@@ -35,12 +38,25 @@ def _data() -> list[dict[str, torch.Tensor]]:
 
 def _train(root: Path, name: str, *, lr: float = 5e-4) -> None:
     args = transformers.TrainingArguments(
-        output_dir=str(root / f"hf-{name}"), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=lr,
-        logging_steps=1, max_grad_norm=100.0, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
-        seed=0, dataloader_num_workers=0,
+        output_dir=str(root / f"hf-{name}"),
+        max_steps=STEPS,
+        per_device_train_batch_size=4,
+        learning_rate=lr,
+        logging_steps=1,
+        max_grad_norm=100.0,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
     )
-    trainer = transformers.Trainer(model=_model(), args=args, train_dataset=_data(),
-                                   callbacks=[LakelogCallback(root / "lake", name=name)])
+    trainer = transformers.Trainer(
+        model=_model(),
+        args=args,
+        train_dataset=_data(),
+        callbacks=[LakelogCallback(root / "lake", name=name)],
+    )
     trainer.train()
 
 
@@ -70,7 +86,9 @@ def test_run_records_args_logs_and_telemetry(lake: Path) -> None:
         assert steps[name] == list(range(1, STEPS + 1)), name
     assert "train_runtime" not in steps and "learning_rate" not in steps
     kinds = dict(con.execute("SELECT kind, count(DISTINCT step) FROM params GROUP BY kind").fetchall())
-    assert kinds["param"] == STEPS and kinds["optim:exp_avg"] == STEPS  # the optimizer behind accelerate's wrapper
+    assert (
+        kinds["param"] == STEPS and kinds["optim:exp_avg"] == STEPS
+    )  # the optimizer behind accelerate's wrapper
     initial = con.execute("SELECT fingerprint FROM params WHERE kind = 'initial:param' AND name = ?", [LAYER])
     assert initial.fetchall() == [(fingerprint_hex(_model().transformer.h[0].attn.c_attn.weight),)]
 

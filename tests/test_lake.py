@@ -23,11 +23,16 @@ def _log_two_epochs(root, name="a", steps=6, batch=8, classes=3):
         logits = torch.randn(batch, classes, generator=gen)
         labels = torch.randint(0, classes, (batch,), generator=gen)
         names = [f"img{step}_{i}.jpg" for i in range(batch)]
-        run.log_predictions(logits, step=step, epoch=epoch, labels=labels, keys={"image1": names},
-                            batch_idx=step % 3)
+        run.log_predictions(
+            logits, step=step, epoch=epoch, labels=labels, keys={"image1": names}, batch_idx=step % 3
+        )
         run.log({"loss": torch.tensor(1.0 / (step + 1)), "acc": step / 10}, step=step, epoch=epoch)
-        run.log_batch(step=step, epoch=epoch, sample_ids=torch.arange(batch) + step * batch,
-                      inputs=torch.full((batch, 2), float(step)))
+        run.log_batch(
+            step=step,
+            epoch=epoch,
+            sample_ids=torch.arange(batch) + step * batch,
+            inputs=torch.full((batch, 2), float(step)),
+        )
         logged.append((logits, labels, names))
     run.finish()
     return run, logged
@@ -36,8 +41,10 @@ def _log_two_epochs(root, name="a", steps=6, batch=8, classes=3):
 def test_predictions_round_trip_exactly(tmp_path):
     _run, logged = _log_two_epochs(tmp_path)
     con = lakelog.connect(tmp_path)
-    rows = con.execute("SELECT step, epoch, rank, run, sample_idx, label, prediction, logits, image1, batch_idx "
-                       "FROM predictions ORDER BY step, sample_idx").fetchall()
+    rows = con.execute(
+        "SELECT step, epoch, rank, run, sample_idx, label, prediction, logits, image1, batch_idx "
+        "FROM predictions ORDER BY step, sample_idx"
+    ).fetchall()
     assert len(rows) == 6 * 8
     for step, (logits, labels, names) in enumerate(logged):
         part = [r for r in rows if r[0] == step]
@@ -52,10 +59,25 @@ def test_predictions_round_trip_exactly(tmp_path):
 
 def test_scalars_accept_numbers_and_tensors(tmp_path):
     run = lakelog.init(tmp_path, name="s")
-    run.log({"a": 1, "b": 2.5, "c": torch.tensor(3.25), "d": torch.tensor([4.0]), "e": np.float32(5.5),
-             "f": torch.tensor(7, dtype=torch.int32), "g": float("nan")}, step=3, epoch=1)
+    run.log(
+        {
+            "a": 1,
+            "b": 2.5,
+            "c": torch.tensor(3.25),
+            "d": torch.tensor([4.0]),
+            "e": np.float32(5.5),
+            "f": torch.tensor(7, dtype=torch.int32),
+            "g": float("nan"),
+        },
+        step=3,
+        epoch=1,
+    )
     run.finish()
-    got = dict(lakelog.connect(tmp_path).execute("SELECT name, value FROM scalars WHERE step = 3 AND epoch = 1").fetchall())
+    got = dict(
+        lakelog.connect(tmp_path)
+        .execute("SELECT name, value FROM scalars WHERE step = 3 AND epoch = 1")
+        .fetchall()
+    )
     assert got["a"] == 1 and got["b"] == 2.5 and got["c"] == 3.25 and got["d"] == 4.0 and got["e"] == 5.5
     assert got["f"] == 7 and np.isnan(got["g"])
 
@@ -64,15 +86,19 @@ def test_batches_fingerprint_inputs_and_ids(tmp_path):
     run = lakelog.init(tmp_path, name="b")
     x = torch.arange(12, dtype=torch.float32).reshape(4, 3)
     run.log_batch(step=0, sample_ids=[3, 1, 2, 0], inputs=x)
-    run.log_batch(step=1, sample_ids=[0, 1, 2, 3], inputs=x.clone())          # same set, other order
+    run.log_batch(step=1, sample_ids=[0, 1, 2, 3], inputs=x.clone())  # same set, other order
     y = x.clone()
     y[2, 1] = torch.nextafter(y[2, 1], torch.tensor(100.0))
-    run.log_batch(step=2, sample_ids=[0, 1, 2, 3], inputs=y)                  # same ids, one ulp apart
+    run.log_batch(step=2, sample_ids=[0, 1, 2, 3], inputs=y)  # same ids, one ulp apart
     run.log_batch(step=3, sample_ids=["a.jpg", "b.jpg"], inputs={"img": x[:2], "mask": x[:2] > 3})
     run.finish()
-    rows = lakelog.connect(tmp_path).execute(
-        "SELECT step, sample_ids, ids_hash, ids_set_hash, input_fingerprint, input_shapes FROM batches ORDER BY step"
-    ).fetchall()
+    rows = (
+        lakelog.connect(tmp_path)
+        .execute(
+            "SELECT step, sample_ids, ids_hash, ids_set_hash, input_fingerprint, input_shapes FROM batches ORDER BY step"
+        )
+        .fetchall()
+    )
     assert rows[0][1] == ["3", "1", "2", "0"] and rows[3][1] == ["a.jpg", "b.jpg"]
     assert rows[0][2] != rows[1][2] and rows[0][3] == rows[1][3]
     assert rows[0][4] == rows[1][4] != rows[2][4]
@@ -82,7 +108,9 @@ def test_batches_fingerprint_inputs_and_ids(tmp_path):
 def test_partitioning_and_plain_readers(tmp_path):
     _log_two_epochs(tmp_path)
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet"))
-    assert files and all(f.split("/")[2] in ("epoch=0", "epoch=1") and f.split("/")[3] == "rank=0" for f in files)
+    assert files and all(
+        f.split("/")[2] in ("epoch=0", "epoch=1") and f.split("/")[3] == "rank=0" for f in files
+    )
     assert not list(tmp_path.rglob("*.tmp"))
     pattern = str(tmp_path / "a" / "predictions" / "**" / "*.parquet")
     # plain DuckDB, no lakelog
@@ -103,11 +131,25 @@ def test_run_json_records_identity_and_environment(tmp_path):
     assert info["name"] == "a" and info["seed"] == 7 and info["config"]["model"]["width"] == 4
     assert info["status"] == "finished" and info["summary"]["last_step"] == 5
     env = info["environment"]
-    for key in ("python", "torch", "cuda", "cudnn", "cudnn_deterministic", "cudnn_benchmark",
-                "deterministic_algorithms", "host", "rank", "world_size"):
+    for key in (
+        "python",
+        "torch",
+        "cuda",
+        "cudnn",
+        "cudnn_deterministic",
+        "cudnn_benchmark",
+        "deterministic_algorithms",
+        "host",
+        "rank",
+        "world_size",
+    ):
         assert key in env
     assert "CUBLAS_WORKSPACE_CONFIG" in env["env"] and "PYTHONHASHSEED" in env["env"]
-    runs = lakelog.connect(tmp_path).execute("SELECT run, status, json_extract(config, '$.lr')::DOUBLE FROM runs").fetchall()
+    runs = (
+        lakelog.connect(tmp_path)
+        .execute("SELECT run, status, json_extract(config, '$.lr')::DOUBLE FROM runs")
+        .fetchall()
+    )
     assert runs == [("a", "finished", 0.1)]
 
 
@@ -116,12 +158,16 @@ def test_query_while_writing_sees_flushed_rows(tmp_path):
     run.log({"loss": 1.0}, step=0)
     run.flush()
     pattern = str(tmp_path / "live" / "scalars" / "**" / "*.parquet")
-    assert duckdb.connect().execute("SELECT count(*) FROM read_parquet($p)", {"p": pattern}).fetchone() == (1,)
+    assert duckdb.connect().execute("SELECT count(*) FROM read_parquet($p)", {"p": pattern}).fetchone() == (
+        1,
+    )
     con = lakelog.connect(tmp_path)
     assert con.execute("SELECT count(*) FROM scalars").fetchone() == (1,)
     run.log({"loss": 0.5}, step=1)
     run.flush()
-    assert con.execute("SELECT count(*) FROM scalars").fetchone() == (2,)  # the same view sees the new part file
+    assert con.execute("SELECT count(*) FROM scalars").fetchone() == (
+        2,
+    )  # the same view sees the new part file
     assert con.execute("SELECT status FROM runs").fetchone() == ("running",)
     run.finish()
 
@@ -134,7 +180,12 @@ def test_every_nth_batch_and_module_level_api(tmp_path):
         lakelog.log({"loss": step}, step=step)
     lakelog.finish()
     con = lakelog.connect(tmp_path)
-    assert [r[0] for r in con.execute("SELECT DISTINCT step FROM predictions ORDER BY 1").fetchall()] == [0, 3, 6, 9]
+    assert [r[0] for r in con.execute("SELECT DISTINCT step FROM predictions ORDER BY 1").fetchall()] == [
+        0,
+        3,
+        6,
+        9,
+    ]
     assert con.execute("SELECT count(*) FROM batches").fetchone() == (4,)
     assert con.execute("SELECT count(*) FROM scalars").fetchone() == (10,)
     assert lakelog.current_run() is None

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 import lakelog
-from lakelog import plots
 from lakelog.errors import InvalidArgumentError, RunNotFoundError
-from lakelog.plots import NoDataError
+from lakelog.read import plots
+from lakelog.read.plots import NoDataError
 
 DIVERGE = 7
 EPOCHS = 2
@@ -32,8 +32,17 @@ BATCH = 8
 GROUPS = {"backbone": "0.", "head": "2."}
 
 
-def train(root: Path, name: str, *, lr: float = 0.1, hidden: int = 16, diverge_at: int | None = None,
-          head_lr: float | None = None, seed: int = 0, epochs: int = EPOCHS) -> None:
+def train(
+    root: Path,
+    name: str,
+    *,
+    lr: float = 0.1,
+    hidden: int = 16,
+    diverge_at: int | None = None,
+    head_lr: float | None = None,
+    seed: int = 0,
+    epochs: int = EPOCHS,
+) -> None:
     """A two-layer MLP on fixed synthetic data, logging what a user would: batches, predictions, loss, telemetry."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -46,23 +55,30 @@ def train(root: Path, name: str, *, lr: float = 0.1, hidden: int = 16, diverge_a
         torch.manual_seed(seed)
         model = nn.Sequential(nn.Linear(6, hidden), nn.ReLU(), nn.Linear(hidden, 2))
         head_lr = lr * 10 if head_lr is None else head_lr
-        optimizer = torch.optim.SGD([{"params": model[0].parameters(), "lr": lr},
-                                     {"params": model[2].parameters(), "lr": head_lr}])
+        optimizer = torch.optim.SGD(
+            [{"params": model[0].parameters(), "lr": lr}, {"params": model[2].parameters(), "lr": head_lr}]
+        )
         with lakelog.init(root, name, config={"lr": lr, "hidden": hidden}, seed=seed) as run:
             run.watch(model, optimizer, every=1, groups=GROUPS, holdout=(hx, hy))
             for epoch in range(epochs):
                 order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
                 for b in range(STEPS_PER_EPOCH):
                     step = epoch * STEPS_PER_EPOCH + b
-                    idx = order[b * BATCH:(b + 1) * BATCH]
+                    idx = order[b * BATCH : (b + 1) * BATCH]
                     if step == diverge_at:
                         idx = idx.flip(0)
                     run.log_batch(sample_ids=idx, inputs=x[idx], step=step, epoch=epoch, batch_idx=b)
                     logits = model(x[idx])
                     loss = nn.functional.cross_entropy(logits, y[idx])
                     run.log_predictions(logits.detach(), labels=y[idx], step=step, epoch=epoch, batch_idx=b)
-                    run.log({"loss": float(loss.detach()), "acc": float((logits.argmax(1) == y[idx]).float().mean())},
-                            step=step, epoch=epoch)
+                    run.log(
+                        {
+                            "loss": float(loss.detach()),
+                            "acc": float((logits.argmax(1) == y[idx]).float().mean()),
+                        },
+                        step=step,
+                        epoch=epoch,
+                    )
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
@@ -143,7 +159,9 @@ def scalar_rows(con: duckdb.DuckDBPyConnection, sql: str, *params: Any) -> list[
 def test_metric_curves_overlay_one_series_per_run_and_metric(pair: duckdb.DuckDBPyConnection) -> None:
     spec = spec_of(plots.metric_curves(pair, ["loss", "acc"], ["base", "cand"]))
     rows = main_rows(spec)
-    assert {(r["run"], r["name"]) for r in rows} == {(r, m) for r in ("base", "cand") for m in ("loss", "acc")}
+    assert {(r["run"], r["name"]) for r in rows} == {
+        (r, m) for r in ("base", "cand") for m in ("loss", "acc")
+    }
     assert len(rows) == 2 * 2 * EPOCHS * STEPS_PER_EPOCH  # short runs are not bucketed
     logged = dict(scalar_rows(pair, "SELECT step, value FROM scalars WHERE run = 'cand' AND name = 'loss'"))
     drawn = {r["step"]: r["value"] for r in rows if r["run"] == "cand" and r["name"] == "loss"}
@@ -161,8 +179,16 @@ def test_one_metric_is_a_single_view_with_a_run_legend(pair: duckdb.DuckDBPyConn
 def test_long_runs_are_bucketed_in_sql_to_max_points(tmp_path: Path) -> None:
     steps = 50_000
     with lakelog.init(tmp_path, "long") as run:
-        run.write_rows("scalars", pa.table({"step": pa.array(range(steps), pa.int64()), "name": ["loss"] * steps,
-                                            "value": [1.0 / (1 + s) for s in range(steps)]}))
+        run.write_rows(
+            "scalars",
+            pa.table(
+                {
+                    "step": pa.array(range(steps), pa.int64()),
+                    "name": ["loss"] * steps,
+                    "value": [1.0 / (1 + s) for s in range(steps)],
+                }
+            ),
+        )
     spec = spec_of(plots.metric_curves(tmp_path, "loss", max_points=500))
     rows = main_rows(spec)
     assert 400 < len(rows) <= 500
@@ -174,8 +200,11 @@ def test_epoch_history_is_the_mean_of_each_epoch(pair: duckdb.DuckDBPyConnection
     spec = spec_of(plots.epoch_history(pair, "loss", ["base"]))
     rows = main_rows(spec)
     assert [r["epoch"] for r in rows] == list(range(EPOCHS))
-    means = dict(scalar_rows(pair, "SELECT epoch, avg(value) FROM scalars WHERE run = 'base' AND name = 'loss' "
-                                   "GROUP BY epoch"))
+    means = dict(
+        scalar_rows(
+            pair, "SELECT epoch, avg(value) FROM scalars WHERE run = 'base' AND name = 'loss' GROUP BY epoch"
+        )
+    )
     assert {r["epoch"]: r["value"] for r in rows} == pytest.approx(means)
 
 
@@ -219,8 +248,9 @@ def test_group_norms_per_group_on_log_scales(pair: duckdb.DuckDBPyConnection) ->
     rows = main_rows(spec)
     assert {r["metric"] for r in rows} == {"grad_norm", "weight_norm", "update_ratio"}
     assert {"backbone", "head"} <= {r["group"] for r in rows}
-    assert {n["scale"]["type"] for n in nodes(spec) if isinstance(n.get("scale"), dict) and "type" in n["scale"]} \
-        == {"log"}
+    assert {
+        n["scale"]["type"] for n in nodes(spec) if isinstance(n.get("scale"), dict) and "type" in n["scale"]
+    } == {"log"}
     ratio = [r for r in rows if r["metric"] == "update_ratio" and r["group"] == "head"]
     assert ratio and all(0 < r["value"] < 10 for r in ratio)
 
@@ -233,7 +263,11 @@ def test_a_frozen_group_sits_on_the_floor_instead_of_vanishing(pair: duckdb.Duck
     assert head and all(r["value"] == 0 and r["at_floor"] for r in head)
     assert all(0 < r["plot_value"] < min(b["value"] for b in backbone) for r in head)
     assert rows_of_mark(spec, "point", shape="triangle-down") == []  # the floor marks share the main data
-    assert any(n.get("mark", {}).get("shape") == "triangle-down" for n in nodes(spec) if isinstance(n.get("mark"), dict))
+    assert any(
+        n.get("mark", {}).get("shape") == "triangle-down"
+        for n in nodes(spec)
+        if isinstance(n.get("mark"), dict)
+    )
 
 
 def test_learning_rates_are_the_ones_the_optimizer_applied(pair: duckdb.DuckDBPyConnection) -> None:
@@ -245,7 +279,9 @@ def test_learning_rates_are_the_ones_the_optimizer_applied(pair: duckdb.DuckDBPy
 def test_holdout_accuracy_and_heatmap(pair: duckdb.DuckDBPyConnection) -> None:
     acc = main_rows(spec_of(plots.holdout_accuracy(pair, ["base", "cand"])))
     assert {r["run"] for r in acc} == {"base", "cand"}
-    expected = dict(scalar_rows(pair, "SELECT step, avg(correct::INT) FROM holdout WHERE run = 'cand' GROUP BY step"))
+    expected = dict(
+        scalar_rows(pair, "SELECT step, avg(correct::INT) FROM holdout WHERE run = 'cand' GROUP BY step")
+    )
     assert {r["step"]: r["value"] for r in acc if r["run"] == "cand"} == pytest.approx(expected)
     spec = spec_of(plots.holdout_heatmap(pair, "cand", max_samples=10, max_steps=5))
     cells = main_rows(spec)
@@ -314,7 +350,9 @@ def test_errors_name_what_is_wrong(pair: duckdb.DuckDBPyConnection, tmp_path: Pa
 
 def test_plots_do_not_import_torch(pair: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     root = Path(pair.execute("SELECT any_value(root) FROM runs").fetchone()[0])
-    code = ("import sys, lakelog, lakelog.plots, lakelog.report\n"
-            f"lakelog.plots.divergence({str(root)!r}, 'base', 'cand').to_dict()\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    code = (
+        "import sys, lakelog, lakelog.read.plots, lakelog.read.report\n"
+        f"lakelog.read.plots.divergence({str(root)!r}, 'base', 'cand').to_dict()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)

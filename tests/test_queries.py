@@ -10,20 +10,45 @@ import pytest
 from conftest import CAUSE_STEP
 
 import lakelog
-from lakelog import querylib
 from lakelog.errors import QueryError
+from lakelog.read import querylib
 
 EXPECTED_QUERIES = {
-    "first_divergence", "batch_order_mismatch", "group_drift", "param_diff", "prediction_diff", "env_diff",
-    "step_overlap", "resume_step", "grad_health", "frozen_layers", "lr_ratio", "label_balance", "overfitting",
-    "nan_inf", "updates_per_epoch", "leaderboard", "run_list",
+    "first_divergence",
+    "batch_order_mismatch",
+    "group_drift",
+    "param_diff",
+    "prediction_diff",
+    "env_diff",
+    "step_overlap",
+    "resume_step",
+    "grad_health",
+    "frozen_layers",
+    "lr_ratio",
+    "label_balance",
+    "overfitting",
+    "nan_inf",
+    "updates_per_epoch",
+    "leaderboard",
+    "run_list",
 }
 
 
 @pytest.fixture(scope="module")
 def con(lake):
-    root = lake("base", "same", "shuffle", "reorder", "dropout", "lr", "transform", "base_norng", "dropout_norng",
-                "no_batches", "three_classes")
+    root = lake(
+        "base",
+        "same",
+        "shuffle",
+        "reorder",
+        "dropout",
+        "lr",
+        "transform",
+        "base_norng",
+        "dropout_norng",
+        "no_batches",
+        "three_classes",
+    )
     return lakelog.connect(root)
 
 
@@ -35,6 +60,7 @@ def first(con, run_b, run_a="base", **params):
 
 
 # -- the library itself -----------------------------------------------------------------------
+
 
 def test_every_query_has_a_documented_header_and_bound_parameters():
     library = querylib.library()
@@ -72,6 +98,7 @@ def test_a_run_name_that_looks_like_sql_is_only_a_name(con):
 
 
 # -- first_divergence: one known cause per pair --------------------------------------------------
+
 
 def test_identical_runs_differ_in_no_layer(con):
     top, layers = first(con, "same")
@@ -162,6 +189,7 @@ def test_from_step_ignores_earlier_steps(con):
 
 # -- batches, groups, parameters, environment --------------------------------------------------
 
+
 def test_batch_order_mismatch_kinds_and_overlap(con):
     shuffled = lakelog.query("batch_order_mismatch", con=con, run_a="base", run_b="shuffle")
     assert shuffled.filter(pl.col("step") < CAUSE_STEP)["kind"].unique().to_list() == ["same"]
@@ -204,7 +232,9 @@ def test_leaderboard_flattens_the_config_and_ranks_by_the_metric(con):
     board = lakelog.query("leaderboard", con=con)
     assert {"config.lr", "config.batch", "config.cause", "final_loss", "train_time_s"} <= set(board.columns)
     values = board["metric_value"].to_list()
-    ranked = [v for v in values if v is not None and not math.isnan(v)]  # a diverged run's NaN loss ranks last
+    ranked = [
+        v for v in values if v is not None and not math.isnan(v)
+    ]  # a diverged run's NaN loss ranks last
     assert values[: len(ranked)] == sorted(ranked) and len(ranked) >= 2
     best = lakelog.query("leaderboard", con=con, metric="acc", descending=True)
     accs = [v for v in best["metric_value"].to_list() if v is not None and not math.isnan(v)]

@@ -13,15 +13,22 @@ from PIL import Image
 from test_plots import DIVERGE, build_sweep, train
 
 import lakelog
-from lakelog import progress
 from lakelog.cli import cli
 from lakelog.errors import InvalidArgumentError
-from lakelog.plots import export
-from lakelog.report import build_report
+from lakelog.lake import progress
+from lakelog.read.plots import export
+from lakelog.read.report import build_report
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,8 +58,18 @@ def pair_report(lake: Path, tmp_path_factory: pytest.TempPathFactory):
 def _chromium(tmp_path: Path, page: Path, *args: str) -> subprocess.CompletedProcess[str]:
     profile = tmp_path / f"chrome-{len(list(tmp_path.iterdir()))}"
     return subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args, page.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            CHROMIUM,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            *args,
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -62,8 +79,9 @@ def test_report_is_one_self_contained_page(pair_report) -> None:
     assert re.search(r"<link[^>]+href=", text) is None
     assert "window.vegaEmbed" in text  # the bundle is inlined
     assert pair_report.charts[:3] == ["curves", "loss per epoch", "divergence"]
-    assert {"base: group norms", "cand: learning rates", "cand: holdout samples", "holdout accuracy"} \
-        <= set(pair_report.charts)
+    assert {"base: group norms", "cand: learning rates", "cand: holdout samples", "holdout accuracy"} <= set(
+        pair_report.charts
+    )
     assert text.count('class="chart"') == len(pair_report.charts)
     assert "diff findings" in text and "batch_order" in text  # the diff table, read from the query library
     assert pair_report.skipped == []
@@ -71,7 +89,7 @@ def test_report_is_one_self_contained_page(pair_report) -> None:
 
 def test_pngs_are_written_and_not_blank(lake: Path, tmp_path: Path) -> None:
     from lakelog import plots
-    from lakelog.plots.export import save_png
+    from lakelog.read.plots.export import save_png
 
     divergence = save_png(plots.divergence(lake, "base", "cand"), tmp_path / "divergence.png")
     with Image.open(divergence) as image:
@@ -79,13 +97,17 @@ def test_pngs_are_written_and_not_blank(lake: Path, tmp_path: Path) -> None:
         dark = sum(image.convert("L").histogram()[:200])
         assert dark > 0.01 * image.width * image.height  # lines, axes and labels, not an empty canvas
         colors = image.convert("RGB").getcolors(1 << 20)
-        assert any(count > 50 and rgb[0] > 180 and rgb[1] < 80 and rgb[2] < 80 for count, rgb in colors)  # the rule
+        assert any(
+            count > 50 and rgb[0] > 180 and rgb[1] < 80 and rgb[2] < 80 for count, rgb in colors
+        )  # the rule
     # the command writes one PNG per chart of the page
     with lakelog.init(tmp_path / "lake", "plain") as run:
         for step in range(30):
             run.log({"loss": 1.0 / (step + 1), "acc": step / 30}, step=step, epoch=step // 10)
-    result = CliRunner().invoke(cli, ["report", str(tmp_path / "lake"), "-o", str(tmp_path / "r.html"),
-                                      "--png", str(tmp_path / "png")])
+    result = CliRunner().invoke(
+        cli,
+        ["report", str(tmp_path / "lake"), "-o", str(tmp_path / "r.html"), "--png", str(tmp_path / "png")],
+    )
     assert result.exit_code == 0, result.output
     pngs = sorted((tmp_path / "png").glob("*.png"))
     assert [p.name for p in pngs] == ["00-curves.png", "01-loss-per-epoch.png"]
@@ -120,16 +142,20 @@ def test_report_renders_in_headless_chromium_without_errors(pair_report, tmp_pat
 def test_sweep_report_and_cli(tmp_path: Path) -> None:
     root = build_sweep(tmp_path / "sweep")
     out = tmp_path / "sweep.html"
-    result = CliRunner().invoke(cli, ["report", str(root), "-o", str(out), "--sweep-metric", "final_acc",
-                                      "--no-progress"])
+    result = CliRunner().invoke(
+        cli, ["report", str(root), "-o", str(out), "--sweep-metric", "final_acc", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output
     text = out.read_text(encoding="utf-8")
     for name in ("leaderboard", "hyperparameters", "training time", "sweep curves"):
         assert f'data-name="{name}"' in text
-    best = max(lakelog.connect(root).execute(
-        "SELECT run, (summary::JSON->>'final_acc')::DOUBLE AS acc FROM runs ORDER BY run").fetchall(),
-        key=lambda row: row[1])[0]
+    best = max(
+        lakelog.connect(root)
+        .execute("SELECT run, (summary::JSON->>'final_acc')::DOUBLE AS acc FROM runs ORDER BY run")
+        .fetchall(),
+        key=lambda row: row[1],
+    )[0]
     assert "Health of the best (by final_acc) 2 of 4 runs" in text
     assert f"Health: {best}" in text
 
@@ -169,7 +195,6 @@ def test_progress_shows_only_where_asked(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "runs" in stream.getvalue() and "3/3" in stream.getvalue()
     assert list(progress.progress(range(5), show=False)) == list(range(5))
     assert list(progress.progress(iter([1, 2]), desc="x")) == [1, 2]
-
 
 
 def test_the_vega_bundle_is_built_once_and_cached_on_disk(pair_report, bundle_cache: Path) -> None:

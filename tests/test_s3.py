@@ -21,8 +21,12 @@ import lakelog
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
 
-KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true"}
+KEYS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +36,13 @@ def endpoint() -> str:
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                          region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket="lake")
     yield url
     server.stop()
@@ -49,8 +58,13 @@ def s3_env(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def _objects(endpoint: str, prefix: str) -> list[str]:
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                          region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     pages = client.get_paginator("list_objects_v2").paginate(Bucket="lake", Prefix=prefix)
     return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
@@ -63,7 +77,9 @@ def test_run_written_to_s3_uri_is_read_by_connect_and_query(s3_env: str) -> None
                 run.log({"loss": 1.0 / step + rank}, step=step)
                 ids = [f"s{(step * 4 + i) % 6}" for i in range(4)]  # both ranks see the same ids: no sampler
                 run.log_batch(sample_ids=ids, step=step)
-            run.log_predictions(__import__("torch").eye(3), step=3, labels=[0, 1, 2], keys={"image": ["a", "b", "c"]})
+            run.log_predictions(
+                __import__("torch").eye(3), step=3, labels=[0, 1, 2], keys={"image": ["a", "b", "c"]}
+            )
 
     keys = _objects(s3_env, "env-configured/ddp/")
     assert "env-configured/ddp/run.json" in keys
@@ -73,12 +89,15 @@ def test_run_written_to_s3_uri_is_read_by_connect_and_query(s3_env: str) -> None
     con = lakelog.connect(root)
     run_row = con.execute("SELECT status, world_size, seed, config FROM runs WHERE run = 'ddp'").fetchone()
     assert run_row[:3] == ("finished", 2, 7) and json.loads(run_row[3]) == {"lr": 0.1}
-    per_rank = con.execute("SELECT rank, count(*), max(step) FROM scalars GROUP BY rank ORDER BY rank").fetchall()
+    per_rank = con.execute(
+        "SELECT rank, count(*), max(step) FROM scalars GROUP BY rank ORDER BY rank"
+    ).fetchall()
     assert per_rank == [(0, 3, 3), (1, 3, 3)]
     dtypes = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE scalars)").fetchall())
     assert dtypes["rank"] == "BIGINT" and dtypes["epoch"] == "BIGINT"  # typed like the local views
-    assert con.execute("SELECT list(image ORDER BY sample_idx) FROM predictions WHERE rank = 0").fetchone()[0] == [
-        "a", "b", "c"]
+    assert con.execute("SELECT list(image ORDER BY sample_idx) FROM predictions WHERE rank = 0").fetchone()[
+        0
+    ] == ["a", "b", "c"]
 
     overlap = lakelog.query("rank_sample_overlap", root=root, run="ddp")
     assert overlap.height == 1
@@ -98,8 +117,13 @@ def test_uri_options_and_filesystem_object(endpoint: str, monkeypatch: pytest.Mo
         run.log({"loss": 0.5}, step=1)
     assert lakelog.connect(uri).execute("SELECT value FROM scalars").fetchone() == (0.5,)
 
-    fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
-                           endpoint_override=endpoint, allow_delayed_open=True)
+    fs = pafs.S3FileSystem(
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
+        endpoint_override=endpoint,
+        allow_delayed_open=True,
+    )
     with lakelog.init("lake/object-configured", name="b", filesystem=fs) as run:
         run.log({"acc": 0.25}, step=2)
     assert "object-configured/b/run.json" in _objects(endpoint, "object-configured/")
@@ -127,8 +151,14 @@ WRITER = textwrap.dedent(
 
 
 def test_writer_killed_mid_run_leaves_what_it_flushed(s3_env: str) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", WRITER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
     try:
         line = proc.stdout.readline()
         assert line.strip() == "flushed", proc.stderr.read() if proc.poll() is not None else line

@@ -17,7 +17,7 @@ from torch import nn
 
 import lakelog
 from lakelog.errors import InvalidArgumentError
-from lakelog.fingerprint import fingerprint_hex
+from lakelog.write.fingerprint import fingerprint_hex
 
 
 @pytest.fixture(autouse=True)
@@ -261,10 +261,16 @@ def test_progressive_unfreezing_adds_a_group(tmp_path: Path) -> None:
             loss.backward()
             opt.step()
     assert watcher.error is None
-    rows = query(tmp_path, "SELECT step, \"group\", max(update_norm) u FROM params WHERE kind = 'param' "
-                           "AND name LIKE 'features.%' AND step > 0 GROUP BY ALL ORDER BY step")
-    assert rows == [{"step": 1, "group": "not_optimized", "u": 0.0}, {"step": 2, "group": "group_1", "u": rows[1]["u"]},
-                    {"step": 3, "group": "group_1", "u": rows[2]["u"]}]
+    rows = query(
+        tmp_path,
+        "SELECT step, \"group\", max(update_norm) u FROM params WHERE kind = 'param' "
+        "AND name LIKE 'features.%' AND step > 0 GROUP BY ALL ORDER BY step",
+    )
+    assert rows == [
+        {"step": 1, "group": "not_optimized", "u": 0.0},
+        {"step": 2, "group": "group_1", "u": rows[1]["u"]},
+        {"step": 3, "group": "group_1", "u": rows[2]["u"]},
+    ]
     assert rows[1]["u"] > 0 and rows[2]["u"] > 0
     lrs = query(tmp_path, "SELECT step, value FROM scalars WHERE name = 'lr/group_1' ORDER BY step")
     assert lrs == [{"step": 2, "value": 0.01}, {"step": 3, "value": 0.01}]
@@ -398,7 +404,7 @@ def test_label_balance_from_observed_labels(tmp_path: Path) -> None:
         watcher.observe(F.one_hot(torch.tensor([1, 1, 1, 0]), 3).float())
         opt.step()
         with pytest.raises(InvalidArgumentError, match="labels"):
-            lakelog.telemetry.observe_labels(run, torch.randn(5))
+            lakelog.write.telemetry.watch.observe_labels(run, torch.randn(5))
     got = {
         (r["step"], r["name"]): r["value"]
         for r in query(
@@ -589,7 +595,9 @@ def test_a_failing_step_callable_turns_telemetry_off_not_training(tmp_path: Path
         watcher.observe(torch.tensor([1, 2]))  # detached: ignored
     assert isinstance(watcher.error, ZeroDivisionError) and not watcher._labels
     assert not opt._optimizer_step_pre_hooks
-    assert "ZeroDivisionError" in json.loads((tmp_path / "badstep" / "run.json").read_text())["telemetry_error"]
+    assert (
+        "ZeroDivisionError" in json.loads((tmp_path / "badstep" / "run.json").read_text())["telemetry_error"]
+    )
 
 
 def test_detach_at_finish_and_module_level_watch(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InvalidArgumentError
+from lakelog.errors import InvalidArgumentError
 
 
 def check_watch_every(value: Any) -> int | None:

@@ -25,10 +25,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .. import api
-from ..distributed import shared_run_name
-from ..run import Run
-from . import check_watch_every
+from lakelog.integrations import check_watch_every
+from lakelog.write import api
+from lakelog.write.distributed import shared_run_name
+from lakelog.write.run import Run
 
 log = logging.getLogger("lakelog")
 
@@ -37,7 +37,13 @@ __all__ = ["LakelogCallback"]
 RENAMED = {"learning_rate": "lr", "grad_norm": "grad_norm_unclipped"}
 """HF log keys stored under another name: ``lr`` as in lakelog's ``lr/<group>``, and HF's grad norm
 (taken before clipping) kept apart from telemetry's ``grad_norm`` (after clipping)."""
-FINAL_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
+FINAL_KEYS = (
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+    "total_flos",
+    "train_loss",
+)
 """Logged once at the end of training: they go to the run's summary rather than its scalars."""
 
 
@@ -68,9 +74,17 @@ class LakelogCallback(TrainerCallback):
     pass ``run=`` to write to a run you opened.
     """
 
-    def __init__(self, root: str | os.PathLike[str] = "runs", name: str | None = None, *, run: Run | None = None,
-                 watch: bool = True, watch_every: int | None = None, groups: Any = None,
-                 **init_options: Any) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] = "runs",
+        name: str | None = None,
+        *,
+        run: Run | None = None,
+        watch: bool = True,
+        watch_every: int | None = None,
+        groups: Any = None,
+        **init_options: Any,
+    ) -> None:
         check_watch_every(watch_every)
         self.root = root
         self.name = name
@@ -83,8 +97,9 @@ class LakelogCallback(TrainerCallback):
         self._watcher: Any = None
         self._state: Any = None
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                       **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
+    ) -> None:
         self._state = state
         if self.run is not None and self.run.closed and self._owns_run:  # train() again: a new run
             self.run, self._watcher = None, None
@@ -102,11 +117,17 @@ class LakelogCallback(TrainerCallback):
             # state.logging_steps is args.logging_steps resolved (a fraction of max_steps becomes steps).
             every = self.watch_every or max(1, int(state.logging_steps or args.logging_steps or 1))
             # The stamp is read in the optimizer's pre-hook, before HF increments global_step.
-            self._watcher = self.run.watch(model, _torch_optimizer(optimizer), every=every, groups=self.groups,
-                                           step=lambda: self._state.global_step + 1)
+            self._watcher = self.run.watch(
+                model,
+                _torch_optimizer(optimizer),
+                every=every,
+                groups=self.groups,
+                step=lambda: self._state.global_step + 1,
+            )
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None,
-               **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         run = self.run
         if run is None or run.closed or not logs:
             return

@@ -37,10 +37,10 @@ except ImportError:  # the standalone pytorch_lightning package
     from pytorch_lightning.loggers.logger import Logger
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from .. import api
-from ..errors import InvalidArgumentError
-from ..run import Run
-from . import check_watch_every
+from lakelog.errors import InvalidArgumentError
+from lakelog.integrations import check_watch_every
+from lakelog.write import api
+from lakelog.write.run import Run
 
 log = logging.getLogger("lakelog")
 
@@ -88,8 +88,15 @@ class LakelogLogger(Logger):
     that run too and opens it on the other ranks, so each rank's values land in its own partition.
     """
 
-    def __init__(self, root: str | os.PathLike[str] = "runs", name: str | None = None, *, run: Run | None = None,
-                 prefix: str = "", **init_options: Any) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] = "runs",
+        name: str | None = None,
+        *,
+        run: Run | None = None,
+        prefix: str = "",
+        **init_options: Any,
+    ) -> None:
         super().__init__()
         self._root = root
         self._name = name
@@ -129,7 +136,11 @@ class LakelogLogger(Logger):
         run = self.experiment
         if run is None:
             return
-        values = vars(params) if hasattr(params, "__dict__") and not isinstance(params, Mapping) else dict(params or {})
+        values = (
+            vars(params)
+            if hasattr(params, "__dict__") and not isinstance(params, Mapping)
+            else dict(params or {})
+        )
         run.update_info(config={**run.info.get("config", {}), **values})
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
@@ -165,11 +176,21 @@ class LakelogCallback(Callback):
     Trainer, the callback writes to the logger's run (its root, name and options), on every rank.
     """
 
-    def __init__(self, root: str | os.PathLike[str] = "runs", name: str | None = None, *, run: Run | None = None,
-                 watch: bool = True, watch_every: int | None = None, groups: Any = None,
-                 predictions_every: int | None = None, log_batches: bool = True, fingerprint_inputs: bool = True,
-                 scalars: bool | str = "auto",
-                 **init_options: Any) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] = "runs",
+        name: str | None = None,
+        *,
+        run: Run | None = None,
+        watch: bool = True,
+        watch_every: int | None = None,
+        groups: Any = None,
+        predictions_every: int | None = None,
+        log_batches: bool = True,
+        fingerprint_inputs: bool = True,
+        scalars: bool | str = "auto",
+        **init_options: Any,
+    ) -> None:
         super().__init__()
         if scalars not in (True, False, "auto"):
             raise InvalidArgumentError(f"scalars: expected True, False or 'auto', got {scalars!r}")
@@ -223,11 +244,15 @@ class LakelogCallback(Callback):
         run = logger.experiment
         where = trainer.strategy.broadcast((run.root, run.name) if run is not None else None, src=0)
         if self.name is not None and self.name != where[1]:
-            log.warning("lakelog: LakelogCallback(name=%r) writes to the LakelogLogger's run %r", self.name, where[1])
+            log.warning(
+                "lakelog: LakelogCallback(name=%r) writes to the LakelogLogger's run %r", self.name, where[1]
+            )
         if run is None:  # a rank > 0: its own partitions of rank 0's run
             keep = ("filesystem", "flush_every_s", "log_every")
             options = {k: v for k, v in logger._init_options.items() if k in keep}
-            run = api.init(where[0], name=where[1], rank=trainer.global_rank, world_size=trainer.world_size, **options)
+            run = api.init(
+                where[0], name=where[1], rank=trainer.global_rank, world_size=trainer.world_size, **options
+            )
             logger.attach(run)
             self._owns_run = True
         return run
@@ -246,7 +271,9 @@ class LakelogCallback(Callback):
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._step = trainer.global_step
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         run = self.run
         if run is None or run.closed:
             return
@@ -268,11 +295,14 @@ class LakelogCallback(Callback):
         if self._scalars and step % max(1, trainer.log_every_n_steps) == 0:
             self._log_callback_metrics(trainer, step)
 
-    def _log_outputs(self, run: Run, outputs: Mapping[str, Any], batch: Any, *, step: int, epoch: int,
-                     batch_idx: int) -> None:
+    def _log_outputs(
+        self, run: Run, outputs: Mapping[str, Any], batch: Any, *, step: int, epoch: int, batch_idx: int
+    ) -> None:
         if self.log_batches and outputs.get("sample_ids") is not None:
             inputs = _batch_tensors(batch) if self.fingerprint_inputs else None
-            run.log_batch(sample_ids=outputs["sample_ids"], inputs=inputs, step=step, epoch=epoch, batch_idx=batch_idx)
+            run.log_batch(
+                sample_ids=outputs["sample_ids"], inputs=inputs, step=step, epoch=epoch, batch_idx=batch_idx
+            )
         logits = outputs.get("logits")
         if logits is None:
             return
@@ -280,8 +310,13 @@ class LakelogCallback(Callback):
             logits = logits.detach()
         loss = outputs.get("sample_loss")
         run.log_predictions(
-            logits, step=step, epoch=epoch, labels=outputs.get("labels"), keys=outputs.get("keys"),
-            loss=loss.detach() if isinstance(loss, torch.Tensor) else loss, batch_idx=batch_idx,
+            logits,
+            step=step,
+            epoch=epoch,
+            labels=outputs.get("labels"),
+            keys=outputs.get("keys"),
+            loss=loss.detach() if isinstance(loss, torch.Tensor) else loss,
+            batch_idx=batch_idx,
             every=self.predictions_every,
         )
 

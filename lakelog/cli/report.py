@@ -1,0 +1,101 @@
+"""``lakelog report``: a thin command over ``lakelog.read.report.build_report`` (read side: no torch).
+
+A library error (LakelogError) is one line on stderr and exit code 2, here as in ``lakelog.cli``,
+so the command behaves the same when tested on its own with click's CliRunner.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from lakelog.errors import LakelogError
+
+
+@click.command("report")
+@click.argument("runs", nargs=-1, required=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    help="The HTML file to write.",
+)
+@click.option("--root", default=None, help="Lake root, when RUNS are run names rather than folders.")
+@click.option(
+    "--png",
+    "png_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write every chart as a PNG into this folder (offline, via vl-convert).",
+)
+@click.option(
+    "-m",
+    "--metric",
+    "metrics",
+    multiple=True,
+    help="Scalar to draw as a curve (repeatable) [default: the plain scalars, loss first].",
+)
+@click.option(
+    "--sweep-metric",
+    default=None,
+    help="Summary key ranking a sweep [default: holdout/acc, val_acc, acc… whichever every run has].",
+)
+@click.option("--title", default=None, help="Page title.")
+@click.option(
+    "--max-points",
+    type=click.IntRange(min=2),
+    default=2000,
+    show_default=True,
+    help="Most points per series (steps are bucketed in SQL beyond that).",
+)
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal only].")
+def report_command(
+    runs: tuple[str, ...],
+    output: Path,
+    root: str | None,
+    png_dir: Path | None,
+    metrics: tuple[str, ...],
+    sweep_metric: str | None,
+    title: str | None,
+    max_points: int,
+    progress: bool | None,
+) -> None:
+    """One self-contained HTML page about RUNS: curves, where two runs part, a sweep, each run's health.
+
+    RUNS are run folders, lake roots (every run in them: a sweep), or run names under --root. The page
+    holds its own copy of vega/vega-lite/vega-embed, so it opens with no network. Two runs get the
+    divergence chart and the diff findings; three or more (or differing configs) get the sweep charts;
+    every run gets its health charts and the doctor findings.
+
+    \b
+    Examples:
+      lakelog report runs/baseline runs/candidate -o report.html
+      lakelog report baseline candidate --root runs --png charts/
+      lakelog report sweeps/svdd -o sweep.html --sweep-metric recall
+    """
+    from lakelog.read.report import build_report
+
+    try:
+        result = build_report(
+            list(runs),
+            output,
+            root=root,
+            png_dir=png_dir,
+            metrics=list(metrics) or None,
+            sweep_metric=sweep_metric,
+            title=title,
+            max_points=max_points,
+            show_progress=progress,
+        )
+    except LakelogError as exc:
+        click.echo(f"lakelog: error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"wrote {result.path} ({len(result.charts)} charts)")
+    for name, why in result.skipped:
+        click.echo(f"  not drawn: {name}: {why}")
+    if result.pngs:
+        click.echo(f"wrote {len(result.pngs)} PNG files to {png_dir}")

@@ -1,0 +1,54 @@
+"""Argument checks shared by every layer: each error names the argument, what was expected, what was given.
+
+They run on the caller's thread, before anything is queued, so a bad value fails where it was passed.
+Integers are stored as Parquet int64, so every int check also enforces that range.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from lakelog.errors import InvalidArgumentError
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+
+
+def _as_int(value: Any, arg: str, expected: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidArgumentError(f"{arg}: expected {expected}, got {type(value).__name__} {value!r}")
+    number = int(value)
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise InvalidArgumentError(f"{arg}: expected {expected} that fits in int64, got {number}")
+    return number
+
+
+def positive_int(value: Any, arg: str) -> int:
+    """``value`` as an int ≥ 1 (numpy integers accepted; bools refused)."""
+    if type(value) is int and 1 <= value <= INT64_MAX:  # the common case first
+        return value
+    number = _as_int(value, arg, "a positive int")
+    if number < 1:
+        raise InvalidArgumentError(f"{arg}: expected a positive int, got {number}")
+    return number
+
+
+def non_negative_int(value: Any, arg: str) -> int:
+    """``value`` as an int ≥ 0 (numpy integers accepted; bools refused); runs on every log call."""
+    if type(value) is int and 0 <= value <= INT64_MAX:  # the common case first
+        return value
+    number = _as_int(value, arg, "a non-negative int")
+    if number < 0:
+        raise InvalidArgumentError(f"{arg}: expected a non-negative int, got {number}")
+    return number
+
+
+def optional_positive_int(value: Any, arg: str) -> int | None:
+    """None, or ``value`` as an int ≥ 1."""
+    return None if value is None else positive_int(value, arg)
+
+
+def optional_non_negative_int(value: Any, arg: str) -> int | None:
+    """None, or ``value`` as an int ≥ 0."""
+    return None if value is None else non_negative_int(value, arg)

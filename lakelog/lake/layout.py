@@ -1,0 +1,136 @@
+"""Where things live in a lake: run folders, table partitions and part-file names.
+
+Shared by the write side and the read side, so it imports neither torch nor DuckDB.
+A lake root is a local folder (the default) or an object-store URI such as ``s3://bucket/runs``;
+both are reached through a pyarrow filesystem so the writer and readers need one code path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from lakelog.errors import InvalidArgumentError
+
+RUN_FILE = "run.json"
+TABLES = ("predictions", "scalars", "batches", "params", "holdout", "pred_digests", "dump_index", "workers")
+"""Every Parquet table a run may hold; each is ``<run>/<table>/epoch=<e>/rank=<r>/part-….parquet``."""
+
+PART_SUFFIX = ".parquet"
+TEMP_SUFFIX = ".tmp"
+
+_RUN_NAME_FORBIDDEN = re.compile(r"[/\\=\x00]")
+_part_counter = itertools.count()
+
+
+def check_run_name(name: str) -> str:
+    """Reject names that would break the folder layout (a slash makes a subfolder, '=' looks like a partition)."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidArgumentError(f"name: expected a non-empty string, got {name!r}")
+    if _RUN_NAME_FORBIDDEN.search(name) or name in (".", "..") or name.startswith("."):
+        raise InvalidArgumentError(
+            f"name: {name!r} cannot be a run folder name (no '/', '\\', '=', NUL, nor a leading '.')"
+        )
+    return name
+
+
+def is_uri(root: str | os.PathLike[str]) -> bool:
+    """True for object-store roots such as ``s3://bucket/runs``; local paths stay plain paths."""
+    return isinstance(root, str) and "://" in root and not root.startswith("file://")
+
+
+def _object_store_uri(uri: str) -> str:
+    """Ask pyarrow's S3 filesystem to delay opening output streams unless the URI says otherwise.
+
+    A delayed open sends a small part file (most of them) as one PutObject, which is atomic like a
+    multipart upload but one round trip instead of three.
+    """
+    if not uri.startswith("s3://") or "allow_delayed_open=" in uri:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}allow_delayed_open=true"
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A lake root resolved to a pyarrow filesystem and a base path inside it."""
+
+    root: str
+    fs: pafs.FileSystem
+    base: str
+    local: bool
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], *, filesystem: pafs.FileSystem | None = None) -> Lake:
+        if isinstance(root, str) and root.startswith("file://"):
+            root = root[len("file://") :]
+        if filesystem is not None and not isinstance(filesystem, pafs.LocalFileSystem):
+            return cls(
+                str(root), filesystem, str(root).split("://", 1)[-1].split("?", 1)[0].rstrip("/"), False
+            )
+        if is_uri(root):
+            fs, base = pafs.FileSystem.from_uri(_object_store_uri(str(root)))
+            return cls(str(root), fs, base.rstrip("/"), False)
+        path = Path(root).expanduser().absolute()
+        return cls(str(path), pafs.LocalFileSystem(), str(path), True)
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.base, *parts]) if not self.local else os.path.join(self.base, *parts)
+
+    def run_dir(self, run: str) -> str:
+        return self.join(check_run_name(run))
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def is_file(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type == pafs.FileType.File
+
+    def run_names(self) -> list[str]:
+        """Names of the runs under the root: folders holding a run.json, sorted."""
+        info = self.fs.get_file_info(self.base)
+        if info.type == pafs.FileType.NotFound:
+            return []
+        names = []
+        for entry in self.fs.get_file_info(pafs.FileSelector(self.base)):
+            if entry.type == pafs.FileType.Directory and self.is_file(self.join(entry.base_name, RUN_FILE)):
+                names.append(entry.base_name)
+        return sorted(names)
+
+    def read_text(self, path: str) -> str:
+        with self.fs.open_input_stream(path) as f:
+            return f.read().decode("utf-8")
+
+    def write_bytes_atomic(self, path: str, data: bytes | memoryview) -> None:
+        """Write a whole file so readers see all of it or nothing (rename locally; object stores PUT whole)."""
+        if self.local:
+            tmp = f"{path}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            with self.fs.open_output_stream(path) as f:
+                f.write(data)
+
+    def makedirs(self, path: str) -> None:
+        if self.local:
+            os.makedirs(path, exist_ok=True)
+        else:
+            self.fs.create_dir(path, recursive=True)
+
+
+def partition_dir(run_dir: str, table: str, epoch: int, rank: int, *, local: bool = True) -> str:
+    parts = (run_dir, table, f"epoch={int(epoch)}", f"rank={int(rank)}")
+    return os.path.join(*parts) if local else "/".join(parts)
+
+
+def part_file_name(rank: int) -> str:
+    """A name no other writer can produce: counter, host, pid and a random suffix, so ranks never collide."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:32]
+    return f"part-{next(_part_counter):06d}-{host}-{os.getpid()}-r{rank}-{uuid.uuid4().hex[:8]}{PART_SUFFIX}"

@@ -1,0 +1,1 @@
+"""The determinism report: which check first differs between two runs, with its cause and fix."""

@@ -1,0 +1,100 @@
+"""Run the same training twice and say where, and why, the two runs first differ.
+
+The checks follow the order of the users' determinism guide: environment, sample ids (file order),
+input tensors (transforms), RNG states, initial weights, forward outputs, loss, gradients, update.
+Each check asks the lake one question (``queries/determinism_*.sql``); the first difference comes with
+its likely cause and fix, taken from that guide. Importing this module does not import torch:
+only ``check_determinism(fn)``, which trains, loads the write side.
+
+This module reads the lake only (no torch); ``lakelog.write.determinism.checker`` runs the training.
+The verdicts with their causes and fixes come from ``causes``, the report's data and text from
+``findings``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from lakelog.errors import RunNotFoundError
+from lakelog.lake.layout import RUN_FILE, Lake, check_run_name
+from lakelog.read.determinism.causes import FIX_KERNELS as FIX_KERNELS
+from lakelog.read.determinism.causes import FIX_LISTING as FIX_LISTING
+from lakelog.read.determinism.causes import FIX_SEED as FIX_SEED
+from lakelog.read.determinism.causes import FIX_SHUFFLE as FIX_SHUFFLE
+from lakelog.read.determinism.causes import FIX_WORKERS as FIX_WORKERS
+from lakelog.read.determinism.causes import Judge, worker_flag
+from lakelog.read.determinism.findings import CHECKS as CHECKS
+from lakelog.read.determinism.findings import NOT_LOGGED as NOT_LOGGED
+from lakelog.read.determinism.findings import Check as Check
+from lakelog.read.determinism.findings import DeterminismReport as DeterminismReport
+from lakelog.read.determinism.findings import WorkerFlag as WorkerFlag
+from lakelog.read.querylib import query
+from lakelog.read.views import connect
+
+RUN_NAMES = ("determinism-a", "determinism-b")
+
+
+def _run_target(lake: Lake, name: str) -> str:
+    return os.path.join(lake.base, name) if lake.local else f"{lake.root.rstrip('/')}/{name}"
+
+
+def _read_info(lake: Lake, name: str) -> dict[str, Any]:
+    path = lake.join(check_run_name(name), RUN_FILE)
+    if not lake.is_file(path):
+        raise RunNotFoundError(f"run {name!r} not found in {lake.root} (no {RUN_FILE})")
+    return json.loads(lake.read_text(path))
+
+
+def _by_evidence(frame: Any) -> dict[str, dict[str, Any]]:
+    return {row["evidence"]: row for row in frame.iter_rows(named=True)}
+
+
+def determinism_report(
+    root: Any,
+    run_a: str = RUN_NAMES[0],
+    run_b: str = RUN_NAMES[1],
+    *,
+    loss_name: str = "loss",
+    loss_tol: float = 0.0,
+) -> DeterminismReport:
+    """Compare two runs of a lake that should be identical, check by check; reads only the lake (no torch)."""
+    lake = Lake.open(root)
+    info = (_read_info(lake, run_a), _read_info(lake, run_b))
+    con = connect([_run_target(lake, run_a), _run_target(lake, run_b)])
+    pair = {"run_a": run_a, "run_b": run_b}
+    flags = [
+        WorkerFlag(run=run, **worker_flag(row))
+        for run in (run_a, run_b)
+        for row in query("determinism_workers", con=con, run=run).iter_rows(named=True)
+    ]
+    judge = Judge(
+        run_a,
+        run_b,
+        info,
+        _by_evidence(query("determinism_batches", con=con, **pair)),
+        _by_evidence(query("determinism_params", con=con, **pair)),
+        _by_evidence(
+            query("determinism_outputs", con=con, **pair, loss_name=loss_name, loss_tol=float(loss_tol))
+        ),
+        query("determinism_worker_seeds", con=con, **pair).row(0, named=True),
+        flags,
+    )
+    checks = [Check(name, title, **judge.judge(name)) for name, title in CHECKS.items()]
+    for c in checks:
+        if c.status == "not logged":
+            c.detail = f"log it with {NOT_LOGGED[c.name]}"
+    order, start = list(CHECKS), judge.start_step()
+
+    def when(c: Check) -> tuple[float, int]:
+        if c.name == "environment":
+            return (float("-inf"), 0)
+        step = (start if start is not None else c.step) if c.name == "initial_weights" else c.step
+        return (float(step or 0), order.index(c.name))
+
+    differing = [c for c in checks if c.status == "differs"]
+    first = min(differing, key=when) if differing else None
+    return DeterminismReport(
+        root=lake.root, run_a=run_a, run_b=run_b, checks=checks, worker_flags=flags, first=first
+    )

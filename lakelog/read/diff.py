@@ -1,0 +1,297 @@
+"""Where and how two runs part: the whole story behind ``lakelog diff`` (read side: no torch).
+
+``diff_runs`` asks the query library (first_divergence, batch_order_mismatch, prediction_diff,
+param_diff, group_drift, env_diff, step_overlap) and puts the answers in one ``DiffResult``, which the
+CLI prints and the report draws. The layer that parted first is the cause to look at: the layers
+after it usually differ only because it did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from lakelog.errors import InvalidArgumentError, RunNotFoundError
+from lakelog.lake.layout import RUN_FILE, Lake
+from lakelog.read.querylib import query
+from lakelog.read.views import connect
+
+IDENTICAL_STATUSES = ("same", "not captured")
+
+
+@dataclass
+class DiffResult:
+    """The answer of ``diff_runs``; every frame is a polars DataFrame (possibly empty).
+
+    - ``identical``: every layer both runs captured is the same, over the same steps.
+    - ``layers``: first_divergence, one row per layer (layer, status, first_step, epoch, batch_idx,
+      n_a, n_b, n_compared, n_differing, detail, is_first), earliest divergence first.
+    - ``first_layer`` / ``first_step``: the layer that parted first and its step (None if none).
+    - ``batch``: the batch_order_mismatch row at the first batch-order divergence (kind, overlap,
+      first_pos, same_as_a_step, repeat_of_b_step, ids_a, ids_b); ``batch_kinds``: per kind, its
+      first step and number of batches.
+    - ``samples``: prediction_diff at the first predictions divergence (the differing samples).
+    - ``params``: param_diff at the first weights divergence (differing tensors first).
+    - ``group_drift``: one row per parameter group: first_drift_step, drift_rank, max_rel_gap and the
+      last step's rel_gap / equal_numel_frac; ``group_drift_steps``: the full per-step frame.
+    - ``environment``: env_diff (section, key, value_a, value_b).
+    - ``steps``: step_overlap (side A / B / common, first_step, last_step, n_steps).
+    - ``resume``: one dict per resume found in either run.json (run, side, step, and per layer
+      whether the resumed part matches: {"layer": status/first step}).
+    - ``notes``: plain sentences about what could not be compared and why.
+    """
+
+    run_a: str
+    run_b: str
+    tol: float
+    identical: bool
+    layers: pl.DataFrame
+    first_layer: str | None = None
+    first_step: int | None = None
+    batch: dict[str, Any] | None = None
+    batch_kinds: pl.DataFrame = field(default_factory=pl.DataFrame)
+    samples: pl.DataFrame = field(default_factory=pl.DataFrame)
+    params: pl.DataFrame = field(default_factory=pl.DataFrame)
+    group_drift: pl.DataFrame = field(default_factory=pl.DataFrame)
+    group_drift_steps: pl.DataFrame = field(default_factory=pl.DataFrame)
+    environment: pl.DataFrame = field(default_factory=pl.DataFrame)
+    steps: pl.DataFrame = field(default_factory=pl.DataFrame)
+    resume: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_frame(self) -> pl.DataFrame:
+        """The layers table (what a report shows as the diff's summary)."""
+        return self.layers
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (frames as lists of row dicts), e.g. for ``lakelog diff --json``."""
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            out[key] = value.to_dicts() if isinstance(value, pl.DataFrame) else value
+        return out
+
+    def layer(self, name: str) -> dict[str, Any]:
+        """One layer's row of ``layers`` as a dict (raises KeyError for an unknown layer)."""
+        rows = self.layers.filter(pl.col("layer") == name).to_dicts()
+        if not rows:
+            raise KeyError(name)
+        return rows[0]
+
+
+def resolve(root: Any, *runs: str) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    """A connection over the given runs and their names: each is a run folder or a name under ``root``."""
+    folders: list[str] = []
+    for run in runs:
+        if not isinstance(run, str) or not run:
+            raise InvalidArgumentError(f"run: expected a run name or a run folder, got {run!r}")
+        if os.path.isfile(os.path.join(run, RUN_FILE)):
+            folders.append(os.path.abspath(run))
+            continue
+        lake = Lake.open(root)
+        if not lake.exists(lake.base):
+            raise RunNotFoundError(
+                f"root: {lake.root!r} does not exist (runs are folders, or names under --root)"
+            )
+        names = lake.run_names()
+        if run not in names:
+            known = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "") if names else "none"
+            raise RunNotFoundError(
+                f"run {run!r} not found: not a run folder, nor a run in {lake.root} (runs there: {known})"
+            )
+        folders.append(lake.join(run))
+    names = [os.path.basename(f.rstrip("/")) for f in folders]
+    if len(set(names)) < len(set(folders)):
+        raise InvalidArgumentError(
+            f"runs from different folders share the name {names[0]!r}; lakelog tells runs apart by name, "
+            "so copy or rename one of them (e.g. cp -r old/baseline runs/baseline-old)"
+        )
+    return connect(sorted(set(folders))), names
+
+
+def connect_runs(root_or_con: Any, runs: list[str]) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    """A connection and run names from a lake root (runs given as names or folders) or an open connection."""
+    if isinstance(root_or_con, duckdb.DuckDBPyConnection):
+        known = set(root_or_con.sql("SELECT run FROM runs").pl()["run"].to_list())
+        for run in runs:
+            if run not in known:
+                raise RunNotFoundError(
+                    f"run {run!r} is not in this connection (runs: {', '.join(sorted(known)) or 'none'})"
+                )
+        return root_or_con, runs
+    return resolve(root_or_con, *runs)
+
+
+def _run_info(con: duckdb.DuckDBPyConnection, run: str) -> dict[str, Any]:
+    row = con.sql("SELECT root FROM runs WHERE run = $run", params={"run": run}).fetchall()
+    if not row or row[0][0] is None:
+        return {}
+    lake = Lake.open(row[0][0])
+    try:
+        return json.loads(lake.read_text(lake.join(run, RUN_FILE)))
+    except (OSError, ValueError):
+        return {}
+
+
+def _group_summary(steps: pl.DataFrame) -> pl.DataFrame:
+    if steps.is_empty():
+        return steps
+    last = steps.sort("step").group_by("group", maintain_order=True).last()
+    return last.select(
+        "group",
+        "first_drift_step",
+        "drift_rank",
+        "max_rel_gap",
+        pl.col("rel_gap").alias("last_rel_gap"),
+        pl.col("equal_numel_frac").alias("last_equal_numel_frac"),
+        pl.col("step").alias("last_step"),
+    ).sort("drift_rank", "group")
+
+
+def _resume(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str, tol: float) -> list[dict[str, Any]]:
+    """For each resume in either run.json: the step it resumed at and whether the rest still matches."""
+    found = []
+    for side, run in (("A", run_a), ("B", run_b)):
+        for entry in _run_info(con, run).get("resumes") or []:
+            step = entry.get("step")
+            if step is None and entry.get("after_step") is not None:
+                step = int(entry["after_step"]) + 1
+            if step is None and entry.get("at"):
+                step = query("resume_step", con=con, run=run, at=entry["at"])["step"][0]
+            if step is None:
+                continue
+            layers = query(
+                "first_divergence", con=con, run_a=run_a, run_b=run_b, tol=tol, from_step=int(step)
+            )
+            checks = {
+                r["layer"]: r
+                for r in layers.to_dicts()
+                if r["layer"] in ("batch_order", "rng", "weights", "predictions", "optimizer")
+            }
+            replay = None
+            order = checks.get("batch_order", {})
+            if order.get("status") == "differs":
+                rows = query(
+                    "batch_order_mismatch", con=con, run_a=run_a, run_b=run_b, from_step=order["first_step"]
+                )
+                first = rows.filter(pl.col("kind") != "same").head(1).to_dicts()
+                if first and first[0]["same_as_a_step"] is not None:
+                    replay = first[0]["same_as_a_step"]
+            found.append(
+                {
+                    "run": run,
+                    "side": side,
+                    "step": int(step),
+                    "at": entry.get("at"),
+                    "layers": {
+                        k: {"status": v["status"], "first_step": v["first_step"], "detail": v["detail"]}
+                        for k, v in checks.items()
+                    },
+                    "replays_a_step": replay,
+                }
+            )
+    return found
+
+
+def _notes(layers: pl.DataFrame, steps: pl.DataFrame, run_a: str, run_b: str) -> list[str]:
+    notes = []
+    side = {r["side"]: r for r in steps.to_dicts()}
+    a, b, common = side["A"], side["B"], side["common"]
+    if a["n_steps"] != b["n_steps"] or a["last_step"] != b["last_step"] or a["first_step"] != b["first_step"]:
+        notes.append(
+            f"the runs have different lengths: {run_a} logs steps {a['first_step']}-{a['last_step']} "
+            f"({a['n_steps']}), {run_b} {b['first_step']}-{b['last_step']} ({b['n_steps']}); "
+            f"{common['n_steps']} steps in common are compared"
+        )
+    for row in layers.to_dicts():
+        if row["status"].startswith("missing in"):
+            who = run_b if row["status"].endswith("B") else run_a
+            notes.append(f"{row['layer']}: only one run captured it ({who} did not), so it is not compared")
+        elif row["status"] == "no overlap":
+            notes.append(f"{row['layer']}: both runs captured it, but at no common step")
+    if layers.filter(pl.col("n_compared") > 0).is_empty():
+        notes.append(
+            "no layer of evidence was captured by both runs: log predictions, batches and the loss, "
+            "or run.watch the model, in both"
+        )
+    rng = layers.filter(pl.col("layer") == "rng")
+    if rng.height and rng["status"][0] == "not captured":
+        notes.append(
+            "RNG states were not captured: log_batch(..., rng=True) records them at each batch start"
+        )
+    return notes
+
+
+def diff_runs(
+    root_or_con: Any,
+    run_a: str,
+    run_b: str,
+    *,
+    tol: float = 0.0,
+    loss_name: str = "loss",
+    acc_name: str = "acc",
+) -> DiffResult:
+    """Compare two runs layer by layer; ``root_or_con`` is a lake root or a ``lakelog.connect`` connection.
+
+    Runs are names in the lake (or run folders when a root is given). ``tol`` is the largest logit
+    difference still counted as equal (0: bit-identical). Raises RunNotFoundError for an unknown run
+    and InvalidArgumentError when the runs share no step at all.
+    """
+    if isinstance(tol, bool) or not isinstance(tol, int | float) or tol < 0:
+        raise InvalidArgumentError(f"tol: expected a number >= 0, got {tol!r}")
+    con, (run_a, run_b) = connect_runs(root_or_con, [run_a, run_b])
+    pair = {"run_a": run_a, "run_b": run_b}
+    steps = query("step_overlap", con=con, **pair)
+    side = {r["side"]: r for r in steps.to_dicts()}
+    for s in ("A", "B"):
+        if side[s]["n_steps"] == 0:
+            raise InvalidArgumentError(f"run {side[s]['run']!r} has logged no steps yet: nothing to compare")
+    if side["common"]["n_steps"] == 0:
+        raise InvalidArgumentError(
+            f"runs {run_a!r} (steps {side['A']['first_step']}-{side['A']['last_step']}) and {run_b!r} "
+            f"(steps {side['B']['first_step']}-{side['B']['last_step']}) share no step: nothing to compare"
+        )
+    layers = query("first_divergence", con=con, tol=float(tol), loss_name=loss_name, **pair)
+    differing = layers.filter(pl.col("status") == "differs")
+    compared = layers.filter(pl.col("n_compared") > 0)
+    same_steps = side["A"]["n_steps"] == side["B"]["n_steps"] == side["common"]["n_steps"]
+    identical = (
+        differing.is_empty()
+        and same_steps
+        and not compared.is_empty()
+        and layers.filter(~pl.col("status").is_in(IDENTICAL_STATUSES)).is_empty()
+    )
+    result = DiffResult(
+        run_a=run_a, run_b=run_b, tol=float(tol), identical=identical, layers=layers, steps=steps
+    )
+    if not differing.is_empty():
+        result.first_layer, result.first_step = differing["layer"][0], int(differing["first_step"][0])
+    order = layers.filter((pl.col("layer") == "batch_order") & (pl.col("status") == "differs"))
+    mismatch = query("batch_order_mismatch", con=con, **pair)
+    if not mismatch.is_empty():
+        result.batch_kinds = (
+            mismatch.group_by("kind")
+            .agg(pl.col("step").min().alias("first_step"), pl.len().alias("n_batches"))
+            .sort("first_step")
+        )
+    if not order.is_empty():
+        at = mismatch.filter((pl.col("step") == order["first_step"][0]) & (pl.col("kind") != "same")).head(1)
+        result.batch = at.to_dicts()[0] if at.height else None
+    pred = layers.filter((pl.col("layer") == "predictions") & (pl.col("status") == "differs"))
+    if not pred.is_empty():
+        result.samples = query(
+            "prediction_diff", con=con, from_step=int(pred["first_step"][0]), tol=float(tol), **pair
+        )
+    weights = layers.filter((pl.col("layer") == "weights") & (pl.col("status") == "differs"))
+    if not weights.is_empty():
+        result.params = query("param_diff", con=con, step=int(weights["first_step"][0]), **pair)
+    result.group_drift_steps = query("group_drift", con=con, loss_name=loss_name, acc_name=acc_name, **pair)
+    result.group_drift = _group_summary(result.group_drift_steps)
+    result.environment = query("env_diff", con=con, **pair)
+    result.resume = _resume(con, run_a, run_b, float(tol))
+    result.notes = _notes(layers, steps, run_a, run_b)
+    return result

@@ -1,0 +1,260 @@
+"""The query library: one DuckDB ``.sql`` file per question, run with bound parameters (read side: no torch).
+
+A file starts with a comment header::
+
+    -- name: first_divergence
+    -- The first step where two runs differ, per layer of evidence.
+    -- param run_a: the reference run
+    -- param tol = 0.0: largest absolute logit difference still counted as equal
+
+Declared parameters are checked against the ``$name`` placeholders the SQL uses, defaults fill
+what the caller leaves out, and values always travel as DuckDB parameters, never as SQL text.
+A ``-- flatten: config`` line asks the loader to spread a JSON text column into one column per
+leaf (``config.lr``, ``config.opt.name``): DuckDB cannot pivot on data-dependent column names in a
+statement with bound parameters.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from lakelog.errors import QueryError
+
+_PLACEHOLDER = re.compile(r"\$([A-Za-z_]\w*)")
+_PARAM = re.compile(r"^param\s+([A-Za-z_]\w*)\s*(?:=\s*(.*?))?\s*:\s*(.*)$")
+_NO_DEFAULT = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    doc: str
+    default: Any = _NO_DEFAULT
+
+    @property
+    def required(self) -> bool:
+        return self.default is _NO_DEFAULT
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    doc: str
+    sql: str
+    path: Path
+    params: tuple[Param, ...] = field(default_factory=tuple)
+    flatten: tuple[str, ...] = ()
+    """JSON text columns the loader spreads into one column per leaf (``config`` -> ``config.lr``)."""
+
+    def bind(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Check the caller's values against the declared parameters and fill the defaults."""
+        declared = {p.name: p for p in self.params}
+        unknown = sorted(set(values) - set(declared))
+        if unknown:
+            raise QueryError(
+                f"query {self.name!r} ({self.path.name}) has no parameter {', '.join(unknown)}; "
+                f"its parameters: {', '.join(declared) or 'none'}"
+            )
+        bound = {}
+        for p in self.params:
+            if p.name in values:
+                bound[p.name] = values[p.name]
+            elif p.required:
+                raise QueryError(f"query {self.name!r} needs parameter {p.name!r}: {p.doc}")
+            else:
+                bound[p.name] = p.default
+        used = set(_PLACEHOLDER.findall(self.sql))
+        return {k: v for k, v in bound.items() if k in used}
+
+    def coerce(self, raw: dict[str, str]) -> dict[str, Any]:
+        """Turn command-line strings into values of the type of each parameter's default.
+
+        A parameter without a default (a run name, say) stays a string, so a run named ``123``
+        or ``a'; DROP TABLE x; --`` is passed as exactly that text.
+        """
+        declared = {p.name: p for p in self.params}
+        out: dict[str, Any] = {}
+        for name, text in raw.items():
+            param = declared.get(name)
+            default = None if param is None or param.required else param.default
+            out[name] = _convert(name, text, default)
+        return out
+
+
+def queries_dir() -> Path:
+    """The installed copy of queries/ (wheel) or the repository's (editable install, tests)."""
+    override = os.environ.get("LAKELOG_QUERIES")
+    if override:
+        return Path(override)
+    package = Path(__file__).resolve().parents[1]  # lakelog/
+    packaged = package / "_queries"
+    return packaged if packaged.is_dir() else package.parent / "queries"
+
+
+def _convert(name: str, text: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise QueryError(f"parameter {name!r}: expected true or false, got {text!r}")
+    if isinstance(default, int | float):
+        for kind in (int, float) if isinstance(default, int) else (float,):
+            try:
+                return kind(text)
+            except ValueError:
+                continue
+        raise QueryError(f"parameter {name!r}: expected a number, got {text!r}")
+    return text
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse(path: Path) -> Query:
+    """Read one .sql file; errors name the file and line."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    name = None
+    doc: list[str] = []
+    params: list[Param] = []
+    flatten: list[str] = []
+    body_start = 0
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if not stripped.startswith("--"):
+            body_start = number - 1
+            break
+        text = stripped[2:].strip()
+        if text.startswith("name:"):
+            name = text[5:].strip()
+        elif text.startswith("flatten:"):
+            flatten.extend(c.strip() for c in text[8:].split(",") if c.strip())
+        elif text.startswith("param "):
+            match = _PARAM.match(text)
+            if not match:
+                raise QueryError(
+                    f"{path}:{number}: expected '-- param NAME [= DEFAULT]: description', got {line!r}"
+                )
+            pname, default, pdoc = match.groups()
+            params.append(Param(pname, pdoc, _NO_DEFAULT if default is None else _literal(default)))
+        elif text:
+            doc.append(text)
+    else:
+        body_start = len(lines)
+    if not name:
+        raise QueryError(f"{path}:1: the header must start with '-- name: <query name>'")
+    sql = "\n".join(lines[body_start:]).strip().rstrip(";")
+    declared = {p.name for p in params}
+    undeclared = sorted(set(_PLACEHOLDER.findall(sql)) - declared)
+    if undeclared:
+        raise QueryError(f"{path}: SQL uses ${', $'.join(undeclared)} but the header does not declare it")
+    return Query(
+        name=name, doc=" ".join(doc), sql=sql, path=path, params=tuple(params), flatten=tuple(flatten)
+    )
+
+
+@cache
+def _library(directory: str) -> dict[str, Query]:
+    found: dict[str, Query] = {}
+    for path in sorted(Path(directory).glob("*.sql")):
+        query = parse(path)
+        if query.name in found:
+            raise QueryError(
+                f"{path}: query name {query.name!r} is already used by {found[query.name].path.name}"
+            )
+        found[query.name] = query
+    return found
+
+
+def library() -> dict[str, Query]:
+    """Every query by name."""
+    return _library(str(queries_dir()))
+
+
+def get(name: str) -> Query:
+    queries = library()
+    if name not in queries:
+        raise QueryError(f"unknown query {name!r}; known queries: {', '.join(sorted(queries)) or 'none'}")
+    return queries[name]
+
+
+def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> pl.DataFrame:
+    """Run through a relation: DuckDB 2 results of ``execute`` have no ``.pl()``, relations do."""
+    rel = con.sql(sql, params=params) if params else con.sql(sql)
+    return pl.DataFrame() if rel is None else rel.pl()
+
+
+def _leaves(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _leaves(item, f"{prefix}.{key}", out)
+    elif isinstance(value, list | dict):
+        out[prefix] = json.dumps(value)
+    else:
+        out[prefix] = value
+
+
+def _flatten(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """Spread JSON text columns into one column per leaf (nested keys joined with '.')."""
+    for column in columns:
+        if column not in frame.columns:
+            continue
+        rows = []
+        for text in frame[column].to_list():
+            leaves: dict[str, Any] = {}
+            try:
+                _leaves(json.loads(text) if text else {}, column, leaves)
+            except json.JSONDecodeError:
+                leaves = {}
+            rows.append(leaves)
+        position = frame.columns.index(column)
+        frame = frame.drop(column)
+        for key in sorted({k for row in rows for k in row}):
+            if key in frame.columns:
+                continue
+            values = [row.get(key) for row in rows]
+            kinds = {type(v) for v in values if v is not None}
+            if len(kinds) > 1 and not kinds <= {int, float}:  # mixed types: show them as JSON text
+                values = [None if v is None else json.dumps(v) for v in values]
+            frame = frame.insert_column(position, pl.Series(key, values, strict=False))
+            position += 1
+    return frame
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> pl.DataFrame:
+    """Run SQL with bound parameters and return a polars frame; DuckDB errors become QueryError."""
+    try:
+        return _frame(con, sql, params or {})
+    except duckdb.Error as exc:
+        raise QueryError(str(exc).splitlines()[0]) from exc
+
+
+def query(
+    name: str, *, root: Any = "runs", con: duckdb.DuckDBPyConnection | None = None, **params: Any
+) -> pl.DataFrame:
+    """Run the named query over a lake (``root``) or an open connection; returns a polars DataFrame."""
+    q = get(name)
+    bound = q.bind(params)
+    if con is None:
+        from lakelog.read.views import connect
+
+        con = connect(root)
+    try:
+        return _flatten(_frame(con, q.sql, bound), q.flatten)
+    except duckdb.Error as exc:
+        raise QueryError(f"query {name!r} ({q.path}) failed: {str(exc).splitlines()[0]}") from exc

@@ -1,0 +1,54 @@
+"""Tensors on their way to the host: started on the training thread, finished on the writer thread.
+
+A CUDA tensor is copied with ``non_blocking=True`` into pinned memory and an event is recorded;
+the training thread returns at once and only the writer thread waits on the event. A CPU tensor
+is cloned, so a training loop that reuses its buffers cannot change what was logged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class HostCopy:
+    """One tensor's host copy in flight; ``numpy()`` waits for it (call it off the training thread)."""
+
+    __slots__ = ("event", "tensor")
+
+    def __init__(self, tensor: torch.Tensor, *, dtype: torch.dtype | None = None) -> None:
+        t = tensor.detach()
+        converted = dtype is not None and t.dtype != dtype
+        if converted:
+            t = t.to(dtype)  # on the tensor's own device, so the conversion is queued there too
+        self.event = None
+        if t.device.type == "cuda":
+            self.tensor = t.to("cpu", non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        elif t.device.type == "cpu":
+            self.tensor = t if converted else t.clone()
+        else:  # mps, xpu…: no portable event, a plain copy is the honest option
+            self.tensor = t.to("cpu")
+
+    def numpy(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.tensor.numpy()
+
+
+def as_host(
+    value: torch.Tensor | np.ndarray | list | tuple, *, dtype: torch.dtype | None = None
+) -> HostCopy | np.ndarray:
+    """Start the copy of a tensor; numpy arrays and lists are copied right away (they are already on the host)."""
+    if isinstance(value, torch.Tensor):
+        return HostCopy(value, dtype=dtype)
+    array = np.array(value, copy=True)
+    return array
+
+
+def resolve(value: HostCopy | np.ndarray | None) -> np.ndarray | None:
+    """The numpy array behind a pending copy (writer thread only)."""
+    if isinstance(value, HostCopy):
+        return value.numpy()
+    return value

@@ -1,0 +1,386 @@
+"""Turning what a training loop hands us into Arrow batches, in bulk.
+
+Each ``*_job`` function runs on the training thread: it checks its arguments (so a mistake is
+reported where it was made, naming the argument), starts the host copies, and returns a closure
+that the writer thread calls to build the Arrow batch. No Python loop runs per sample.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import numbers
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import xxhash
+
+from lakelog.errors import InvalidArgumentError
+from lakelog.lake import schemas
+from lakelog.write.hostcopy import HostCopy, as_host, resolve
+
+RESERVED = set(schemas.PREDICTIONS.names) | {"epoch", "rank", "run"}
+ID_SEPARATOR = "\x1f"
+
+
+def _length(value: Any, arg: str) -> int:
+    if isinstance(value, torch.Tensor | np.ndarray):
+        if value.ndim != 1:
+            raise InvalidArgumentError(
+                f"{arg}: expected one value per sample (1-D), got shape {tuple(value.shape)}"
+            )
+        return int(value.shape[0])
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return len(value)
+    raise InvalidArgumentError(
+        f"{arg}: expected a 1-D tensor, numpy array or list with one value per sample, got {type(value).__name__}"
+    )
+
+
+def _digest(data: bytes | memoryview) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def _values_digest(values: np.ndarray | list | None) -> str | None:
+    """Exact digest of one batch's column: raw bytes of a numpy array, or the joined text of a list."""
+    if values is None:
+        return None
+    if isinstance(values, np.ndarray):
+        return _digest(values.dtype.str.encode() + np.ascontiguousarray(values).tobytes())
+    return _digest(ID_SEPARATOR.join(values).encode())  # lists hold only str (see _uniform_list)
+
+
+def _key_column(name: str, value: Any, n: int) -> HostCopy | np.ndarray | list:
+    if not isinstance(name, str) or not name or name in RESERVED:
+        raise InvalidArgumentError(
+            f"keys: key names must be non-empty strings other than {sorted(RESERVED)}, got {name!r}"
+        )
+    if _length(value, f"keys[{name!r}]") != n:
+        raise InvalidArgumentError(
+            f"keys[{name!r}]: expected {n} values (one per row of logits), got {_length(value, f'keys[{name!r}]')}"
+        )
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() or value.is_complex():
+            raise InvalidArgumentError(
+                f"keys[{name!r}]: expected integer or string ids, got a {value.dtype} tensor"
+            )
+        return HostCopy(value, dtype=torch.int64)
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iuUSO":
+            raise InvalidArgumentError(
+                f"keys[{name!r}]: expected integer or string ids, got dtype {value.dtype}"
+            )
+        return value.astype(str).tolist() if value.dtype.kind in "USO" else value.astype(np.int64)
+    return _uniform_list(value, f"keys[{name!r}]")
+
+
+def _uniform_list(values: Sequence, arg: str) -> list[str] | np.ndarray:
+    """A copy of a list of ids, checked to hold only strings or only integers with C-level passes."""
+    values = list(values)
+    if values and type(values[0]) is str:
+        try:
+            "".join(values)  # raises TypeError unless every value is a str
+        except TypeError:
+            pass
+        else:
+            return values
+    else:
+        try:
+            return np.frombuffer(array.array("q", values), dtype=np.int64)  # rejects floats, strings, None
+        except (TypeError, OverflowError):
+            pass
+    names = ", ".join(sorted({type(v).__name__ for v in values}))
+    raise InvalidArgumentError(f"{arg}: expected all strings or all integers, got values of types {names}")
+
+
+def predictions_job(
+    logits: Any,
+    *,
+    step: int,
+    labels: Any = None,
+    keys: Mapping[str, Any] | None = None,
+    loss: Any = None,
+    batch_idx: int | None = None,
+) -> Callable[[], dict[str, dict[str, Any]]]:
+    """Validate one batch of predictions and return the builder of its rows (and its digest row)."""
+    if not isinstance(logits, torch.Tensor | np.ndarray):
+        raise InvalidArgumentError(
+            f"logits: expected a tensor or numpy array of shape (batch, classes), got {type(logits).__name__}"
+        )
+    if logits.ndim == 1:
+        logits = logits.reshape(-1, 1)
+    if logits.ndim != 2:
+        raise InvalidArgumentError(f"logits: expected shape (batch, classes), got {tuple(logits.shape)}")
+    if isinstance(logits, torch.Tensor) and logits.is_complex():
+        raise InvalidArgumentError("logits: complex tensors are not supported; log the real scores")
+    n, classes = int(logits.shape[0]), int(logits.shape[1])
+    if classes == 0:
+        raise InvalidArgumentError(
+            f"logits: expected at least one score per sample, got shape {tuple(logits.shape)}"
+        )
+    host_logits = (
+        as_host(logits, dtype=torch.float32)
+        if isinstance(logits, torch.Tensor)
+        else np.asarray(logits, dtype=np.float32).copy()
+    )
+
+    host_labels = None
+    if labels is not None:
+        if _length(labels, "labels") != n:
+            raise InvalidArgumentError(
+                f"labels: expected {n} labels (one per row of logits), got {_length(labels, 'labels')}"
+            )
+        if isinstance(labels, torch.Tensor):
+            if labels.is_floating_point() or labels.is_complex():
+                raise InvalidArgumentError(
+                    f"labels: expected integer class indices, got a {labels.dtype} tensor (use .long())"
+                )
+            host_labels = HostCopy(labels, dtype=torch.int64)
+        else:
+            array = np.asarray(labels)
+            if array.dtype.kind not in "iub":
+                raise InvalidArgumentError(
+                    f"labels: expected integer class indices, got values of dtype {array.dtype}"
+                )
+            host_labels = array.astype(np.int64)
+
+    host_loss = None
+    if loss is not None:
+        if _length(loss, "loss") != n:
+            raise InvalidArgumentError(f"loss: expected {n} per-sample losses, got {_length(loss, 'loss')}")
+        host_loss = (
+            as_host(loss, dtype=torch.float32)
+            if isinstance(loss, torch.Tensor)
+            else np.asarray(loss, dtype=np.float32)
+        )
+
+    if keys is not None and not isinstance(keys, Mapping):
+        raise InvalidArgumentError(
+            f"keys: expected a mapping of column name to per-sample values, got {type(keys).__name__}"
+        )
+    host_keys = {name: _key_column(name, value, n) for name, value in (keys or {}).items()}
+
+    def build() -> dict[str, dict[str, Any]]:
+        values = resolve(host_logits).reshape(n, classes)
+        label_values = resolve(host_labels)
+        loss_values = resolve(host_loss)
+        prediction = values.argmax(axis=1) if classes > 1 else (values[:, 0] > 0)
+        key_values = {
+            name: resolve(value) if not isinstance(value, list) else value
+            for name, value in host_keys.items()
+        }
+        rows = {
+            "step": np.full(n, step, dtype=np.int64),
+            "batch_idx": [batch_idx] * n if batch_idx is None else np.full(n, batch_idx, dtype=np.int64),
+            "sample_idx": np.arange(n, dtype=np.int32),
+            "label": [None] * n if label_values is None else label_values,
+            "prediction": prediction.astype(np.int64),
+            "logits": values,
+            "loss": [None] * n if loss_values is None else loss_values.reshape(-1),
+            **key_values,
+        }
+        keys_digest = _digest(
+            "|".join(f"{name}={_values_digest(value)}" for name, value in sorted(key_values.items())).encode()
+        )
+        digest = {
+            "step": [step],
+            "batch_idx": [batch_idx],
+            "n_samples": [n],
+            "logits_digest": [_digest(np.ascontiguousarray(values).tobytes() + f"{n}x{classes}".encode())],
+            "labels_digest": [_values_digest(label_values)],
+            "keys_digest": [keys_digest],
+        }
+        return {"predictions": rows, "pred_digests": digest}
+
+    return build
+
+
+def _scalar_values(metrics: Mapping[str, Any]) -> tuple[list[str], list[float], list[str], HostCopy | None]:
+    """Split metrics into plain numbers and tensors; tensors go to the host as one stacked copy per call."""
+    names: list[str] = []
+    values: list[float] = []
+    tensor_names: list[str] = []
+    tensors: list[torch.Tensor] = []
+    for name, value in metrics.items():
+        kind = type(value)
+        if (kind is float or kind is int) and type(name) is str and name:  # the common case, checked cheaply
+            names.append(name)
+            values.append(float(value))
+            continue
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"log: metric names must be non-empty strings, got {name!r}")
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise InvalidArgumentError(
+                    f"log: {name!r} must be a number or a one-element tensor, got shape {tuple(value.shape)}"
+                )
+            if value.is_complex():
+                raise InvalidArgumentError(f"log: {name!r} is a complex tensor; log its real part or abs()")
+            tensor_names.append(name)
+            tensors.append(value if value.ndim == 0 else value.reshape(()))
+        elif isinstance(value, numbers.Real):  # numpy scalars, bools, fractions
+            names.append(name)
+            values.append(float(value))
+        else:
+            raise InvalidArgumentError(
+                f"log: {name!r} must be a Python number or a one-element tensor, got {type(value).__name__}"
+            )
+    pending = None
+    if tensors:
+        device = tensors[0].device
+        if any(t.device != device for t in tensors):
+            tensors = [t.to(device, non_blocking=True) for t in tensors]
+        with torch.no_grad():  # one stack (with type promotion) and one copy, whatever the number of metrics
+            stacked = torch.stack(tensors)
+        wide = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
+        pending = HostCopy(stacked, dtype=wide)
+    return names, values, tensor_names, pending
+
+
+def _plain_numbers(metrics: dict) -> bool:
+    """True when every name is a non-empty str and every value a Python float or int (not bool)."""
+    return (
+        set(map(type, metrics.values())) <= _FLOAT_INT
+        and set(map(type, metrics)) <= _STR
+        and "" not in metrics
+    )
+
+
+_FLOAT_INT = frozenset((float, int))
+_STR = frozenset((str,))
+
+
+ScalarRow = tuple[int, int, list[str], list[float], list[str], "HostCopy | None", int]
+
+
+def scalar_row(metrics: Mapping[str, Any], *, step: int, epoch: int) -> ScalarRow:
+    """Check one ``log`` call and keep it as a tuple; the writer thread turns many of them into columns."""
+    if type(metrics) is dict and _plain_numbers(metrics):  # the common case: two C-level passes, no loop
+        names, values, tensor_names, pending = list(metrics), list(metrics.values()), [], None
+    elif not isinstance(metrics, Mapping):
+        raise InvalidArgumentError(f"log: expected a mapping of name to value, got {type(metrics).__name__}")
+    else:
+        names, values, tensor_names, pending = _scalar_values(metrics)
+    return step, epoch, names, values, tensor_names, pending, int(time.time() * 1e6)
+
+
+def scalar_source(
+    rows: collections.deque, last: dict[str, float]
+) -> Callable[[], dict[tuple[str, int], dict]]:
+    """A writer source that drains the run's pending scalar rows into columns, one chunk per epoch.
+
+    ``last`` receives the latest value of each metric, for the run's summary.
+    """
+
+    def drain() -> dict[tuple[str, int], dict[str, list]]:
+        out: dict[tuple[str, int], dict[str, list]] = {}
+        while rows:
+            step, epoch, names, values, tensor_names, pending, stamp = rows.popleft()
+            if pending is not None:
+                names = names + tensor_names
+                values = values + pending.numpy().reshape(-1).tolist()
+            last.update(zip(names, values, strict=True))
+            columns = out.get(("scalars", epoch))
+            if columns is None:
+                columns = out[("scalars", epoch)] = {"step": [], "name": [], "value": [], "time": []}
+            n = len(names)
+            columns["step"].extend([step] * n)
+            columns["name"].extend(names)
+            columns["value"].extend(values)
+            columns["time"].extend([stamp] * n)
+        return out
+
+    return drain
+
+
+def _ids_array(sample_ids: Any) -> HostCopy | np.ndarray | list:
+    _length(sample_ids, "sample_ids")
+    if isinstance(sample_ids, torch.Tensor):
+        if sample_ids.is_floating_point() or sample_ids.is_complex():
+            raise InvalidArgumentError(
+                f"sample_ids: expected integer or string ids, got a {sample_ids.dtype} tensor"
+            )
+        return HostCopy(sample_ids, dtype=torch.int64)
+    if isinstance(sample_ids, np.ndarray):
+        if sample_ids.dtype.kind == "f":
+            raise InvalidArgumentError(
+                f"sample_ids: expected integer or string ids, got dtype {sample_ids.dtype}"
+            )
+        return sample_ids.copy()
+    return _uniform_list(sample_ids, "sample_ids")
+
+
+def _input_tensors(inputs: Any) -> list[tuple[str, torch.Tensor]]:
+    """Flatten a tensor, a sequence or a mapping of tensors into named tensors in a stable order."""
+    if inputs is None:
+        return []
+    if isinstance(inputs, torch.Tensor):
+        return [("0", inputs)]
+    if isinstance(inputs, np.ndarray):
+        return [("0", torch.from_numpy(inputs))]
+    if isinstance(inputs, Mapping):
+        items = list(inputs.items())
+    elif isinstance(inputs, Sequence) and not isinstance(inputs, str | bytes):
+        items = [(str(i), v) for i, v in enumerate(inputs)]
+    else:
+        raise InvalidArgumentError(
+            f"inputs: expected a tensor, or a list/tuple/dict of tensors, got {type(inputs).__name__}"
+        )
+    out = []
+    for name, value in items:
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(value)
+        if not isinstance(value, torch.Tensor):
+            raise InvalidArgumentError(f"inputs[{name!r}]: expected a tensor, got {type(value).__name__}")
+        out.append((str(name), value))
+    return out
+
+
+def batch_job(
+    *,
+    step: int,
+    sample_ids: Any,
+    inputs: Any = None,
+    batch_idx: int | None = None,
+    rng: Mapping[str, str | None] | None = None,
+) -> Callable[[], dict[str, dict[str, list]]]:
+    """Validate one batch's ids and inputs; the input fingerprint is computed where the inputs live."""
+    from lakelog.write.fingerprint import fingerprint_many
+
+    host_ids = _ids_array(sample_ids)
+    named = _input_tensors(inputs)
+    pending_fp = HostCopy(fingerprint_many([t for _, t in named])) if named else None
+    shapes = (
+        ";".join(f"{name}:{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for name, t in named) or None
+    )
+    rng = dict(rng or {})
+    stamp = int(time.time() * 1e6)
+
+    def build() -> dict[str, dict[str, list]]:
+        raw = resolve(host_ids)
+        strings = [str(v) for v in (raw.tolist() if isinstance(raw, np.ndarray) else raw)]
+        input_fp = None
+        if pending_fp is not None:
+            words = pending_fp.numpy()
+            input_fp = _digest(np.ascontiguousarray(words).tobytes() + (shapes or "").encode())
+        row = {
+            "step": [step],
+            "batch_idx": [batch_idx],
+            "n_samples": [len(strings)],
+            "sample_ids": [strings],
+            "ids_hash": [_digest(ID_SEPARATOR.join(strings).encode())],
+            "ids_set_hash": [_digest(ID_SEPARATOR.join(sorted(strings)).encode())],
+            "input_fingerprint": [input_fp],
+            "input_shapes": [shapes],
+            "rng_torch": [rng.get("torch")],
+            "rng_cuda": [rng.get("cuda")],
+            "rng_numpy": [rng.get("numpy")],
+            "rng_python": [rng.get("python")],
+            "time": [stamp],
+        }
+        return {"batches": row}
+
+    return build

@@ -1,0 +1,187 @@
+"""The weights at the previous capture, and the update norm ``||w_now - w_previous||`` against them.
+
+Why it exists: ``update_norm``/``update_ratio`` need the last captured weights, and where they live
+(next to the weights, in host memory or in a safetensors file on disk) is a memory/speed choice the
+user makes with ``watch(keep_previous=...)``. This module owns that store and the difference norms.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lakelog.write.telemetry.summaries import _HALF, F64
+
+
+def _diff_norm(cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    if cur.shape != prev.shape or cur.dtype != prev.dtype or cur.layout != torch.strided:
+        return torch.full((), math.nan, dtype=F64, device=cur.device)
+    if prev.device != cur.device:
+        prev = prev.to(cur.device, non_blocking=True)
+    if cur.is_complex():
+        return torch.linalg.vector_norm(cur - prev).to(F64)
+    if cur.dtype not in (torch.float32, torch.float64):
+        cur, prev = (
+            (cur.double(), prev.double()) if not cur.is_floating_point() else (cur.float(), prev.float())
+        )
+    return torch.linalg.vector_norm(cur - prev).to(F64)
+
+
+def _stacked(values: list[torch.Tensor | None], device: torch.device) -> torch.Tensor:
+    nan = torch.full((), math.nan, dtype=F64, device=device)
+    return torch.stack([nan if v is None else v.to(device, F64, non_blocking=True) for v in values])
+
+
+def update_norms(current: Sequence[torch.Tensor], previous: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """||current - previous|| per tensor, float64 on the first tensor's device; NaN where unknown."""
+    vals = [
+        _diff_norm(c.detach(), p) if p is not None else None for c, p in zip(current, previous, strict=True)
+    ]
+    return _stacked(vals, current[0].device)
+
+
+_ST_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
+
+
+class Previous:
+    """The weights at the previous capture, for ``update_norm``; kept where the user chose.
+
+    ``device``: a copy next to the weights (fastest, doubles their memory); ``cpu``: a copy in host
+    memory (pinned, filled without blocking when the weights are on an accelerator); ``disk``: a
+    safetensors file written tensor by tensor, so no second copy of the model is ever held (the
+    seed's choice; it waits for the device at each capture); None: no update norms.
+    """
+
+    def __init__(self, where: str | None, path: Path | None = None) -> None:
+        self.where = where
+        self.path = path
+        self._kept: dict[str, torch.Tensor | None] | None = None
+        self.known: list[bool] = []
+        """After ``update``: which tensors had a previous value of the same shape and dtype."""
+
+    def update(self, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
+        """Update norms since the previous call (None the first time), then remember these tensors."""
+        if self.where is None or not tensors:
+            return None
+        tensors = [t.detach() for t in tensors]
+        previous = self._load(names)
+        before = [previous.get(n) for n in names] if previous is not None else [None] * len(names)
+        self.known = [
+            p is not None and p.shape == t.shape and p.dtype == t.dtype and t.layout == torch.strided
+            for p, t in zip(before, tensors, strict=True)
+        ]
+        if self.where == "disk":
+            norms = update_norms(tensors, before) if previous is not None else None
+            self._save(names, tensors)
+            return norms
+        return self._keep(names, tensors, before)
+
+    def clear(self) -> None:
+        self._kept = None
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
+    def _load(self, names: Sequence[str]) -> dict[str, torch.Tensor | None] | None:
+        if self.where != "disk":
+            return self._kept
+        if self.path is None or not self.path.exists():
+            return None
+        from safetensors import safe_open
+
+        out: dict[str, torch.Tensor | None] = {}
+        with safe_open(str(self.path), framework="pt", device="cpu") as f:
+            complex_names = set(json.loads((f.metadata() or {}).get("complex", "[]")))
+            keys = set(f.keys())
+            for name in names:
+                t = f.get_tensor(name) if name in keys else None
+                out[name] = torch.view_as_complex(t) if t is not None and name in complex_names else t
+        return out
+
+    def _keep(
+        self, names: Sequence[str], tensors: list[torch.Tensor], before: list[torch.Tensor | None]
+    ) -> torch.Tensor | None:
+        """Difference norms against the kept copies, then the copies refreshed: for the common case (same
+        device, floating point) three batched ops, ``kept -= current``, norms, ``kept <- current``."""
+        kept = self._kept or {}
+        norms: list[torch.Tensor | None] = [None] * len(tensors)
+        fast = {
+            i
+            for i, (t, k) in enumerate(zip(tensors, self.known, strict=True))
+            if k and t.is_floating_point() and before[i].device == t.device
+        }  # type: ignore[union-attr]
+        for half in (False, True):
+            idx = [i for i in fast if (tensors[i].dtype in _HALF) == half]
+            if idx:
+                olds, curs = [before[i] for i in idx], [tensors[i] for i in idx]
+                torch._foreach_sub_(olds, curs)
+                for i, v in zip(
+                    idx, torch._foreach_norm(olds, 2, dtype=torch.float32 if half else None), strict=True
+                ):
+                    norms[i] = v
+                torch._foreach_copy_(olds, curs)
+        for i, (name, t) in enumerate(zip(names, tensors, strict=True)):
+            if t.layout != torch.strided:
+                kept[name] = None
+            elif i in fast:
+                continue
+            elif self.known[i]:
+                norms[i] = _diff_norm(t, before[i])  # type: ignore[arg-type]
+                before[i].copy_(t, non_blocking=True)  # type: ignore[union-attr]
+            else:
+                device = t.device if self.where == "device" else torch.device("cpu")
+                pin = device.type == "cpu" and t.device.type == "cuda"
+                kept[name] = torch.empty(t.shape, dtype=t.dtype, device=device, pin_memory=pin)
+                kept[name].copy_(t, non_blocking=True)  # type: ignore[union-attr]
+        self._kept = kept
+        return _stacked(norms, tensors[0].device) if any(self.known) else None
+
+    def _save(self, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
+        """A safetensors file written one tensor at a time (``safetensors.save_file`` builds it all in memory)."""
+        header: dict[str, Any] = {}
+        datas, complex_names, offset = [], [], 0
+        for name, t in zip(names, tensors, strict=True):
+            t = t.detach()
+            if t.layout != torch.strided or (t.dtype not in _ST_DTYPES and not t.is_complex()):
+                continue
+            if t.is_complex():
+                t = torch.view_as_real(t.resolve_conj())
+                complex_names.append(name)
+            data = t.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+            header[name] = {
+                "dtype": _ST_DTYPES[t.dtype],
+                "shape": list(t.shape),
+                "data_offsets": [offset, offset + data.nbytes],
+            }
+            datas.append(data)
+            offset += data.nbytes
+        header["__metadata__"] = {"complex": json.dumps(complex_names)}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(len(raw).to_bytes(8, "little"))
+            f.write(raw)
+            for data in datas:
+                f.write(memoryview(data))
+        os.replace(tmp, self.path)

@@ -1,0 +1,172 @@
+"""Arrow rows of one telemetry capture: the params, scalars and holdout tables, built on the writer thread.
+
+Why it exists: the training thread only queues device work and starts the host copies (the hooks in
+lakelog/telemetry_watcher.py); turning the copied statistics, fingerprints, update norms, labels and
+holdout logits into the Arrow tables of the ``params``, ``scalars`` and ``holdout`` tables happens
+here, inside ``run.submit``, where waiting on the copies costs training nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from lakelog.lake import schemas
+from lakelog.write.telemetry import groups as groups_mod
+from lakelog.write.telemetry import holdout as holdout_mod
+from lakelog.write.telemetry.pack import Pack
+from lakelog.write.telemetry.summaries import Section
+
+
+@dataclass
+class Capture:
+    """One capture's host-bound data (training thread); ``build_rows`` turns it into rows (writer thread)."""
+
+    step: int
+    pack: Pack
+    grads: Section | None = None
+    params: Section | None = None
+    buffers: Section | None = None
+    meta: list[tuple[str, str]] | None = None
+    optim: Section | None = None
+    optim_rows: list[tuple[int, str, str, str]] | None = None
+    update_known: list[bool] | None = None
+    hyper: list[tuple[str, Any]] | None = None
+    labels: str | None = None
+    num_classes: int = 0
+    holdout: bool = False
+    initial: bool = False
+    time: float = 0.0
+
+
+def _masked(values: np.ndarray, valid: np.ndarray, dtype: pa.DataType | None = None) -> pa.Array:
+    dtype = dtype or pa.float64()
+    if pa.types.is_integer(dtype):
+        values = np.where(valid, np.nan_to_num(values), 0).astype(np.int64)
+    return pa.array(values, type=dtype, mask=~np.asarray(valid, dtype=bool))
+
+
+def _nulls(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full(n, np.nan), np.zeros(n, dtype=bool)
+
+
+def _table(
+    step: int,
+    names: list[str],
+    kinds: list[str],
+    groups: list[str | None],
+    meta: list[tuple[str, str]],
+    numels: list[int],
+    section: tuple[dict, dict],
+    fps: list[str | None],
+    extra: dict[str, Any],
+) -> pa.Table:
+    """Rows of the params table; ``extra`` holds grad/update columns as (values, valid) or string lists."""
+    n = len(names)
+    cols, valid = section
+    data: dict[str, Any] = {
+        "step": pa.array(np.full(n, step, dtype=np.int64)),
+        "name": pa.array(names, pa.string()),
+        "kind": pa.array(kinds, pa.string()),
+        "group": pa.array(groups, pa.string()),
+        "shape": pa.array([m[0] for m in meta], pa.string()),
+        "numel": pa.array(numels, pa.int64()),
+        "dtype": pa.array([m[1] for m in meta], pa.string()),
+    }
+    for col in ("norm", "mean", "std", "min", "max", "absmax"):
+        data[col] = _masked(cols[col], valid[col])
+    for col in ("nan_count", "inf_count"):
+        data[col] = _masked(cols[col], valid[col], pa.int64())
+    for col in ("grad_norm", "grad_absmax", "update_norm", "update_ratio"):
+        data[col] = _masked(*extra.get(col, _nulls(n)))
+    data["fingerprint"] = pa.array(fps, pa.string())
+    data["grad_fingerprint"] = pa.array(extra.get("grad_fingerprint", [None] * n), pa.string())
+    return pa.table(data, schema=schemas.PARAMS)
+
+
+def build_rows(layout: groups_mod.Layout, c: Capture) -> dict[str, pa.Table | None]:
+    """Writer thread: the capture's params, scalars and holdout rows."""
+    pack = c.pack
+    assert c.params is not None and c.buffers is not None and c.meta is not None
+    n_p, n_b = c.params.n, c.buffers.n
+    pre = "initial:" if c.initial else ""
+    wcols = c.params.columns(pack)
+    extra: dict[str, Any] = {}
+    gcols = c.grads.columns(pack) if c.grads is not None else None
+    if gcols is not None and c.grads is not None:
+        extra["grad_norm"] = (gcols[0]["norm"], gcols[1]["norm"])
+        extra["grad_absmax"] = (gcols[0]["absmax"], gcols[1]["absmax"])
+        extra["grad_fingerprint"] = c.grads.fingerprints(pack)
+    update = pack.get("update") if "update" in pack else None
+    known = np.asarray(c.update_known or [False] * n_p, dtype=bool)
+    if update is not None:
+        extra["update_norm"] = (update, known)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = update / wcols[0]["norm"]
+        extra["update_ratio"] = (ratio, known & (wcols[0]["norm"] != 0))
+    groups = [e.group for e in layout.params]
+    tables = [
+        _table(
+            c.step,
+            [e.name for e in layout.params],
+            [pre + "param"] * n_p,
+            groups,
+            c.meta[:n_p],
+            c.params.numels,
+            wcols,
+            c.params.fingerprints(pack),
+            extra,
+        ),
+        _table(
+            c.step,
+            [e.name for e in layout.buffers],
+            [pre + "buffer"] * n_b,
+            [e.group for e in layout.buffers],
+            c.meta[n_p:],
+            c.buffers.numels,
+            c.buffers.columns(pack),
+            c.buffers.fingerprints(pack),
+            {},
+        ),
+    ]
+    if c.optim is not None and c.optim_rows:
+        idx = [i for i, _, _, _ in c.optim_rows]
+        tables.append(
+            _table(
+                c.step,
+                [layout.params[i].name for i in idx],
+                [k for _, k, _, _ in c.optim_rows],
+                [groups[i] for i in idx],
+                [(s, d) for _, _, s, d in c.optim_rows],
+                c.optim.numels,
+                c.optim.columns(pack),
+                c.optim.fingerprints(pack),
+                {},
+            )
+        )
+    out: dict[str, pa.Table | None] = {"params": pa.concat_tables(tables)}
+    scalars: list[tuple[str, float | None]] = []
+    if not c.initial:
+        scalars += groups_mod.norm_scalars(groups, wcols[0]["norm"], gcols, update, known)
+        for name, value in c.hyper or []:
+            scalars.append((name, float(pack.get(value)[0]) if isinstance(value, str) else value))
+        if c.labels is not None:
+            scalars += holdout_mod.label_scalars(pack.get(f"labels/{c.labels}"), c.labels, c.num_classes)
+    if c.holdout:
+        labels = pack.get("holdout/labels") if "holdout/labels" in pack else None
+        out["holdout"], acc = holdout_mod.rows(c.step, pack.get("holdout/logits").astype(np.float32), labels)
+        scalars += list(acc.items())
+    kept = [(k, v) for k, v in scalars if v is not None]
+    out["scalars"] = pa.table(
+        {
+            "step": pa.array(np.full(len(kept), c.step, dtype=np.int64)),
+            "name": pa.array([k for k, _ in kept], pa.string()),
+            "value": pa.array([v for _, v in kept], pa.float64()),
+            "time": pa.array(np.full(len(kept), int(c.time * 1e6), dtype=np.int64)).cast(schemas.TIME),
+        },
+        schema=schemas.SCALARS,
+    )
+    return out

@@ -1,0 +1,287 @@
+"""``Watcher``: the optimizer hooks of one ``watch`` call, and what they queue at a captured step.
+
+Why it exists: this is the code that runs on the training thread at every optimizer step, so it is
+kept apart from option checking (lakelog/telemetry.py) and row building (lakelog/telemetry_rows.py).
+On steps that are not captured the hooks only advance a counter; at a captured step they queue the
+batched summaries and fingerprints into a ``Pack``, start its copies and hand the capture to the
+writer thread. Step numbering is described in lakelog/telemetry.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lakelog.errors import InvalidArgumentError
+from lakelog.write.telemetry import groups as groups_mod
+from lakelog.write.telemetry import holdout as holdout_mod
+from lakelog.write.telemetry.pack import Pack
+from lakelog.write.telemetry.previous_weights import Previous
+from lakelog.write.telemetry.rows import Capture, build_rows
+from lakelog.write.telemetry.summaries import Section, dtype_text, shape_text
+
+if TYPE_CHECKING:
+    from lakelog.write.telemetry.options import Options
+
+log = logging.getLogger("lakelog")
+
+
+class Watcher:
+    """The hooks of one ``watch`` call; ``detach()`` removes them (done for you at ``run.finish()``)."""
+
+    def __init__(
+        self,
+        run: Any,
+        layout: groups_mod.Layout,
+        optimizer: torch.optim.Optimizer | None,
+        opts: Options,
+        holdout: tuple[list[Any], Callable] | None,
+        model: torch.nn.Module,
+        index: int,
+    ) -> None:
+        self.run = run
+        self.layout = layout
+        self.optimizer = optimizer
+        self.options = opts
+        self.model = model
+        self.every = opts.every
+        self.error: BaseException | None = None
+        self._holdout = holdout
+        self._fp = opts.fingerprints
+        self._count = 0
+        self._seen = run.step
+        self._base = 0
+        self._pending: Capture | None = None
+        self._labels: list[torch.Tensor] = []
+        self._num_classes = 0
+        self._hooks: list[Any] = []
+        self._attached = True
+        self._groups_seen = len(optimizer.param_groups) if optimizer is not None else 0
+        path = None
+        if opts.keep_previous == "disk":
+            try:
+                path = Path(run.path) / ".telemetry" / f"previous-r{run.rank}-{index}.safetensors"
+            except InvalidArgumentError as exc:
+                raise InvalidArgumentError(
+                    f"keep_previous: 'disk' needs a run folder on local disk ({exc})"
+                ) from exc
+        self._previous = Previous(opts.keep_previous, path)
+
+    # -- hooks (training thread) -----------------------------------------------------------
+    def _stamp(self) -> int:
+        if self.options.step is None:
+            return self._seen + self._count - self._base
+        if self.options.step == "optimizer":
+            return self._count
+        return int(self.options.step())
+
+    def _pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        step = self.run.step
+        if step != self._seen:
+            self._seen, self._base = step, self._count
+        try:
+            stamp = self._stamp()
+        except Exception as exc:  # a user step callable that fails must not stop training either
+            self._fail(exc)
+            return
+        if stamp % self.every == 0:
+            # step(closure) (LBFGS, Lightning) computes the gradients inside the step: read them after it.
+            closure = kwargs.get("closure") if kwargs else None
+            closure = closure or next((a for a in args if callable(a) and a is not optimizer), None)
+            self._guard(self._begin, stamp, closure is None)
+
+    def _post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._count += 1
+        if self._pending is not None:
+            capture, self._pending = self._pending, None
+            self._guard(self._finish, capture)
+        if self._labels:
+            self._labels = []
+
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+        """Telemetry must not stop training: a failure is logged, recorded in run.json and detaches."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        self.error = exc
+        log.error("lakelog.watch: capture failed, telemetry is off for this run: %r", exc)
+        self.detach()
+        try:
+            self.run.update_info(telemetry_error=f"{type(exc).__name__}: {exc}")
+        except Exception as info_exc:  # e.g. the run is already finished
+            log.error("lakelog.watch: could not record the failure in run.json: %r", info_exc)
+
+    def observe(self, labels: Any, *, num_classes: int | None = None) -> None:
+        """Labels of the current batch, for ``label_pct/<class>`` at the next capture; no device sync."""
+        labels = holdout_mod.check_labels(labels)
+        if not self._attached:
+            return
+        if num_classes is not None:
+            self._num_classes = max(self._num_classes, int(num_classes))
+        self._labels.append(labels.detach())
+
+    # -- captures ----------------------------------------------------------------------------
+    def _begin(self, stamp: int, grads_now: bool = True) -> None:
+        """Pre-hook of a captured step: the gradients, before the optimizer consumes them."""
+        if self.optimizer is not None and len(self.optimizer.param_groups) != self._groups_seen:
+            self._relayout()  # add_param_group (progressive unfreezing): new groups, new group names
+        capture = Capture(step=stamp, pack=Pack())
+        if grads_now:
+            self._grads(capture)
+        self._pending = capture
+
+    def _grads(self, capture: Capture) -> None:
+        grads = [e.tensor.grad for e in self.layout.params]
+        capture.grads = Section(capture.pack, "g", grads, full=False, fingerprint="grad" in self._fp)
+
+    def _weights(self, capture: Capture) -> None:
+        params = [e.tensor.detach() for e in self.layout.params]
+        buffers = [e.tensor.detach() for e in self.layout.buffers]
+        pack = capture.pack
+        capture.params = Section(pack, "w", params, full=True, fingerprint="param" in self._fp)
+        capture.buffers = Section(pack, "b", buffers, full=True, fingerprint="buffer" in self._fp)
+        capture.meta = [(shape_text(t), dtype_text(t)) for t in params + buffers]
+        capture.time = time.time()
+
+    def _finish(self, capture: Capture) -> None:
+        """Post-hook of a captured step: weights, buffers, update, optimizer state, holdout; then submit."""
+        if capture.grads is None:
+            self._grads(capture)
+        self._weights(capture)
+        pack = capture.pack
+        tensors = [e.tensor.detach() for e in self.layout.params]
+        update = self._previous.update([e.name for e in self.layout.params], tensors)
+        if update is not None:
+            pack.add("update", update)
+            capture.update_known = self._previous.known
+        if self.optimizer is not None:
+            rows = self._optim_rows()
+            capture.optim_rows = [(i, key, shape_text(t), dtype_text(t)) for i, key, t in rows]
+            capture.optim = Section(
+                pack, "o", [t for _, _, t in rows], full=False, minmax=False, fingerprint="optim" in self._fp
+            )
+            capture.hyper = self._hyper(pack)
+        if self._labels:
+            capture.labels, capture.num_classes = self._pack_labels(pack), self._num_classes
+        if self._holdout is not None and capture.step % self.options.holdout_every == 0:
+            capture.holdout = self._evaluate_holdout(pack)
+        self._submit(capture)
+
+    def _relayout(self) -> None:
+        opts = self.options
+        self.layout = groups_mod.resolve(self.model, self.optimizer, opts.groups, prefix=opts.prefix)
+        self._groups_seen = len(self.optimizer.param_groups)  # type: ignore[union-attr]
+
+    def _submit(self, capture: Capture) -> None:
+        capture.pack.send()
+        layout = self.layout  # bound now: a later relayout must not change this capture's rows
+        self.run.submit(lambda: build_rows(layout, capture), epoch=self.run.epoch)
+
+    def capture(self, *, step: int | None = None) -> None:
+        """Capture now (gradients as they are, weights, state): for loops without an optimizer to hook."""
+        self._begin(self._stamp() if step is None else int(step))
+        capture, self._pending = self._pending, None
+        assert capture is not None
+        self._finish(capture)
+        self._labels = []
+
+    def _optim_rows(self) -> list[tuple[int, str, torch.Tensor]]:
+        state = self.optimizer.state  # type: ignore[union-attr]
+        rows = []
+        for i, entry in enumerate(self.layout.params):
+            for key, value in state.get(entry.tensor, {}).items():
+                if isinstance(value, torch.Tensor):
+                    rows.append((i, f"optim:{key}", value))
+        return rows
+
+    def _hyper(self, pack: Pack) -> list[tuple[str, float | str]]:
+        """Hyperparameters as numbers, or as the pack key of a device tensor (read without a sync)."""
+        out: list[tuple[str, float | str]] = []
+        for j, (name, value) in enumerate(groups_mod.hyperparameters(self.optimizer, self.layout.opt_groups)):  # type: ignore[arg-type]
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                pack.add(f"hyper/{j}", value.detach().reshape(1))
+                out.append((name, f"hyper/{j}"))
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                out.append((name, float(value)))
+        return out
+
+    def _pack_labels(self, pack: Pack) -> str:
+        first = self._labels[0]
+        if first.is_floating_point():  # (batch, classes) one-hot or probabilities: class sums
+            sums = torch.stack(
+                [lab.to(first.device, non_blocking=True).sum(0).to(torch.float64) for lab in self._labels]
+            ).sum(0)
+            n = sum(lab.shape[0] for lab in self._labels)
+            pack.add(
+                "labels/sums",
+                torch.cat([sums, torch.full((1,), float(n), dtype=sums.dtype, device=sums.device)]),
+            )
+            return "sums"
+        flat = torch.cat(
+            [lab.to(first.device, torch.int64, non_blocking=True).reshape(-1) for lab in self._labels]
+        )
+        pack.add("labels/ids", flat)
+        return "ids"
+
+    def _evaluate_holdout(self, pack: Pack | None) -> bool:
+        """Holdout logits and labels into ``pack``; at watch time (no pack) a failure is the caller's error,
+        later it turns the holdout off and training goes on."""
+        batches, forward = self._holdout  # type: ignore[misc]
+        try:
+            logits, labels = holdout_mod.evaluate(self.model, batches, forward)
+        except Exception as exc:
+            if pack is None and isinstance(exc, InvalidArgumentError):
+                raise
+            if pack is None:
+                raise InvalidArgumentError(
+                    f"holdout: forward_fn raised {type(exc).__name__}: {exc} when tried at watch() time; "
+                    "call watch() once the model can run a forward pass on the holdout batches"
+                ) from exc
+            self._holdout, self.error = None, exc
+            log.error("lakelog.watch: holdout evaluation failed and is turned off: %r", exc)
+            self.run.update_info(telemetry_error=f"holdout: {type(exc).__name__}: {exc}")
+            return False
+        if pack is not None:
+            pack.add("holdout/logits", logits)
+            if labels is not None:
+                pack.add("holdout/labels", labels)
+        return True
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Check the holdout runs, write the initial fingerprints at the run's current step, add the hooks."""
+        if self._holdout is not None:
+            self._evaluate_holdout(None)
+        if self.options.initial:
+            capture = Capture(step=self.run.step, pack=Pack(), initial=True)
+            self._weights(capture)
+            self._submit(capture)
+        if self.optimizer is not None:
+            self._hooks = [
+                self.optimizer.register_step_pre_hook(self._pre),
+                self.optimizer.register_step_post_hook(self._post),
+            ]
+
+    def detach(self) -> None:
+        """Remove the hooks and the kept previous weights; captures already queued are still written."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        self._attached = False
+        self._pending = None
+        self._labels = []
+        self._previous.clear()
+        self.run.detach_watcher(self)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps seen since ``watch``."""
+        return self._count
