@@ -46,11 +46,6 @@ def step_dir(run_dir: str | os.PathLike[str], step: int) -> Path:
     return Path(run_dir) / DUMPS_DIR / f"step={int(step)}"
 
 
-def temp_path(final: Path) -> Path:
-    """A temporary name in the same folder, so ``os.replace`` onto ``final`` is atomic."""
-    return final.with_name(f".{final.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
-
-
 def resolve_run(run: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> Path:
     """A run given as a folder (``runs/a``) or as a name under ``root``; the folder must exist."""
     path = Path(run)

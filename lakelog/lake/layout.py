@@ -18,13 +18,14 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from lakelog.errors import InvalidArgumentError
+from lakelog.lake import files
 
 RUN_FILE = "run.json"
 TABLES = ("predictions", "scalars", "batches", "params", "holdout", "pred_digests", "dump_index", "workers")
 """Every Parquet table a run may hold; each is ``<run>/<table>/epoch=<e>/rank=<r>/part-….parquet``."""
 
 PART_SUFFIX = ".parquet"
-TEMP_SUFFIX = ".tmp"
+TEMP_SUFFIX = files.TEMP_SUFFIX
 
 _RUN_NAME_FORBIDDEN = re.compile(r"[/\\=\x00]")
 _part_counter = itertools.count()
@@ -110,10 +111,7 @@ class Lake:
     def write_bytes_atomic(self, path: str, data: bytes | memoryview) -> None:
         """Write a whole file so readers see all of it or nothing (rename locally; object stores PUT whole)."""
         if self.local:
-            tmp = f"{path}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            files.write_bytes_atomic(path, data)  # temp file, fsync, rename; the temp file never stays
         else:
             with self.fs.open_output_stream(path) as f:
                 f.write(data)

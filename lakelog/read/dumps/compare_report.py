@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from lakelog.lake import dump_layout as L
+from lakelog.lake.files import write_atomic, write_text_atomic
 from lakelog.read.dumps.comparison import FIRST_NAMES, Comparer, DumpComparison, summary_lines
 
 if TYPE_CHECKING:
@@ -97,17 +96,6 @@ def summarize(
     }
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    tmp = L.temp_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _clean(value: Any) -> Any:
     """JSON has no NaN or infinity: they become null."""
     if isinstance(value, float):
@@ -135,17 +123,15 @@ def write_outputs(result: DumpComparison, out: Path) -> dict[str, Path]:
     for table, frame in (("dump_diffs", result.diffs), ("dump_steps", result.steps)):
         folder = out / table
         folder.mkdir(parents=True, exist_ok=True)
-        files[table] = _atomic(folder / "part-0.parquet", frame.write_parquet)
+        files[table] = write_atomic(folder / "part-0.parquet", frame.write_parquet)
     text = json.dumps(report(result), indent=1, allow_nan=False)
-    files["report"] = _atomic(out / "dump_comparison.json", lambda p: p.write_text(text))
+    files["report"] = write_text_atomic(out / "dump_comparison.json", text)
     from lakelog.read.plots.export import Page, save_png
 
     chart = dump_chart(result)
     page = _page(result, chart, Page)
-    files["html"] = _atomic(
-        out / "dump_comparison.html", lambda p: p.write_text(page.html(), encoding="utf-8")
-    )
-    files["png"] = _atomic(out / "dump_comparison.png", lambda p: save_png(chart, p, scale=1.5))
+    files["html"] = page.save(out / "dump_comparison.html")  # pages and PNGs are written atomically too
+    files["png"] = save_png(chart, out / "dump_comparison.png", scale=1.5)
     return files
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import altair as alt
 
 from lakelog.errors import InvalidArgumentError
+from lakelog.lake.files import write_bytes_atomic, write_text_atomic
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px 40px; color: #222; }
@@ -131,8 +132,7 @@ class Page:
         path = Path(path)
         if path.parent and not path.parent.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.html(), encoding="utf-8")
-        return path
+        return write_text_atomic(path, self.html())
 
 
 def _status_class(status: Any) -> str:
@@ -188,9 +188,7 @@ def javascript_bundle() -> str:
     bundle = vl_convert.javascript_bundle(vl_version=vl_version()).replace("</script", "<\\/script")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(bundle, encoding="utf-8")
-        os.replace(tmp, path)  # whole or nothing: a concurrent reader never sees half a bundle
+        write_text_atomic(path, bundle)  # whole or nothing: a concurrent reader never sees half a bundle
     except OSError:
         pass
     return bundle
@@ -205,8 +203,7 @@ def save_png(chart: alt.TopLevelMixin | dict[str, Any], path: str | Path, *, sca
     spec = chart if isinstance(chart, dict) else chart.to_dict()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(vl_convert.vegalite_to_png(spec, scale=scale, vl_version=vl_version()))
-    return path
+    return write_bytes_atomic(path, vl_convert.vegalite_to_png(spec, scale=scale, vl_version=vl_version()))
 
 
 def save_html(

@@ -25,6 +25,7 @@ import torch
 
 from lakelog.errors import InvalidArgumentError
 from lakelog.lake import schemas
+from lakelog.lake.files import write_text_atomic
 from lakelog.write.context import active_run
 from lakelog.write.determinism.rng import _numpy_state_bytes, _python_state_bytes
 from lakelog.write.fingerprint import combine_hex, fingerprint_bytes
@@ -101,9 +102,7 @@ class WorkerRecorder:
             path = os.path.join(
                 self.inbox, f"{self.pass_idx:06d}-{worker_id:04d}-{uuid.uuid4().hex[:8]}.json"
             )
-            with open(path + ".tmp", "w") as f:
-                json.dump(record, f)
-            os.replace(path + ".tmp", path)
+            write_text_atomic(path, json.dumps(record), durable=False)  # the parent reads it in this boot
         except Exception as exc:
             log.warning("lakelog: could not record DataLoader worker %s seeds: %s", worker_id, exc)
 

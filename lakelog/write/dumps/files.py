@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from lakelog.errors import DumpError
 from lakelog.lake import dump_layout as L
+from lakelog.lake.files import write_atomic
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: safetensors creates files 0600, the lake's other files follow the umask
@@ -36,15 +37,8 @@ def _checksum(t: torch.Tensor) -> str:
 
 
 def _write_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:
-    """Write to a temporary name in the same folder, then rename: a reader never sees half a file."""
-    tmp = L.temp_path(path)
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write atomically (``lake.files.write_atomic``): a reader never sees half a file."""
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), mode=0o666 & ~_UMASK)
     return path.stat().st_size
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
+from lakelog.lake.files import write_stream_atomic
 from lakelog.write.telemetry.summaries import _HALF, F64
 
 
@@ -178,10 +178,11 @@ class Previous:
         raw += b" " * (-len(raw) % 8)
         assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as f:
+
+        def _write(f: BinaryIO) -> None:
             f.write(len(raw).to_bytes(8, "little"))
             f.write(raw)
             for data in datas:
                 f.write(memoryview(data))
-        os.replace(tmp, self.path)
+
+        write_stream_atomic(self.path, _write, durable=False)  # a scratch file: no fsync per capture
