@@ -107,6 +107,7 @@ class Run:
         self.run_dir = self.lake.run_dir(self.name)
         self._step = 0
         self._epoch = 0
+        self._log_calls = 0
         self._summary: dict[str, Any] = {}
         self._last_scalars: dict[str, float] = {}
         self._watchers: list[Any] = []
@@ -154,6 +155,12 @@ class Run:
     @property
     def epoch(self) -> int:
         return self._epoch
+
+    @property
+    def log_calls(self) -> int:
+        """How many log calls (log, log_predictions, log_batch, dump) this process made: lets telemetry
+        tell whether the loop logs a batch before or after ``optimizer.step()``."""
+        return self._log_calls
 
     @property
     def closed(self) -> bool:
@@ -232,6 +239,7 @@ class Run:
     def _position(self, step: int | None, epoch: int | None) -> tuple[int, int]:
         if self._closed:
             raise RunClosedError(f"run {self.name!r} is finished: start a new one with lakelog.init(...)")
+        self._log_calls += 1
         if step is not None:
             self._step = _check_int(step, "step")
         if epoch is not None:

@@ -7,13 +7,18 @@ and hands everything to the run's writer thread. On steps that are not captured 
 advance a counter. A capture queues batched device work and starts one non-blocking copy per device;
 the Arrow rows are built on the writer thread (``run.submit``).
 
-Step numbering: a capture is stamped with the step of your latest log call plus the optimizer steps
-taken since that call was first seen (before any log call: the run's step at ``watch`` time plus the
-optimizer steps taken), and happens when that stamp is a multiple of ``every``. So when you log the
-iteration's step before ``optimizer.step()`` (``log_batch`` at the top of the loop, ``log_predictions``
-after the forward, ``log`` of the loss after ``backward``), the params and holdout rows carry the same
-step as your other rows. Pass ``step=callable`` (e.g. ``lambda: trainer.global_step``) to set it
-exactly, or ``step="optimizer"`` for the 0-based index of the optimizer step.
+Step numbering: a capture carries the step of the batch its optimizer step consumes, whatever the
+loop's order. A loop that logs a batch (``log_batch``, ``log_predictions``, ``log``) before
+``optimizer.step()`` has logged that step when the step pre-hook runs; a loop that logs after
+``optimizer.step()`` (no log call between ``watch`` and the first step, or a logged step that lags one
+batch behind) logs it after the post-hook, so its capture is held until the next pre-hook (or
+``finish``) and stamped with the step logged in between. Optimizer steps with no log call in between
+count on from the previous stamp, so gradient accumulation and sparse logging keep one stamp per
+optimizer step, and two captures never share a step. A capture happens when its stamp is a multiple of
+``every``. A resumed process counts on from the step the run resumes after, and does not capture the
+initial state again (the run's true start was captured by the first process). Pass ``step=callable``
+(e.g. ``lambda: trainer.global_step``) to set the step exactly, or ``step="optimizer"`` for the
+0-based index of the optimizer step.
 
 The hooks live in ``watcher.py`` (``Watcher``), the Arrow rows of a capture are built in ``rows.py``,
 the options are checked in ``options.py``; this module wires a ``Watcher`` to a run.
@@ -66,6 +71,24 @@ def watch(run: Any, model: Any, optimizer: Any = None, **options: Any) -> Watche
             "groups": sorted({e.group or "" for e in layout.params}),
             "fingerprints": sorted(opts.fingerprints),
             "prefix": opts.prefix,
+            **_tensor_facts(layout, opt),
         }
     )
     return watcher
+
+
+def _tensor_facts(layout: groups_mod.Layout, opt: Any) -> dict[str, Any]:
+    """What ``doctor`` cannot see in the params table: the model order of the watched parameters (early
+    vs late layers), which have ``requires_grad=False`` (with the optimizer group holding each, or None)
+    and which the optimizer leaves out. Recorded once, at ``watch`` time."""
+    owner: dict[int, str] = {}
+    if opt is not None:
+        for label, group in zip(layout.opt_groups, opt.param_groups, strict=True):
+            owner.update({id(p): label for p in group["params"]})
+    return {
+        "tensors": [e.name for e in layout.params],
+        "requires_grad_off": {
+            e.name: owner.get(id(e.tensor)) for e in layout.params if not e.tensor.requires_grad
+        },
+        "not_in_optimizer": [e.name for e in layout.params if opt is not None and id(e.tensor) not in owner],
+    }

@@ -31,6 +31,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("lakelog")
 
 
+def resume_point(run: Any) -> tuple[bool, int | None]:
+    """Whether this process resumed ``run`` (it was in the lake before), and the last step it resumes after.
+
+    The step is ``run.resumed_from`` where the run knows it from its committed data, else the latest
+    resume record of run.json (None when the interrupted process never recorded its last step).
+    """
+    resumes = run.info.get("resumes") or []
+    after = getattr(run, "resumed_from", None)
+    if after is None and resumes:
+        after = resumes[-1].get("after_step")
+    return bool(resumes) or after is not None, None if after is None else int(after)
+
+
 class Watcher:
     """The hooks of one ``watch`` call; ``detach()`` removes them (done for you at ``run.finish()``)."""
 
@@ -54,9 +67,16 @@ class Watcher:
         self._holdout = holdout
         self._fp = opts.fingerprints
         self._count = 0
-        self._seen = run.step
+        self._resumed, after = resume_point(run)
+        # a resumed process continues after the committed step, not from a fresh counter
+        self._seen = after + 1 if after is not None and run.step <= after else run.step
         self._base = 0
+        self._calls = run.log_calls  # log calls seen at the latest pre-hook (or at watch)
+        self._order: str | None = None  # "before" / "after": where the loop logs a batch's step
+        self._last: int | None = None  # the stamp of the latest optimizer step
         self._pending: Capture | None = None
+        self._open: int | None = None  # "after" loops: the predicted stamp of the step not yet settled
+        self._held: tuple[Capture, groups_mod.Layout] | None = None  # its capture, waiting for the step
         self._labels: list[torch.Tensor] = []
         self._num_classes = 0
         self._hooks: list[Any] = []
@@ -80,12 +100,49 @@ class Watcher:
             return self._count
         return int(self.options.step())
 
+    def _logged_step(self) -> int:
+        """The step of the batch this optimizer step consumes, as far as the pre-hook can tell.
+
+        A loop that logs a batch before ``optimizer.step()`` has logged its step already ("before"); one
+        that logs after it ("after": no log call between ``watch`` and the first step, or a logged step
+        that lags one batch behind) logs it after the post-hook, so its capture is held until the next
+        pre-hook (``_settle``) and the stamp here is a prediction: the previous stamp plus one.
+        """
+        run = self.run
+        calls = run.log_calls
+        if self._order is None:
+            self._order = "before" if calls > self._calls else "after"
+        self._settle()
+        self._calls = calls
+        if self._order == "before":
+            if run.step != self._seen:
+                self._seen, self._base = run.step, self._count
+            stamp = self._seen + self._count - self._base
+            if self._last is None or stamp > self._last:
+                self._last = stamp
+                return stamp
+            self._order = "after"  # the logged step lags one batch behind: the loop logs after the step
+        self._open = self._seen if self._last is None else self._last + 1
+        return self._open
+
+    def _settle(self) -> None:
+        """ "after" loops: the step the previous optimizer step logged is known now; stamp its capture."""
+        if self._open is None:
+            return
+        run, stamp, self._open = self.run, self._open, None
+        if run.log_calls > self._calls:
+            stamp = run.step
+        if self._last is not None and stamp <= self._last:
+            stamp = self._last + 1  # two captures never share a step
+        self._last = stamp
+        if self._held is not None:
+            (capture, layout), self._held = self._held, None
+            capture.step = stamp
+            self._guard(self._submit, capture, layout)
+
     def _pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        step = self.run.step
-        if step != self._seen:
-            self._seen, self._base = step, self._count
         try:
-            stamp = self._stamp()
+            stamp = self._stamp() if self.options.step is not None else self._logged_step()
         except Exception as exc:  # a user step callable that fails must not stop training either
             self._fail(exc)
             return
@@ -173,16 +230,21 @@ class Watcher:
             capture.labels, capture.num_classes = self._pack_labels(pack), self._num_classes
         if self._holdout is not None and capture.step % self.options.holdout_every == 0:
             capture.holdout = self._evaluate_holdout(pack)
-        self._submit(capture)
+        if self._open is not None:  # its step is logged after this hook: hold it until then
+            pack.send()
+            self._held = (capture, self.layout)
+            return
+        self._submit(capture, self.layout)
 
     def _relayout(self) -> None:
         opts = self.options
         self.layout = groups_mod.resolve(self.model, self.optimizer, opts.groups, prefix=opts.prefix)
         self._groups_seen = len(self.optimizer.param_groups)  # type: ignore[union-attr]
 
-    def _submit(self, capture: Capture) -> None:
+    def _submit(self, capture: Capture, layout: groups_mod.Layout) -> None:
+        """Hand the capture to the writer; ``layout`` is the one it was taken with (a later relayout must
+        not change its rows)."""
         capture.pack.send()
-        layout = self.layout  # bound now: a later relayout must not change this capture's rows
         self.run.submit(lambda: build_rows(layout, capture), epoch=self.run.epoch)
 
     def capture(self, *, step: int | None = None) -> None:
@@ -257,13 +319,17 @@ class Watcher:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Check the holdout runs, write the initial fingerprints at the run's current step, add the hooks."""
+        """Check the holdout runs, write the initial fingerprints at the run's current step, add the hooks.
+
+        The initial state is the run's true start: a process that resumes the run does not capture it again
+        (its weights are the restored ones, compared by the captures after the resume point).
+        """
         if self._holdout is not None:
             self._evaluate_holdout(None)
-        if self.options.initial:
+        if self.options.initial and not self._resumed:
             capture = Capture(step=self.run.step, pack=Pack(), initial=True)
             self._weights(capture)
-            self._submit(capture)
+            self._submit(capture, self.layout)
         if self.optimizer is not None:
             self._hooks = [
                 self.optimizer.register_step_pre_hook(self._pre),
@@ -271,7 +337,9 @@ class Watcher:
             ]
 
     def detach(self) -> None:
-        """Remove the hooks and the kept previous weights; captures already queued are still written."""
+        """Remove the hooks and the kept previous weights; captures already taken are still written."""
+        if self._held is not None and self._attached:
+            self._settle()  # the last step of an "after" loop: its step is logged by now
         for handle in self._hooks:
             handle.remove()
         self._hooks = []

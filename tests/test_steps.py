@@ -1,0 +1,176 @@
+"""A watch capture carries the step of the batch it belongs to, whatever the loop's order.
+
+The same training is written the two ways users write it: logging a batch before ``optimizer.step()``
+and logging it after. Both must stamp the params rows with the batch's step, never two captures at one
+step, and ``diff`` of a run with one input changed at step 12 must name the inputs layer at step 12 first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lakelog
+from lakelog.read.diff import diff_runs
+
+STEPS = 20
+CHANGED = 12
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train(
+    root: Path,
+    name: str,
+    *,
+    order: str,
+    change_at: int | None = None,
+    every: int = 1,
+    accumulate: int = 1,
+    step_fn=None,
+    log_every: int = 1,
+) -> None:
+    """A tiny seeded MLP; ``order`` is "before" (log, then step) or "after" (step, then log)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x_all = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+    y_all = (x_all[:, 0] > 0).long()
+    options = {"every": every} if step_fn is None else {"every": every, "step": step_fn}
+    with lakelog.init(root, name=name) as run:
+        run.watch(model, opt, **options)
+        for step in range(STEPS):
+            for micro in range(accumulate):
+                idx = torch.arange(8) + 8 * ((step * accumulate + micro) % 8)
+                x, y = x_all[idx].clone(), y_all[idx]
+                if change_at == step and micro == 0:
+                    x[3] = -x[3]
+                out = model(x)
+                loss = F.cross_entropy(out, y) / accumulate
+                loss.backward()
+                logged = order == "before" or micro < accumulate - 1
+                if logged and step % log_every == 0:
+                    _log(run, step, micro, idx, x, out, loss)
+            opt.step()
+            opt.zero_grad()
+            if order == "after" and step % log_every == 0:
+                _log(run, step, accumulate - 1, idx, x, out, loss)
+
+
+def _log(run, step, micro, idx, x, out, loss) -> None:
+    run.log_batch(step=step, sample_ids=idx.tolist(), inputs=x, batch_idx=micro)
+    run.log_predictions(out.detach(), step=step, batch_idx=micro)
+    run.log({"loss": loss.detach()}, step=step)
+
+
+def steps_of(root: Path, name: str, n_params: int = 4) -> list[int]:
+    """The steps of a run's weight captures; two captures at one step would double a step's count."""
+    con = lakelog.connect(root)
+    rows = con.execute(
+        "SELECT step, count(*) AS n FROM params WHERE run = ? AND kind = 'param' GROUP BY step ORDER BY step",
+        [name],
+    ).fetchall()
+    assert all(n == n_params for _, n in rows), rows
+    return [s for s, _ in rows]
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_every_capture_carries_its_batchs_step(tmp_path: Path, order: str) -> None:
+    train(tmp_path, "a", order=order)
+    assert steps_of(tmp_path, "a") == list(range(STEPS))
+    train(tmp_path, "sparse", order=order, every=5)
+    assert steps_of(tmp_path, "sparse") == [0, 5, 10, 15]
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_an_input_changed_at_step_12_is_found_at_step_12_in_either_order(tmp_path: Path, order: str) -> None:
+    train(tmp_path, "a", order=order)
+    train(tmp_path, "b", order=order, change_at=CHANGED)
+    r = diff_runs(tmp_path, "a", "b")
+    assert (r.first_layer, r.first_step) == ("inputs", CHANGED)
+    differing = r.layers.filter(r.layers["status"] == "differs")
+    # the changed sample moves its logits, the loss, the gradients and the update of that same step
+    assert dict(zip(differing["layer"], differing["first_step"], strict=True)) == {
+        "inputs": CHANGED,
+        "predictions": CHANGED,
+        "loss": CHANGED,
+        "gradients": CHANGED,
+        "weights": CHANGED,
+        "optimizer": CHANGED,
+    }
+    assert "2.bias, 2.bias" not in (r.layer("gradients")["detail"] or "")
+
+
+def test_both_orders_give_the_same_answer(tmp_path: Path) -> None:
+    answers = []
+    for order in ("before", "after"):
+        root = tmp_path / order
+        train(root, "a", order=order)
+        train(root, "b", order=order, change_at=CHANGED)
+        r = diff_runs(root, "a", "b")
+        answers.append(r.layers.select("layer", "status", "first_step").rows())
+    assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_gradient_accumulation_stamps_one_capture_per_optimizer_step(tmp_path: Path, order: str) -> None:
+    train(tmp_path, "acc", order=order, accumulate=4)
+    assert steps_of(tmp_path, "acc") == list(range(STEPS))
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_logging_every_few_steps_still_numbers_each_capture(tmp_path: Path, order: str) -> None:
+    train(tmp_path, "few", order=order, log_every=5)
+    assert steps_of(tmp_path, "few") == list(range(STEPS))
+
+
+def test_a_step_callable_sets_the_step_in_either_order(tmp_path: Path) -> None:
+    for order in ("before", "after"):
+        state = {"global_step": 0}
+
+        def step_fn(state=state) -> int:
+            return 100 + state["global_step"]
+
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with lakelog.init(tmp_path, name=order) as run:
+            run.watch(model, opt, every=2, step=step_fn)
+            for step in range(6):
+                if order == "before":
+                    run.log({"x": 1.0}, step=step)
+                model(torch.ones(1, 4)).sum().backward()
+                opt.step()
+                state["global_step"] += 1
+                if order == "after":
+                    run.log({"x": 1.0}, step=step)
+        con = lakelog.connect(tmp_path)
+        got = con.execute(
+            "SELECT DISTINCT step FROM params WHERE run = ? AND kind = 'param' ORDER BY step", [order]
+        ).fetchall()
+        assert [s for (s,) in got] == [100, 102, 104]
+
+
+def test_a_log_call_before_the_loop_does_not_shift_an_after_loop(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with lakelog.init(tmp_path, name="pre") as run:
+        run.watch(model, opt, every=1)
+        run.log({"lr": 0.1}, step=0)  # a setup log between watch and the loop
+        for step in range(8):
+            model(torch.ones(1, 4) * step).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            run.log({"loss": 1.0}, step=step)
+    assert steps_of(tmp_path, "pre", n_params=2) == list(range(8))
