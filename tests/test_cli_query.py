@@ -73,6 +73,10 @@ def test_query_list_shows_docs_and_parameters():
     assert "loss_name = 'loss': the scalar holding the training loss" in out.output
     listed = json.loads(run("query", "--list", "--format", "json").output)
     assert {q["name"] for q in listed} >= {"first_divergence", "grad_health"}
+    assert not [q["name"] for q in listed if q["name"].startswith(("internal.", "plot_", "determinism_"))]
+    assert "internal.plot_divergence" not in out.output
+    every = json.loads(run("query", "--list", "--all", "--format", "json").output)
+    assert {"internal.plot_divergence", "first_divergence"} <= {q["name"] for q in every}
 
 
 def test_query_runs_a_named_query_with_both_parameter_styles(root):

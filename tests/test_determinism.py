@@ -281,7 +281,7 @@ def test_a_loader_rebuilt_with_the_same_seed_every_epoch_is_seen_repeating(tmp_p
             loader = DataLoader(Noisy(), batch_size=4, num_workers=2, generator=dataloader_generator(0))
             for batch in record_workers(run, loader):
                 run.log({"x": float(batch.sum())}, epoch=epoch)
-    flags = lakelog.query("determinism_workers", root=tmp_path, run="r")
+    flags = lakelog.query("internal.determinism_workers", root=tmp_path, run="r")
     assert set(flags["problem"]) == {"repeated"} and {"torch", "numpy", "python"} <= set(flags["rng"])
     assert flags.row(0, named=True)["passes"] == [0, 1]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 
+import duckdb
 import polars as pl
 import pytest
 from conftest import CAUSE_STEP
@@ -21,7 +22,6 @@ EXPECTED_QUERIES = {
     "prediction_diff",
     "env_diff",
     "step_overlap",
-    "resume_step",
     "grad_health",
     "frozen_layers",
     "lr_ratio",
@@ -71,6 +71,69 @@ def test_every_query_has_a_documented_header_and_bound_parameters():
         assert all(p.doc for p in q.params), f"{name} has an undocumented parameter"
         used = set(re.findall(r"\$([A-Za-z_]\w*)", q.sql))
         assert used == {p.name for p in q.params}, f"{name}: declared and used parameters differ"
+
+
+def test_internal_queries_have_their_own_namespace_and_still_run(con):
+    questions = querylib.questions()
+    assert set(questions) >= EXPECTED_QUERIES
+    assert not [n for n in questions if n.startswith(("plot_", "determinism_", "internal.", "resume_step"))]
+    internal = {n for n, q in querylib.library().items() if q.internal}
+    assert {"internal.plot_divergence", "internal.determinism_batches", "internal.resume_step"} <= internal
+    assert all(querylib.library()[n].path.parent.name == "internal" for n in internal)
+    names = lakelog.query("internal.plot_scalar_names", con=con, runs=["base"])
+    assert {"loss", "acc"} <= set(names["name"])
+    with pytest.raises(QueryError, match=r"unknown query 'plot_divergence'") as info:
+        lakelog.query("plot_divergence", con=con)
+    assert "internal." not in str(info.value)  # the error lists the user's questions
+
+
+def _sql_file(folder, name, header, body):
+    path = folder / f"{name}.sql"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"-- name: {name}\n-- A test query.\n{header}{body}\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("header", "body", "message"),
+    [
+        ("", "SELECT $x", r"SQL uses \$x but the header does not declare it"),
+        ("-- param x: x\n-- param y = 1: y\n", "SELECT $x", r"declares y but the SQL never uses \$y;"),
+        ("-- param y = 1: y\n", "SELECT 1 -- see $y\n", r"never uses \$y \(only in a comment\)"),
+        ("-- param x: x\n", "SELECT '$x' AS v", r"parameter \$x stands inside quotes, where it is text"),
+        ("-- param x: x\n", 'SELECT 1 AS "$x"', r"\$x stands inside quotes"),
+        ("-- param x: x\n", "SELECT $$ $x $$ AS v", r"\$x stands inside quotes"),
+        ("-- param x: x\n-- param x: again\n", "SELECT $x", "declares x more than once"),
+    ],
+)
+def test_the_loader_refuses_placeholders_that_would_not_bind(tmp_path, header, body, message):
+    path = _sql_file(tmp_path, "q", header, body)
+    with pytest.raises(QueryError, match=message) as info:
+        querylib.parse(path)
+    assert str(path) in str(info.value)
+
+
+def test_placeholders_in_comments_and_text_next_to_real_ones_are_not_parameters(tmp_path):
+    body = (
+        "SELECT $run AS r, 'costs $5 or $more' AS price, E'it\\'s $x' AS e, $tag$ $y $tag$ AS d\n"
+        "/* $z in a block comment */ -- and $w in a line comment\n"
+        "WHERE json_extract_string('{}', '$.a') IS NULL OR $run = 'it''s'"
+    )
+    q = querylib.parse(_sql_file(tmp_path, "q", "-- param run: the run\n", body))
+    assert [p.name for p in q.params] == ["run"]
+    row = duckdb.connect().execute(q.sql, q.bind({"run": "a"})).fetchone()
+    assert row == ("a", "costs $5 or $more", "it's $x", " $y ")
+
+
+def test_folders_are_namespaces_and_dialect_folders_and_macros_are_not_queries(tmp_path, monkeypatch):
+    _sql_file(tmp_path, "top", "", "SELECT 1")
+    _sql_file(tmp_path / "internal", "helper", "", "SELECT 2")
+    _sql_file(tmp_path / "spark", "top", "", "SELECT 1")  # the Spark dialect of 'top'
+    _sql_file(tmp_path, "_macros", "", "SELECT 3")
+    monkeypatch.setenv("LAKELOG_QUERIES", str(tmp_path))
+    assert sorted(querylib.library()) == ["internal.helper", "top"]
+    assert sorted(querylib.questions()) == ["top"]
+    assert querylib.get("internal.helper").internal and not querylib.get("top").internal
 
 
 def test_scalar_names_are_parameters_with_the_conventional_defaults():

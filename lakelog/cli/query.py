@@ -122,16 +122,15 @@ def _signature(q: querylib.Query) -> str:
     return ", ".join(parts)
 
 
-def _list_queries(fmt: str, output: Path | None) -> None:
-    rows = [
-        {"name": q.name, "parameters": _signature(q), "answers": q.doc} for q in querylib.library().values()
-    ]
+def _list_queries(fmt: str, output: Path | None, every: bool = False) -> None:
+    listed = list((querylib.library() if every else querylib.questions()).values())
+    rows = [{"name": q.name, "parameters": _signature(q), "answers": q.doc} for q in listed]
     df = pl.DataFrame(rows, schema={"name": pl.String, "parameters": pl.String, "answers": pl.String})
     if fmt != "table":
         emit(df, fmt, output)
         return
     out = console()
-    for q in querylib.library().values():
+    for q in listed:
         out.print(f"[bold]{q.name}[/bold]({_signature(q)})")
         out.print(f"  {q.doc}", highlight=False)
         for p in q.params:
@@ -148,17 +147,27 @@ def _list_queries(fmt: str, output: Path | None) -> None:
 @click.option(
     "--list", "list_", is_flag=True, help="List the queries with their parameters and documentation."
 )
+@click.option(
+    "--all", "all_", is_flag=True, help="With --list: include the internal.* queries of plots and reports."
+)
 @format_option
 @output_option
 def query_command(
-    name: str | None, root: str, pairs: tuple, params: tuple, list_: bool, fmt: str, output: Path | None
+    name: str | None,
+    root: str,
+    pairs: tuple,
+    params: tuple,
+    list_: bool,
+    all_: bool,
+    fmt: str,
+    output: Path | None,
 ) -> None:
     """Run a named query of the library (queries/NAME.sql) with its parameters.
 
     Example: lakelog query first_divergence -p run_a baseline -p run_b candidate --param tol=1e-4
     """
     if list_:
-        _list_queries(fmt, output)
+        _list_queries(fmt, output, every=all_)
         return
     if not name:
         raise InvalidArgumentError("query: give a query NAME, or --list to see them")

@@ -161,7 +161,7 @@ def _resume(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str, tol: float) 
             if step is None and entry.get("after_step") is not None:
                 step = int(entry["after_step"]) + 1
             if step is None and entry.get("at"):
-                step = query("resume_step", con=con, run=run, at=entry["at"])["step"][0]
+                step = query("internal.resume_step", con=con, run=run, at=entry["at"])["step"][0]
             if step is None:
                 continue
             layers = query(

@@ -158,7 +158,7 @@ def build_report(
     from lakelog.read.views import connect
 
     con = connect(resolve_targets(targets, root))
-    overview = querylib.query("plot_runs_overview", con=con)
+    overview = querylib.query("internal.plot_runs_overview", con=con)
     runs = overview["run"].to_list()
     if len(set(runs)) != len(runs):
         raise InvalidArgumentError(
@@ -185,12 +185,12 @@ def build_report(
         )
     page.table(rows, status_key="status")
 
-    names = querylib.query("plot_scalar_names", con=con)["name"].unique().to_list()
+    names = querylib.query("internal.plot_scalar_names", con=con)["name"].unique().to_list()
     chosen = list(metrics) if metrics else _auto_metrics(names)
     page.heading("Training curves")
     if chosen:
         build.chart("curves", lambda: plots.metric_curves(con, chosen, max_points=max_points))
-        if int(querylib.query("plot_scalar_names", con=con)["n_epochs"].max() or 0) > 1:
+        if int(querylib.query("internal.plot_scalar_names", con=con)["n_epochs"].max() or 0) > 1:
             build.chart("loss per epoch", lambda: plots.epoch_history(con, chosen[0]))
     else:
         page.paragraph("No plain scalars (loss, acc…) were logged.")

@@ -67,18 +67,18 @@ def determinism_report(
     flags = [
         WorkerFlag(run=run, **worker_flag(row))
         for run in (run_a, run_b)
-        for row in query("determinism_workers", con=con, run=run).iter_rows(named=True)
+        for row in query("internal.determinism_workers", con=con, run=run).iter_rows(named=True)
     ]
     judge = Judge(
         run_a,
         run_b,
         info,
-        _by_evidence(query("determinism_batches", con=con, **pair)),
-        _by_evidence(query("determinism_params", con=con, **pair)),
+        _by_evidence(query("internal.determinism_batches", con=con, **pair)),
+        _by_evidence(query("internal.determinism_params", con=con, **pair)),
         _by_evidence(
-            query("determinism_outputs", con=con, **pair, loss_name=loss_name, loss_tol=float(loss_tol))
+            query("internal.determinism_outputs", con=con, **pair, loss_name=loss_name, loss_tol=float(loss_tol))
         ),
-        query("determinism_worker_seeds", con=con, **pair).row(0, named=True),
+        query("internal.determinism_worker_seeds", con=con, **pair).row(0, named=True),
         flags,
     )
     checks = [Check(name, title, **judge.judge(name)) for name, title in CHECKS.items()]

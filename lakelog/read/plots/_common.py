@@ -135,5 +135,5 @@ def title(text: str, subtitle: str | list[str] | None = None) -> alt.TitleParams
 
 def label_of(con: duckdb.DuckDBPyConnection, runs: list[str]) -> dict[str, str]:
     """Short sweep labels ("lr=0.01 batch=64") per run, from the config values that differ."""
-    frame = query("plot_config_labels", con=con, runs=runs)
+    frame = query("internal.plot_config_labels", con=con, runs=runs)
     return dict(zip(frame["run"].to_list(), frame["label"].to_list(), strict=True))

@@ -64,7 +64,7 @@ def _divergence_frame(
         raise InvalidArgumentError(f"tol: expected a number >= 0, got {tol!r}")
     return fetch(
         con,
-        "plot_divergence",
+        "internal.plot_divergence",
         run_a=run_a,
         run_b=run_b,
         metric=metric,

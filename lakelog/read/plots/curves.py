@@ -44,7 +44,7 @@ def metric_curves(
     chosen = check_runs(con, runs)
     frame = fetch(
         con,
-        "plot_metric_curves",
+        "internal.plot_metric_curves",
         names=names,
         runs=chosen,
         max_points=check_max_points(max_points),
@@ -113,7 +113,7 @@ def epoch_history(
     chosen = check_runs(con, runs)
     frame = fetch(
         con,
-        "plot_epoch_history",
+        "internal.plot_epoch_history",
         names=names,
         runs=chosen,
         missing=f"no scalar named {metric!r} in runs {', '.join(chosen) or '(all)'}",

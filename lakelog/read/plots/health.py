@@ -55,7 +55,7 @@ def group_norms(
         raise InvalidArgumentError(f"metrics: expected a subset of {list(PANELS)}, got {metrics!r}")
     frame = fetch(
         con,
-        "plot_group_norms",
+        "internal.plot_group_norms",
         run=name,
         max_points=check_max_points(max_points),
         missing=f"run {name!r} has no grad_norm/weight_norm/update_norm scalars or params rows "
@@ -115,7 +115,7 @@ def learning_rates(
     name = one_run(con, run)
     frame = fetch(
         con,
-        "plot_scalar_family",
+        "internal.plot_scalar_family",
         run=name,
         prefix="lr/",
         max_points=check_max_points(max_points),
@@ -162,7 +162,7 @@ def holdout_accuracy(
     chosen = check_runs(con, runs)
     frame = fetch(
         con,
-        "plot_holdout_accuracy",
+        "internal.plot_holdout_accuracy",
         runs=chosen,
         max_points=check_max_points(max_points),
         missing="no holdout rows nor holdout/acc scalars (pass holdout=... to run.watch)",
@@ -199,7 +199,7 @@ def holdout_heatmap(
     name = one_run(con, run)
     frame = fetch(
         con,
-        "plot_holdout_heatmap",
+        "internal.plot_holdout_heatmap",
         run=name,
         max_samples=check_max_points(max_samples, "max_samples"),
         max_steps=check_max_points(max_steps, "max_steps"),
@@ -256,7 +256,7 @@ def label_balance(
     name = one_run(con, run)
     frame = fetch(
         con,
-        "plot_label_balance",
+        "internal.plot_label_balance",
         run=name,
         max_points=check_max_points(max_points),
         missing=f"run {name!r} has no label_pct/<class> scalars nor labelled predictions",

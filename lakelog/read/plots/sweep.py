@@ -66,7 +66,7 @@ def sweep_curves(
         raise InvalidArgumentError(f"per: expected 'epoch' or 'step', got {per!r}")
     frame = fetch(
         con,
-        "plot_metric_curves",
+        "internal.plot_metric_curves",
         names=[metric],
         runs=chosen,
         max_points=check_max_points(max_points),
@@ -175,7 +175,7 @@ def parallel_coordinates(
     higher = _direction(metric, higher_is_better)
     frame = fetch(
         con,
-        "plot_sweep_params",
+        "internal.plot_sweep_params",
         metric=metric,
         runs=chosen,
         missing=f"no run config varies and no run has {metric!r} in its summary",
@@ -251,7 +251,7 @@ def training_time(source: Source, runs: str | Sequence[str] | None = None) -> al
     """Training time per configuration (run.json's duration_s), longest first."""
     con = connection(source)
     chosen = check_runs(con, runs)
-    frame = fetch(con, "plot_run_times", runs=chosen, missing="no run has a duration or timed scalars yet")
+    frame = fetch(con, "internal.plot_run_times", runs=chosen, missing="no run has a duration or timed scalars yet")
     frame = _with_labels(con, frame.filter(pl.col("duration_s").is_not_null()), chosen).drop("config")
     if frame.is_empty():
         raise InvalidArgumentError("runs: none of the runs has a duration yet (finish them first)")
