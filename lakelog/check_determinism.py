@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lakelog.errors import InvalidArgumentError
+from lakelog.lake.checks import positive_int
 from lakelog.read.determinism.findings import DeterminismReport
 from lakelog.read.determinism.report import RUN_NAMES, determinism_report
 from lakelog.write.context import current_run, set_current, set_step_limit, take_pending_seeding
@@ -40,8 +41,7 @@ def check_determinism(
     """
     if not callable(fn):
         raise InvalidArgumentError(f"fn: expected a function fn(run) that trains, got {type(fn).__name__}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InvalidArgumentError(f"steps: expected a positive int, got {steps!r}")
+    steps = positive_int(steps, "steps")
     if len(names) != 2 or names[0] == names[1]:
         raise InvalidArgumentError(f"names: expected two different run names, got {names!r}")
     root = root if root is not None else tempfile.mkdtemp(prefix="lakelog-determinism-")

@@ -52,3 +52,28 @@ def optional_positive_int(value: Any, arg: str) -> int | None:
 def optional_non_negative_int(value: Any, arg: str) -> int | None:
     """None, or ``value`` as an int ≥ 0."""
     return None if value is None else non_negative_int(value, arg)
+
+
+def _as_number(value: Any, arg: str, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"{arg}: expected {expected}, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if number != number:
+        raise InvalidArgumentError(f"{arg}: expected {expected}, got NaN")
+    return number
+
+
+def positive_number(value: Any, arg: str) -> float:
+    """``value`` as a float > 0 (ints and numpy numbers accepted; bools and NaN refused)."""
+    number = _as_number(value, arg, "a positive number")
+    if number <= 0:
+        raise InvalidArgumentError(f"{arg}: expected a positive number, got {value!r}")
+    return number
+
+
+def non_negative_number(value: Any, arg: str) -> float:
+    """``value`` as a float ≥ 0 (ints and numpy numbers accepted; bools and NaN refused)."""
+    number = _as_number(value, arg, "a number >= 0")
+    if number < 0:
+        raise InvalidArgumentError(f"{arg}: expected a number >= 0, got {value!r}")
+    return number

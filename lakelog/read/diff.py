@@ -17,6 +17,7 @@ import duckdb
 import polars as pl
 
 from lakelog.errors import InvalidArgumentError, RunNotFoundError
+from lakelog.lake.checks import non_negative_number
 from lakelog.lake.layout import RUN_FILE, Lake
 from lakelog.read.querylib import query
 from lakelog.read.views import connect
@@ -241,8 +242,7 @@ def diff_runs(
     difference still counted as equal (0: bit-identical). Raises RunNotFoundError for an unknown run
     and InvalidArgumentError when the runs share no step at all.
     """
-    if isinstance(tol, bool) or not isinstance(tol, int | float) or tol < 0:
-        raise InvalidArgumentError(f"tol: expected a number >= 0, got {tol!r}")
+    tol = non_negative_number(tol, "tol")
     con, (run_a, run_b) = connect_runs(root_or_con, [run_a, run_b])
     pair = {"run_a": run_a, "run_b": run_b}
     steps = query("step_overlap", con=con, **pair)

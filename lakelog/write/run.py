@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from lakelog.errors import InvalidArgumentError, LakeNotWritableError, RunClosedError, RunExistsError
+from lakelog.lake.checks import non_negative_int, positive_number
 from lakelog.lake.layout import RUN_FILE, Lake, check_run_name
 from lakelog.write import records
 from lakelog.write.context import release_current
@@ -52,18 +53,6 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
-def _check_int(value: Any, arg: str) -> int:
-    if type(value) is int and value >= 0:  # the common case first: this runs on every log call
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise InvalidArgumentError(
-            f"{arg}: expected a non-negative int, got {type(value).__name__} {value!r}"
-        )
-    if value < 0:
-        raise InvalidArgumentError(f"{arg}: expected a non-negative int, got {value}")
-    return int(value)
-
-
 class Run:
     """One training run in a lake; use ``lakelog.init`` to create it."""
 
@@ -87,15 +76,12 @@ class Run:
         if config is not None and not isinstance(config, Mapping):
             raise InvalidArgumentError(f"config: expected a mapping (dict), got {type(config).__name__}")
         if seed is not None:
-            _check_int(seed, "seed")
-        self.log_every = _check_int(log_every, "log_every") or 1
-        if not isinstance(flush_every_s, int | float) or flush_every_s <= 0:
-            raise InvalidArgumentError(
-                f"flush_every_s: expected a positive number of seconds, got {flush_every_s!r}"
-            )
+            non_negative_int(seed, "seed")
+        self.log_every = non_negative_int(log_every, "log_every") or 1
+        flush_every_s = positive_number(flush_every_s, "flush_every_s")
         env_rank, env_world = rank_and_world_size()
-        self.rank = env_rank if rank is None else _check_int(rank, "rank")
-        self.world_size = env_world if world_size is None else _check_int(world_size, "world_size")
+        self.rank = env_rank if rank is None else non_negative_int(rank, "rank")
+        self.world_size = env_world if world_size is None else non_negative_int(world_size, "world_size")
         if name is None and self.world_size > 1:
             log.warning(
                 "lakelog.init: no name given with world_size=%d: each rank generates its own run name; "
@@ -241,19 +227,19 @@ class Run:
             raise RunClosedError(f"run {self.name!r} is finished: start a new one with lakelog.init(...)")
         self._log_calls += 1
         if step is not None:
-            self._step = _check_int(step, "step")
+            self._step = non_negative_int(step, "step")
         if epoch is not None:
-            self._epoch = _check_int(epoch, "epoch")
+            self._epoch = non_negative_int(epoch, "epoch")
         return self._step, self._epoch
 
     def _queue_epoch(self, epoch: int | None) -> int:
         """The epoch partition for rows queued by helpers; unlike log calls, it never moves the run's epoch."""
         if self._closed:
             raise RunClosedError(f"run {self.name!r} is finished: start a new one with lakelog.init(...)")
-        return self._epoch if epoch is None else _check_int(epoch, "epoch")
+        return self._epoch if epoch is None else non_negative_int(epoch, "epoch")
 
     def _skip(self, step: int, every: int | None) -> bool:
-        every = self.log_every if every is None else (_check_int(every, "every") or 1)
+        every = self.log_every if every is None else (non_negative_int(every, "every") or 1)
         return every > 1 and step % every != 0
 
     def log(self, metrics: Mapping[str, Any], *, step: int | None = None, epoch: int | None = None) -> None:

@@ -8,6 +8,7 @@ import altair as alt
 import polars as pl
 
 from lakelog.errors import InvalidArgumentError
+from lakelog.lake.checks import non_negative_number
 from lakelog.read import querylib
 from lakelog.read.plots._common import (
     DEFAULT_MAX_POINTS,
@@ -60,8 +61,7 @@ def _divergence_frame(
     if run_a == run_b:
         raise InvalidArgumentError(f"run_b: expected a run other than run_a, got {run_b!r} twice")
     check_runs(con, [run_a, run_b])
-    if isinstance(tol, bool) or not isinstance(tol, int | float) or tol < 0:
-        raise InvalidArgumentError(f"tol: expected a number >= 0, got {tol!r}")
+    tol = non_negative_number(tol, "tol")
     return fetch(
         con,
         "internal.plot_divergence",

@@ -18,7 +18,7 @@ from typing import Any
 
 import altair as alt
 
-from lakelog.errors import InvalidArgumentError
+from lakelog.lake.checks import positive_number
 from lakelog.lake.files import write_bytes_atomic, write_text_atomic
 
 _STYLE = """
@@ -198,8 +198,7 @@ def save_png(chart: alt.TopLevelMixin | dict[str, Any], path: str | Path, *, sca
     """One chart as a PNG, rendered offline by vl-convert."""
     import vl_convert
 
-    if scale <= 0:
-        raise InvalidArgumentError(f"scale: expected a positive number, got {scale!r}")
+    scale = positive_number(scale, "scale")
     spec = chart if isinstance(chart, dict) else chart.to_dict()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import altair as alt
 import polars as pl
 
 from lakelog.errors import InvalidArgumentError
+from lakelog.lake.checks import positive_int
 from lakelog.read.plots._common import (
     DEFAULT_MAX_POINTS,
     HEIGHT,
@@ -106,8 +107,7 @@ def leaderboard(
     con = connection(source)
     chosen = check_runs(con, runs)
     higher = _direction(metric, higher_is_better)
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise InvalidArgumentError(f"top: expected a positive int, got {top!r}")
+    top = positive_int(top, "top")
     frame = fetch(con, "leaderboard", metric=metric, descending=higher, missing="the lake holds no runs")
     frame = frame.filter(pl.col("metric_value").is_not_null() & pl.col("metric_value").is_finite())
     if chosen:

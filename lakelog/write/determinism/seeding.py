@@ -23,6 +23,7 @@ import torch
 from lakelog.errors import InvalidArgumentError
 from lakelog.lake import checker_env, schemas
 from lakelog.lake.checker_env import DETERMINISM_ENV
+from lakelog.lake.checks import non_negative_int
 from lakelog.write.context import current_run, stash_seeding, step_limit, take_pending_seeding
 from lakelog.write.fingerprint import fingerprint_many, to_hex
 
@@ -77,9 +78,7 @@ def _record_seeding(settings: dict[str, Any]) -> None:
 
 def dataloader_generator(seed: int) -> torch.Generator:
     """A seeded generator for ``DataLoader(generator=...)``: fixes the shuffle and the workers' base seed."""
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise InvalidArgumentError(f"seed: expected a non-negative int, got {seed!r}")
-    return torch.Generator().manual_seed(int(seed))
+    return torch.Generator().manual_seed(non_negative_int(seed, "seed"))
 
 
 # -- running under check-determinism ------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from lakelog.errors import DumpError, InvalidArgumentError
+from lakelog.lake.checks import optional_positive_int
 from lakelog.lake.dump_layout import list_dumps
 from lakelog.lake.progress import bar
 from lakelog.write.dumps.writer import DumpWriter
@@ -58,10 +59,7 @@ def find_checkpoints(
     directory: Path, *, steps_per_epoch: int | None = None
 ) -> tuple[list[Checkpoint], list[Path]]:
     """The checkpoints under ``directory`` in step order, and the files whose names say no step."""
-    if steps_per_epoch is not None and (
-        isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1
-    ):
-        raise InvalidArgumentError(f"steps_per_epoch: expected a positive int, got {steps_per_epoch!r}")
+    steps_per_epoch = optional_positive_int(steps_per_epoch, "steps_per_epoch")
     by_batch: list[tuple[int, int, Path]] = []
     by_step: list[tuple[int, Path]] = []
     skipped: list[Path] = []

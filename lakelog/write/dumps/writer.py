@@ -28,6 +28,7 @@ import torch
 
 from lakelog.errors import DumpError, InvalidArgumentError, RunClosedError
 from lakelog.lake import dump_layout as L
+from lakelog.lake.checks import non_negative_int, optional_positive_int
 from lakelog.lake.schemas import DUMP_INDEX
 from lakelog.write.dumps.files import Dump, load_dump, write_dump_files
 from lakelog.write.dumps.optim import flatten_optimizer, optimizer_state_dict
@@ -145,14 +146,6 @@ class _Job:
         return {L.INDEX_TABLE: self.row}
 
 
-def _positive(value: int | None, arg: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgumentError(f"{arg}: expected a positive int or None, got {value!r}")
-    return value
-
-
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -185,16 +178,16 @@ class DumpWriter:
         self._estimated = False
         self._closed = False
         self._error: BaseException | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=_positive(max_pending, "max_pending") or 2)
+        self._queue: queue.Queue = queue.Queue(maxsize=optional_positive_int(max_pending, "max_pending") or 2)
         self._thread: threading.Thread | None = None
 
     def configure(
         self, *, every: int | None = None, keep_first: int | None = None, keep_every: int | None = None
     ) -> None:
         """Change which steps are dumped; dumps already written or queued stay as they are."""
-        self.every = _positive(every, "every")
-        self.keep_first = _positive(keep_first, "keep_first")
-        self.keep_every = _positive(keep_every, "keep_every")
+        self.every = optional_positive_int(every, "every")
+        self.keep_first = optional_positive_int(keep_first, "keep_first")
+        self.keep_every = optional_positive_int(keep_every, "keep_every")
 
     # -- training thread ---------------------------------------------------------------------
     def wanted(self, step: int) -> bool:
@@ -223,10 +216,8 @@ class DumpWriter:
     ) -> Path | None:
         """Queue one dump; returns its step folder, or None when the options (or the rank) skip it."""
         self._check()
-        step = self.run.step if step is None else step
+        step = self.run.step if step is None else non_negative_int(step, "step")
         epoch = self.run.epoch if epoch is None else epoch
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise InvalidArgumentError(f"step: expected a non-negative int, got {step!r}")
         if getattr(self.run, "rank", 0) != 0 or not self.wanted(step):
             return None
         items = model_items(model)
