@@ -1,56 +1,60 @@
-"""Exact 128-bit fingerprints of tensors, computed on the device where each tensor lives.
+"""Exact 128-bit fingerprints of tensors: one pass over the bytes on CPU, no device sync on accelerators.
 
 Why: to say *where* two training runs first differ, lakelog records a fingerprint of every parameter,
-gradient and input batch. A norm or a sum cannot do this (a permutation, or two changes that cancel,
-leave it unchanged); copying a CUDA tensor to host to hash its bytes would stall training. So the hash
-is built from plain elementwise torch ops and one reduction, which run on any device, never sync, and
-give the same answer on CPU and CUDA.
+gradient, optimizer state and input batch. A norm or a sum cannot do this (a permutation, or two
+changes that cancel, leave it unchanged). Two algorithms do it, each the fastest where it runs:
 
-The algorithm (version 1), all arithmetic modulo 2**64, ``>>>`` a logical right shift:
+- ``x3`` (CPU tensors): ``xxh3_128`` of the tensor's bytes, seeded with a hash of its header. One
+  pass over the bytes in native code with the GIL released, tensors spread over a small thread pool.
+- ``v1`` (tensors on accelerators): the sum of mixed words, computed with torch ops where the tensor
+  lives so nothing waits for the device (lakelog/write/fingerprint_v1.py). It gives the same bits on
+  every device; on CPU it is several times slower than ``x3``.
 
-1. Bytes. The tensor's logical contents (``t.contiguous()``, conj/neg views resolved) in its native
-   dtype, as little-endian bytes in row-major order. ``nbytes = numel * element_size``.
-2. Words. The bytes are read as ``W = ceil(nbytes / 8)`` unsigned 64-bit little-endian words
-   ``w[0..W)``; when ``nbytes`` is not a multiple of 8 the last word is padded with zero bytes
-   (``nbytes`` is part of the header below, so padding cannot collide with real zeros).
-3. Lanes. For lane ``L`` in (0, 1), with index key ``G[L]`` and finalizer ``F[L]``::
+The two give different values for the same bytes, so every fingerprint carries its algorithm: ``x3``
+ones are written ``x3:<32 hex digits>``, ``v1`` ones as the bare 32 hex digits (the format of lakes
+written before ``x3`` existed). Readers compare two fingerprints only when their algorithms match and
+report "not comparable" otherwise (``fingerprint_algorithm`` here, the ``fp_algorithm`` macro in SQL).
+``LAKELOG_FINGERPRINT=v1`` makes CPU tensors use ``v1`` too, for a CPU run compared with a GPU run.
 
-       S[L] = sum over i of  F[L]( w[i] XOR (i * G[L]) )
+Common to both, for a tensor ``t``:
 
-   ``F[0]`` is splitmix64's finalizer (shifts 30, 27, 31), ``F[1]`` murmur3's fmix64 (shifts 33,
-   33, 33); each is ``x ^= x >>> a; x *= c1; x ^= x >>> b; x *= c2; x ^= x >>> d``, a nonlinear
-   bijection, so mixing the index in makes the sum order-aware and changes that cancel in a plain
-   sum do not cancel here.
-4. Header. ``H = xxh3_128("lakelog-fingerprint-v1|<dtype>|<shape>|<layout>|<nbytes>")`` split into
-   two 64-bit halves ``H[0]`` (high) and ``H[1]`` (low); dtype is e.g. ``float32``, shape is the
-   repr of a Python tuple (``()``, ``(3,)``, ``(2, 3)``), layout ``strided``.
-5. Result. ``fp[L] = F[L]( S[L] XOR H[L] )``, returned as int64 (two's complement of the unsigned
-   value); ``to_hex`` prints ``fp[0]`` then ``fp[1]`` as 16 hex digits each.
+1. Bytes: its logical contents (``t.contiguous()``, conj/neg views resolved) in its native dtype, as
+   little-endian bytes in row-major order; ``nbytes = numel * element_size``.
+2. Header text: ``lakelog-fingerprint-<algorithm>|<dtype>|<shape>|<layout>|<nbytes>``, dtype e.g.
+   ``float32``, shape the repr of a Python tuple (``()``, ``(3,)``, ``(2, 3)``), layout ``strided``.
+3. ``x3``: ``xxh3_128(bytes, seed=xxh3_64(header))``. ``v1``: see fingerprint_v1.py, with ``H`` the
+   two 64-bit halves (high, low) of ``xxh3_128(header)``.
+4. Result: two int64 (the two's complement of the high and low 64 bits); ``to_hex`` prints them as
+   16 hex digits each, after the algorithm's prefix.
 
-Sparse COO tensors are coalesced and hashed as the 4 words ``fingerprint(indices) ++
-fingerprint(values)`` under a header with layout ``sparse_coo`` (other sparse layouts are converted to
-COO first, their header keeps their own layout name). Coalescing a tensor that is not yet coalesced
-has to count its entries, which on CUDA waits for the device; dense tensors never do.
-
-The torch kernel is checked bit for bit against a pure-Python implementation of the steps above in
-``tests/test_fingerprint.py``. Large tensors are processed in chunks of ``CHUNK_WORDS_CPU`` /
-``CHUNK_WORDS_CUDA`` words so temporaries stay bounded; the result does not depend on the chunking.
+Sparse tensors are coalesced (COO; other sparse layouts converted to COO first) and hashed as the 32
+bytes ``fingerprint(indices) ++ fingerprint(values)`` under a header with their own layout name.
+Coalescing a tensor that is not yet coalesced counts its entries, which on CUDA waits for the device;
+dense tensors never do. Both algorithms are checked bit for bit against pure-Python implementations
+of these steps in ``tests/test_fingerprint.py``.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import xxhash
 
 from lakelog.errors import InvalidArgumentError
+from lakelog.write import fingerprint_v1 as v1
 
 __all__ = [
+    "ALGORITHMS",
+    "algorithm_for",
     "combine_hex",
     "fingerprint",
+    "fingerprint_algorithm",
     "fingerprint_bytes",
     "fingerprint_hex",
     "fingerprint_many",
@@ -61,196 +65,53 @@ if sys.byteorder != "little":  # pragma: no cover - every platform torch ships f
     raise ImportError("lakelog.write.fingerprint defines words as little-endian and assumes such a host")
 
 VERSION = 1
-_MASK64 = (1 << 64) - 1
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+ALGORITHMS = ("x3", "v1")
+ENV = "LAKELOG_FINGERPRINT"
+_MASK64 = v1.MASK64
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
-# Words per chunk. Temporaries stay under 64 bytes per chunk word (4 MiB on CPU, 64 MiB on CUDA). On
-# CPU the buffers of a chunk stay in cache through its ~15 ops (2**16 and 2**17 were fastest of
-# 2**14..2**20 on a 2-core EPYC); on accelerators large chunks keep kernel launches few. Neither
-# changes the result.
-CHUNK_WORDS_CPU = 1 << 16
-CHUNK_WORDS_CUDA = 1 << 20
-
-# Per-lane index keys (odd, so i -> i * G is a bijection): the golden-ratio gamma of splitmix64, and
-# the R2-sequence constant of Roberts (2018).
-_INDEX_KEYS = (0x9E3779B97F4A7C15, 0xD1B54A32D192ED03)
-# Per-lane finalizers (shift1, mult1, shift2, mult2, shift3): splitmix64 and murmur3 fmix64.
-_FINALIZERS = (
-    (30, 0xBF58476D1CE4E5B9, 27, 0x94D049BB133111EB, 31),
-    (33, 0xFF51AFD7ED558CCD, 33, 0xC4CEB9FE1A85EC53, 33),
-)
+POOL_MIN_BYTES = 4 << 20
+"""Below this many bytes per call, ``x3`` hashes on the calling thread (a hand-off costs more)."""
 
 
-def _signed(x: int) -> int:
-    """The int64 whose two's complement bits equal the unsigned 64-bit `x`: what torch ops accept."""
-    x &= _MASK64
-    return x - (1 << 64) if x >> 63 else x
+def _forced() -> str | None:
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value != "v1":
+        raise InvalidArgumentError(f"{ENV}: expected 'auto' or 'v1', got {value!r}")
+    return value
 
 
-# Both lanes run side by side as the two rows of a (2, m) tensor; each constant is a (2, 1) column.
-# Rows of the table: index key, then (shift, mask for the logical shift, multiplier) x 3 (the last
-# multiplier is unused). torch's `>>` on int64 is arithmetic, so a logical shift is the arithmetic
-# shift with the copies of the sign bit masked off; `*` wraps modulo 2**64 on CPU and CUDA.
-_CONSTANTS = [[_signed(g) for g in _INDEX_KEYS]]
-for _step in range(3):
-    _shifts = [f[2 * _step] for f in _FINALIZERS]
-    _CONSTANTS.append(_shifts)
-    _CONSTANTS.append([(1 << (64 - k)) - 1 for k in _shifts])
-    _CONSTANTS.append([_signed(f[2 * _step + 1]) if _step < 2 else 1 for f in _FINALIZERS])
-_CPU_TABLE = torch.tensor(_CONSTANTS, dtype=torch.int64)
-del _step, _shifts
+def algorithm_for(t: torch.Tensor | torch.device) -> str:
+    """The algorithm ``fingerprint`` uses for a tensor (or a device): ``x3`` on CPU, ``v1`` elsewhere,
+    ``v1`` everywhere when the environment sets ``LAKELOG_FINGERPRINT=v1``."""
+    device = t if isinstance(t, torch.device) else t.device
+    return _forced() or ("x3" if device.type == "cpu" else "v1")
 
 
-def _chunk_words(device: torch.device) -> int:
-    return CHUNK_WORDS_CPU if device.type == "cpu" else CHUNK_WORDS_CUDA
+def _check_algorithm(algorithm: str | None) -> None:
+    if algorithm is not None and algorithm not in ALGORITHMS:
+        raise InvalidArgumentError(f"algorithm: expected one of {ALGORITHMS} or None, got {algorithm!r}")
 
 
-def _on_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a small host tensor to `device` without making the host wait (pinned memory, async copy)."""
-    if device.type == "cpu":
-        return table
-    if device.type == "cuda":
-        table = table.pin_memory()
-    return table.to(device, non_blocking=True)
-
-
-class _Kernel:
-    """Step 3 (and the finalizers of step 5) on one device, with buffers reused across tensors.
-
-    The per-lane constants are (2, 1) columns, copied to the device once per call. The scratch
-    buffers of a chunk are allocated once per call too: allocating them per tensor made the CPU
-    allocator return and re-fault the pages on every tensor, which doubled the time for a model.
-    """
-
-    def __init__(self, device: torch.device, total_words: int) -> None:
-        table = _on_device(_CPU_TABLE, device).unsqueeze(-1)
-        self.device = device
-        self.key = table[0]
-        self.steps = [
-            (table[1 + 3 * k], table[2 + 3 * k], table[3 + 3 * k] if k < 2 else None) for k in range(3)
-        ]
-        self.chunk = _chunk_words(device)
-        size = max(1, min(self.chunk, total_words))
-        self.ramp = torch.arange(size, dtype=torch.int64, device=device)
-        self.x, self.tmp, self.keys = (
-            torch.empty((2, size), dtype=torch.int64, device=device) for _ in range(3)
-        )
-
-    def finalize_(self, x: torch.Tensor, tmp: torch.Tensor) -> None:
-        """Each row of int64 `x` (2, m) through its lane's finalizer, in place; `tmp` is scratch."""
-        for shift, mask, mult in self.steps:
-            torch.bitwise_right_shift(x, shift, out=tmp)
-            tmp.bitwise_and_(mask)
-            x.bitwise_xor_(tmp)
-            if mult is not None:
-                x.mul_(mult)
-
-    def large_sums(self, pieces: list[torch.Tensor]) -> torch.Tensor:
-        """Step 3 for one tensor whose words are `pieces` joined: (2,) int64, chunk by chunk.
-
-        The keys ``i * G`` of the current chunk live in a buffer advanced by ``m * G`` after each
-        chunk of m words, so no index data comes from the host and the chunk size does not matter.
-        """
-        size = min(self.chunk, sum(p.numel() for p in pieces))
-        keys = self.keys[:, :size]
-        torch.mul(self.ramp[:size], self.key, out=keys)
-        partial = []
-        for piece in pieces:
-            for start in range(0, piece.numel(), self.chunk):
-                w = piece[start : start + self.chunk]
-                m = w.numel()
-                x = self.x[:, :m]
-                # (2, m) operand first: faster than broadcasting the first operand.
-                torch.bitwise_xor(keys[:, :m], w, out=x)
-                self.finalize_(x, self.tmp[:, :m])
-                partial.append(x.sum(dim=1))
-                keys.add_(self.key * m)
-        return partial[0] if len(partial) == 1 else torch.stack(partial).sum(dim=0)
-
-    def group_sums(self, groups: list[list[torch.Tensor]]) -> torch.Tensor:
-        """Step 3 for several small tensors at once (at most a chunk of words): (k, 2) int64.
-
-        Hashing a 64-element bias alone costs as many kernel calls as a chunk of a big tensor, so
-        small tensors are concatenated, mixed with their own word indices, and split again by
-        reading a cumulative sum at the tensor boundaries.
-        """
-        counts = [sum(p.numel() for p in pieces) for pieces in groups]
-        words = torch.cat([p for pieces in groups for p in pieces])
-        total = words.numel()
-        local = torch.cat([self.ramp[:c] for c in counts])  # each word's index within its own tensor
-        x = self.x[:, :total]
-        torch.mul(local, self.key, out=x)
-        torch.bitwise_xor(x, words, out=x)
-        self.finalize_(x, self.tmp[:, :total])
-        cums = torch.zeros((2, total + 1), dtype=torch.int64, device=self.device)
-        torch.cumsum(x, dim=1, out=cums[:, 1:])
-        at = [0]
-        for c in counts:
-            at.append(at[-1] + c)
-        ends = torch.stack([cums[:, a] for a in at])  # (k + 1, 2)
-        return ends[1:] - ends[:-1]
-
-    def sums(self, groups: list[list[torch.Tensor]]) -> torch.Tensor:
-        """Step 3 for tensors on this device, given as word pieces: (k, 2) int64 in the same order.
-
-        Tensors above a quarter chunk are hashed alone, in chunks; the others are batched, up to a
-        chunk of words per batch, whatever their order among the large ones.
-        """
-        rows: list[torch.Tensor | None] = [None] * len(groups)
-        batch: list[int] = []
-        batch_words = 0
-
-        def flush() -> None:
-            for i, row in zip(batch, self.group_sums([groups[i] for i in batch]).unbind(), strict=True):
-                rows[i] = row
-
-        for i, pieces in enumerate(groups):
-            n = sum(p.numel() for p in pieces)
-            if n > self.chunk // 4:
-                rows[i] = self.large_sums(pieces)
-                continue
-            if batch_words + n > self.chunk:
-                flush()
-                batch, batch_words = [], 0
-            batch.append(i)
-            batch_words += n
-        if batch:
-            flush()
-        return torch.stack(rows)  # type: ignore[arg-type]
-
-
-@functools.lru_cache(maxsize=4096)
-def _header(dtype: torch.dtype, shape: tuple[int, ...], layout: str, nbytes: int) -> tuple[int, int]:
-    """Step 4: two signed 64-bit halves of the header hash, so dtype and shape are part of the fingerprint."""
+@functools.lru_cache(maxsize=8192)
+def _header(
+    algorithm: str, dtype: torch.dtype, shape: tuple[int, ...], layout: str, nbytes: int
+) -> tuple[int, int]:
+    """Step 2-3's header hash: ``x3``'s seed (twice), or ``v1``'s two signed halves."""
     name = str(dtype).removeprefix("torch.")
-    text = f"lakelog-fingerprint-v{VERSION}|{name}|{shape}|{layout}|{nbytes}"
-    h = xxhash.xxh3_128_intdigest(text.encode())
-    return _signed(h >> 64), _signed(h)
+    version = f"v{VERSION}" if algorithm == "v1" else algorithm
+    text = f"lakelog-fingerprint-{version}|{name}|{shape}|{layout}|{nbytes}".encode()
+    if algorithm == "x3":
+        seed = xxhash.xxh3_64_intdigest(text)
+        return seed, seed
+    h = xxhash.xxh3_128_intdigest(text)
+    return v1.signed(h >> 64), v1.signed(h)
 
 
-def _dense_words(t: torch.Tensor) -> list[torch.Tensor]:
-    """Steps 1-2 for a strided tensor: its words as 1-D int64 pieces (a view of `t` when possible).
-
-    The pieces are the full words and, when the byte count is not a multiple of 8, one zero-padded
-    tail word; they are hashed as one sequence, so an odd-sized tensor needs no full copy.
-    """
-    flat = t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1)
-    raw = flat.view(torch.uint8)
-    if raw.data_ptr() % 8:
-        # A view into the middle of a storage may be misaligned for int64: copy to aligned memory.
-        raw = raw.clone()
-    nbytes = raw.numel()
-    full = nbytes - nbytes % 8
-    pieces = [raw[:full].view(torch.int64)]
-    if full != nbytes:
-        pad = raw.new_zeros(8)
-        pad[: nbytes - full] = raw[full:]
-        pieces.append(pad.view(torch.int64))
-    return pieces
-
-
-def _prepare(t: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
-    """Check `t` and return its word pieces (steps 1-2) and header halves (step 4)."""
+def _check(t: torch.Tensor) -> str:
+    """The layout name of `t`, or a clear error for what has no bytes to hash."""
     if not isinstance(t, torch.Tensor):
         raise InvalidArgumentError(f"fingerprint expects a torch.Tensor, got {type(t).__name__}")
     if t.device.type == "meta":
@@ -260,100 +121,224 @@ def _prepare(t: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
     if t.is_nested:
         raise InvalidArgumentError("cannot fingerprint a nested tensor; fingerprint its components")
     layout = str(t.layout).removeprefix("torch.")
-    shape = tuple(t.shape)
-    if t.layout == torch.strided:
-        pieces = _dense_words(t)
-        nbytes = t.numel() * t.element_size()
-    elif layout.startswith("sparse"):
-        coo = t.detach()
-        if t.layout != torch.sparse_coo:
-            coo = coo.to_sparse_coo()
-        coo = coo.coalesce()
-        pieces = [fingerprint_many([coo.indices(), coo.values()]).reshape(-1)]
-        nbytes = 32
-    else:
+    if t.layout != torch.strided and not layout.startswith("sparse"):
         raise InvalidArgumentError(f"cannot fingerprint a tensor with layout {t.layout}")
-    return pieces, _header(t.dtype, shape, layout, nbytes)
+    return layout
 
 
-def _finalized(pre: torch.Tensor, kernel: _Kernel) -> torch.Tensor:
-    """Step 5 on `pre` of shape (n, 2): each lane's finalizer on its column, as a new tensor."""
-    x = pre.t().contiguous()
-    kernel.finalize_(x, torch.empty_like(x))
-    return x.t().contiguous()
+def _sparse_parts(t: torch.Tensor, algorithm: str) -> torch.Tensor:
+    """The 4 int64 words ``fingerprint(indices) ++ fingerprint(values)`` of the coalesced COO form."""
+    coo = t.detach()
+    if t.layout != torch.sparse_coo:
+        coo = coo.to_sparse_coo()
+    coo = coo.coalesce()
+    return fingerprint_many([coo.indices(), coo.values()], algorithm=algorithm).reshape(-1)
 
 
-def fingerprint(t: torch.Tensor) -> torch.Tensor:
+# -- x3 ----------------------------------------------------------------------------------------------
+_pool_lock = threading.Lock()
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1, torch.get_num_threads()))
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The process's hashing pool, made again in a forked child (a fork copies no threads)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(max_workers=3, thread_name_prefix="lakelog-fp"))
+        return _pool[1]
+
+
+def _host_bytes(t: torch.Tensor) -> memoryview:
+    """Step 1 for a strided tensor: its bytes as a memoryview of host memory (a view when possible)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()  # x3 of a device tensor was asked for explicitly: this waits for the device
+    if t.is_conj() or t.is_neg() or not t.is_contiguous():
+        t = t.resolve_conj().resolve_neg().contiguous()
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def _hash_all(items: list[tuple[memoryview, int]]) -> list[int]:
+    def run(part: list[int]) -> None:
+        for i in part:
+            data, seed = items[i]
+            out[i] = xxhash.xxh3_128_intdigest(data, seed)
+
+    out = [0] * len(items)
+    total = sum(len(d) for d, _ in items)
+    threads = _threads() if total >= POOL_MIN_BYTES and len(items) > 1 else 1
+    if threads == 1:
+        run(list(range(len(items))))
+        return out
+    # Largest first onto the least loaded of `threads` bins; the calling thread hashes bin 0.
+    bins: list[list[int]] = [[] for _ in range(threads)]
+    loads = [0] * threads
+    for i in sorted(range(len(items)), key=lambda i: -len(items[i][0])):
+        k = loads.index(min(loads))
+        bins[k].append(i)
+        loads[k] += len(items[i][0])
+    pool = _executor()
+    futures = [pool.submit(run, part) for part in bins[1:] if part]
+    run(bins[0])
+    for f in futures:
+        f.result()
+    return out
+
+
+def _x3_many(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``x3`` fingerprints as a CPU (n, 2) int64 tensor (sparse ones through their parts)."""
+    items: list[tuple[memoryview, int]] = []
+    for t in tensors:
+        layout = _check(t)
+        if t.layout == torch.strided:
+            data = _host_bytes(t)
+            nbytes = len(data)
+        else:
+            data = memoryview(_sparse_parts(t, "x3").numpy()).cast("B")
+            nbytes = 32
+        items.append((data, _header("x3", t.dtype, tuple(t.shape), layout, nbytes)[0]))
+    digests = _hash_all(items)
+    return torch.tensor([[v1.signed(h >> 64), v1.signed(h)] for h in digests], dtype=torch.int64).reshape(
+        -1, 2
+    )
+
+
+# -- v1 ----------------------------------------------------------------------------------------------
+def _v1_many(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``v1`` fingerprints of tensors on one device: (n, 2) int64 there, without waiting for it."""
+    groups, headers = [], []
+    for t in tensors:
+        layout = _check(t)
+        if t.layout == torch.strided:
+            pieces, nbytes = v1.dense_words(t), t.numel() * t.element_size()
+        else:
+            pieces, nbytes = [_sparse_parts(t, "v1")], 32
+        groups.append(pieces)
+        headers.append(_header("v1", t.dtype, tuple(t.shape), layout, nbytes))
+    return v1.fingerprint_words(groups, headers)
+
+
+# -- public ------------------------------------------------------------------------------------------
+def fingerprint(t: torch.Tensor, *, algorithm: str | None = None) -> torch.Tensor:
     """The 128-bit fingerprint of `t` as an int64 tensor of shape (2,) on `t.device`.
 
-    Computed with torch ops where `t` lives and returned without a host-device sync, so it can be
-    called inside a training step; `to_hex` turns it into text when the caller is ready to wait.
+    ``algorithm=None`` uses ``algorithm_for(t)``, computed without a host-device sync so it can be
+    called inside a training step; ``to_hex`` turns it into text when the caller is ready to wait.
     """
-    return fingerprint_many([t])[0]
+    return fingerprint_many([t], algorithm=algorithm)[0]
 
 
-def fingerprint_many(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+def fingerprint_many(tensors: Sequence[torch.Tensor], *, algorithm: str | None = None) -> torch.Tensor:
     """Fingerprints of several tensors as one (n, 2) int64 tensor, so the caller needs one transfer.
 
-    Row i equals ``fingerprint(tensors[i])``. Small tensors on one device are hashed together, which
-    is most of the saving for a model's many biases and norms. The result lives on the first tensor's
-    device; tensors on other devices are hashed where they are and only their (k, 2) results move
-    (which waits for that device when the target is the CPU). No tensors give a (0, 2) CPU tensor.
+    Row i equals ``fingerprint(tensors[i], algorithm=algorithm)``; with ``algorithm=None`` each tensor
+    uses ``algorithm_for`` its device (pass the same choice to ``to_hex``). Tensors on one device are
+    hashed together. The result lives on the first tensor's device; tensors on other devices are
+    hashed where they are and only their (k, 2) results move (which waits for that device when the
+    target is the CPU). ``algorithm="x3"`` on an accelerator copies the tensor to the host first
+    (a sync: for tools, not training loops). No tensors give a (0, 2) CPU tensor.
     """
+    _check_algorithm(algorithm)
     tensors = list(tensors)
     if not tensors:
         return torch.empty((0, 2), dtype=torch.int64)
-    prepared = [_prepare(t) for t in tensors]
+    for t in tensors:
+        _check(t)
     target = tensors[0].device
-    by_device: dict[torch.device, list[int]] = {}
-    for i, (pieces, _) in enumerate(prepared):
-        by_device.setdefault(pieces[0].device, []).append(i)
-    rows: list[torch.Tensor] = []
-    order: list[int] = []
-    kernels = {}
-    for device, members in by_device.items():
-        groups = [prepared[i][0] for i in members]
-        kernels[device] = _Kernel(device, sum(p.numel() for pieces in groups for p in pieces))
-        block = kernels[device].sums(groups)
-        rows.extend((block if device == target else block.to(target)).unbind())
-        order.extend(members)
-    if order != sorted(order):
-        rows = [row for _, row in sorted(zip(order, rows, strict=True), key=lambda pair: pair[0])]
-    sums = torch.stack(rows)
-    headers = _on_device(torch.tensor([h for _, h in prepared], dtype=torch.int64), target)
-    return _finalized(sums.bitwise_xor_(headers), kernels[target])
+    by_key: dict[tuple[str, torch.device], list[int]] = {}
+    for i, t in enumerate(tensors):
+        algo = algorithm or algorithm_for(t)
+        by_key.setdefault((algo, torch.device("cpu") if algo == "x3" else t.device), []).append(i)
+    if len(by_key) == 1:
+        ((algo, device), _), *_ = by_key.items()
+        block = _x3_many(tensors) if algo == "x3" else _v1_many(tensors)
+        return block if device == target else block.to(target)
+    out = torch.empty((len(tensors), 2), dtype=torch.int64, device=target)
+    for (algo, device), members in by_key.items():
+        part = [tensors[i] for i in members]
+        block = _x3_many(part) if algo == "x3" else _v1_many(part)
+        index = v1.on_device(torch.tensor(members, dtype=torch.int64), target)
+        out.index_copy_(0, index, block if device == target else block.to(target))
+    return out
 
 
-def to_hex(fp: torch.Tensor) -> list[str] | str:
-    """Fingerprint(s) as 32-char lowercase hex: (2,) gives a str, (n, 2) a list. This is the one sync."""
+def to_hex(fp: torch.Tensor, algorithm: str | Sequence[str] | None = None) -> list[str] | str:
+    """Fingerprint(s) as text: (2,) gives a str, (n, 2) a list. This is the one sync.
+
+    ``algorithm``: the algorithm that computed them (one for all rows, or one per row); None takes
+    ``algorithm_for(fp.device)``, right for what ``fingerprint_many(..., algorithm=None)`` returned
+    when all its tensors were on one device. ``x3`` is written ``x3:`` + 32 hex digits, ``v1`` as
+    the bare 32 lowercase hex digits.
+    """
     if not isinstance(fp, torch.Tensor) or fp.dtype != torch.int64 or fp.shape[-1:] != (2,) or fp.dim() > 2:
         raise InvalidArgumentError(
             "to_hex expects an int64 tensor of shape (2,) or (n, 2) from fingerprint()"
         )
     rows = fp.reshape(-1, 2).tolist()
-    hexes = [f"{a & _MASK64:016x}{b & _MASK64:016x}" for a, b in rows]
+    if algorithm is None or isinstance(algorithm, str):
+        algos = [algorithm or algorithm_for(fp.device)] * len(rows)
+    else:
+        algos = list(algorithm)
+        if len(algos) != len(rows):
+            raise InvalidArgumentError(
+                f"algorithm: expected {len(rows)} names (one per row), got {len(algos)}"
+            )
+    for a in set(algos):
+        _check_algorithm(a)
+    hexes = [
+        f"{'' if algo == 'v1' else algo + ':'}{a & _MASK64:016x}{b & _MASK64:016x}"
+        for (a, b), algo in zip(rows, algos, strict=True)
+    ]
     return hexes[0] if fp.dim() == 1 else hexes
 
 
-def fingerprint_hex(t: torch.Tensor) -> str:
+def fingerprint_hex(t: torch.Tensor, *, algorithm: str | None = None) -> str:
     """`to_hex(fingerprint(t))`: convenient where a sync does not matter (tests, tools, notebooks)."""
-    out = to_hex(fingerprint(t))
+    out = to_hex(fingerprint(t, algorithm=algorithm), algorithm or algorithm_for(t))
     assert isinstance(out, str)
     return out
+
+
+def fingerprint_algorithm(fp: str) -> str:
+    """The algorithm of a fingerprint's text: the prefix before ``:``, ``v1`` when there is none.
+
+    Two fingerprints say anything about equality only when their algorithms match; the SQL macro
+    ``fp_algorithm`` is the same rule for queries.
+    """
+    head, sep, _ = fp.partition(":")
+    return head if sep else "v1"
+
+
+def _split_hex(h: object) -> tuple[str, str]:
+    if not isinstance(h, str):
+        raise InvalidArgumentError(f"combine_hex expects fingerprint strings, got {h!r}")
+    algo = fingerprint_algorithm(h)
+    digits = h.rpartition(":")[2].lower()
+    if len(digits) != 32 or not set(digits) <= _HEX_DIGITS or not algo:
+        raise InvalidArgumentError(f"combine_hex expects fingerprints like to_hex writes them, got {h!r}")
+    return algo, digits
 
 
 def combine_hex(hexes: Sequence[str]) -> str:
     """One fingerprint for an ordered group of fingerprints (e.g. a batch's input tensors).
 
-    Order-aware and length-aware: the xxh3_128 of the hex strings joined by ``,`` with a version tag.
+    Order-aware and length-aware: the xxh3_128 of the fingerprints joined by ``,`` with a version tag.
+    It carries the algorithms of its parts (``x3:``, bare for ``v1`` and for ``fingerprint_bytes``,
+    ``v1+x3:`` for a mix), so groups hashed by different algorithms read as not comparable.
     """
     if isinstance(hexes, str):
         raise InvalidArgumentError("combine_hex expects a sequence of hex strings, not a single str")
-    for h in hexes:
-        if not isinstance(h, str) or len(h) != 32 or not set(h) <= _HEX_DIGITS:
-            raise InvalidArgumentError(f"combine_hex expects 32-char hex strings, got {h!r}")
-    text = f"lakelog-combine-v{VERSION}|{len(hexes)}|" + ",".join(h.lower() for h in hexes)
-    return xxhash.xxh3_128_hexdigest(text.encode())
+    parts = [_split_hex(h) for h in hexes]
+    algos = sorted({a for a, _ in parts})
+    prefix = "" if algos in ([], ["v1"]) else "+".join(algos) + ":"
+    joined = ",".join(d if a == "v1" else f"{a}:{d}" for a, d in parts)
+    text = f"lakelog-combine-v{VERSION}|{len(parts)}|" + joined
+    return prefix + xxhash.xxh3_128_hexdigest(text.encode())
 
 
 def fingerprint_bytes(data: bytes | bytearray | memoryview) -> str:

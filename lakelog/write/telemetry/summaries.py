@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lakelog.write.fingerprint import fingerprint_many, to_hex
+from lakelog.write.fingerprint import algorithm_for, fingerprint_many, to_hex
 from lakelog.write.telemetry.pack import F64, Pack
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -210,7 +210,7 @@ class Section:
         self.kinds = ["none"] * self.n
         self.numels = [t.numel() if t is not None else 0 for t in tensors]
         self.full, self.minmax = full, minmax
-        self._parts: list[tuple[list[int], str, str | None]] = []
+        self._parts: list[tuple[list[int], str, str | None, str]] = []
         by_device: dict[torch.device, list[int]] = {}
         for i, t in enumerate(tensors):
             if t is not None:
@@ -225,19 +225,19 @@ class Section:
             if fingerprint:
                 fp_key = f"{key}/{j}/fp"
                 pack.add(fp_key, fingerprint_many(ts))
-            self._parts.append((rows, f"{key}/{j}/stats", fp_key))
+            self._parts.append((rows, f"{key}/{j}/stats", fp_key, algorithm_for(ts[0])))
 
     def columns(self, pack: Pack) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         raw = np.full((self.n, len(RAW)), np.nan)
-        for rows, stats_key, _ in self._parts:
+        for rows, stats_key, _, _ in self._parts:
             raw[rows] = pack.get(stats_key)
         return finish_stats(raw, self.kinds, self.numels, full=self.full, minmax=self.minmax)
 
     def fingerprints(self, pack: Pack) -> list[str | None]:
         out: list[str | None] = [None] * self.n
-        for rows, _, fp_key in self._parts:
+        for rows, _, fp_key, algorithm in self._parts:
             if fp_key is not None:
-                hexes = to_hex(torch.from_numpy(pack.get(fp_key).copy()).reshape(-1, 2))
+                hexes = to_hex(torch.from_numpy(pack.get(fp_key).copy()).reshape(-1, 2), algorithm)
                 for i, h in zip(rows, hexes, strict=True):
                     out[i] = h
         return out
