@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from lakelog.errors import DumpError, InvalidArgumentError
+from lakelog.write.unwrap import unwrap_model, unwrap_optimizer
 
 
 def _jsonable(value: Any) -> Any:
@@ -27,12 +28,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     return repr(value)
-
-
-def _unwrap(model: Any) -> Any:
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
-        return model.module
-    return model
 
 
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -74,7 +69,7 @@ def _names(groups: list[Mapping[str, Any]], optimizer: Any, model: Any) -> dict[
     have both, else the groups' ``param_names`` (optimizers built from ``named_parameters()``), else by
     order from a saved model's state dict when that is certain, else ``param<i>``."""
     by_id: dict[int, str] = {}
-    model = _unwrap(model)
+    model = unwrap_model(model)
     if isinstance(model, torch.nn.Module):
         by_id = {id(p): n for n, p in model.named_parameters()}
     live = optimizer.param_groups if isinstance(optimizer, torch.optim.Optimizer) else None
@@ -103,6 +98,7 @@ def flatten_optimizer(
     optimizer: Any, model: Any = None
 ) -> tuple[list[tuple[str, torch.Tensor]], dict[str, Any]]:
     """An optimizer (or its state dict) as named tensors plus the JSON needed to rebuild its state dict."""
+    optimizer = unwrap_optimizer(optimizer)
     if isinstance(optimizer, torch.optim.Optimizer):
         state_dict = optimizer.state_dict()
         kind = type(optimizer).__name__

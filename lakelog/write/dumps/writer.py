@@ -32,6 +32,7 @@ from lakelog.lake.checks import non_negative_int, optional_positive_int
 from lakelog.lake.schemas import DUMP_INDEX
 from lakelog.write.dumps.files import Dump, load_dump, write_dump_files
 from lakelog.write.dumps.optim import flatten_optimizer, optimizer_state_dict
+from lakelog.write.unwrap import unwrap_model
 
 __all__ = ["Dump", "DumpWriter", "flatten_optimizer", "load_dump", "optimizer_state_dict", "write_dump_files"]
 
@@ -85,9 +86,9 @@ def host_state(items: list[tuple[str, torch.Tensor]]) -> tuple[dict[str, _HostCo
 
 
 def model_items(model: Any) -> list[tuple[str, torch.Tensor]]:
-    """The (name, tensor) pairs of a module's state dict, or of a state dict; DDP wrappers are unwrapped."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
-        model = model.module  # same names as an unwrapped run, so the two compare
+    """The (name, tensor) pairs of a module's state dict, or of a state dict; DDP and compile wrappers are
+    unwrapped, so the names are those of a plain run and the two compare."""
+    model = unwrap_model(model)
     if isinstance(model, torch.nn.Module):
         state = model.state_dict()
     elif isinstance(model, Mapping):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from lakelog.errors import InvalidArgumentError
+from lakelog.write import unwrap
 
 log = logging.getLogger("lakelog")
 
@@ -49,23 +50,16 @@ class Layout:
 
 
 def unwrap_model(model: Any) -> torch.nn.Module:
-    """The module whose parameter names the user knows: no ``module.`` (DDP) or ``_orig_mod.`` (compile)."""
+    """The module whose parameter names the user knows (``lakelog.write.unwrap``); refuses non-modules."""
     if not isinstance(model, torch.nn.Module):
         raise InvalidArgumentError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    for _ in range(4):
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
-            model = model._orig_mod
-    return model
+    return unwrap.unwrap_model(model)
 
 
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:
-    """The torch optimizer behind a Lightning/accelerate wrapper, or None."""
-    if optimizer is None or isinstance(optimizer, torch.optim.Optimizer):
-        return optimizer
-    inner = getattr(optimizer, "optimizer", None)
-    if isinstance(inner, torch.optim.Optimizer):
+    """The torch optimizer behind a Lightning/accelerate wrapper (``lakelog.write.unwrap``), or None."""
+    inner = unwrap.unwrap_optimizer(optimizer)
+    if inner is None or isinstance(inner, torch.optim.Optimizer):
         return inner
     raise InvalidArgumentError(
         f"optimizer: expected a torch.optim.Optimizer (or None), got {type(optimizer).__name__}"
