@@ -2,7 +2,9 @@
 
 A CUDA tensor is copied with ``non_blocking=True`` into pinned memory and an event is recorded;
 the training thread returns at once and only the writer thread waits on the event. A CPU tensor
-is cloned, so a training loop that reuses its buffers cannot change what was logged.
+is cloned, so a training loop that reuses its buffers cannot change what was logged. Every copy is
+contiguous, so its bytes can be viewed, hashed and written as they are (Parquet, safetensors).
+This is the one host copy: records, telemetry packs and dumps all use it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 
 
 class HostCopy:
-    """One tensor's host copy in flight; ``numpy()`` waits for it (call it off the training thread)."""
+    """One tensor's contiguous host copy in flight; ``get()``/``numpy()`` wait for it (off the training thread)."""
 
     __slots__ = ("event", "tensor")
 
@@ -20,21 +22,26 @@ class HostCopy:
         t = tensor.detach()
         converted = dtype is not None and t.dtype != dtype
         if converted:
-            t = t.to(dtype)  # on the tensor's own device, so the conversion is queued there too
+            t = t.to(dtype, memory_format=torch.contiguous_format)  # on the tensor's own device, queued there
         self.event = None
         if t.device.type == "cuda":
-            self.tensor = t.to("cpu", non_blocking=True)
+            # non_blocking from CUDA allocates the destination pinned, so the copy is truly asynchronous
+            self.tensor = t.to("cpu", non_blocking=True, memory_format=torch.contiguous_format)
             self.event = torch.cuda.Event()
             self.event.record()
         elif t.device.type == "cpu":
-            self.tensor = t if converted else t.clone()
+            self.tensor = t if converted else t.clone(memory_format=torch.contiguous_format)
         else:  # mps, xpu…: no portable event, a plain copy is the honest option
-            self.tensor = t.to("cpu")
+            self.tensor = t.to("cpu", memory_format=torch.contiguous_format)
 
-    def numpy(self) -> np.ndarray:
+    def get(self) -> torch.Tensor:
+        """The host tensor, once its copy has finished."""
         if self.event is not None:
             self.event.synchronize()
-        return self.tensor.numpy()
+        return self.tensor
+
+    def numpy(self) -> np.ndarray:
+        return self.get().numpy()
 
 
 def as_host(

@@ -32,6 +32,7 @@ from lakelog.lake.checks import non_negative_int, optional_positive_int
 from lakelog.lake.schemas import DUMP_INDEX
 from lakelog.write.dumps.files import Dump, load_dump, write_dump_files
 from lakelog.write.dumps.optim import flatten_optimizer, optimizer_state_dict
+from lakelog.write.hostcopy import HostCopy
 from lakelog.write.unwrap import unwrap_model
 
 __all__ = ["Dump", "DumpWriter", "flatten_optimizer", "load_dump", "optimizer_state_dict", "write_dump_files"]
@@ -40,48 +41,29 @@ log = logging.getLogger("lakelog")
 _CLOSE = object()
 
 
-class _HostCopy:
-    """A contiguous CPU copy of one tensor, started on the training thread; ``get()`` waits for it."""
-
-    __slots__ = ("event", "tensor")
-
-    def __init__(self, tensor: torch.Tensor) -> None:
-        t = tensor.detach()
-        if t.layout != torch.strided:
-            raise InvalidArgumentError(f"dump: only dense tensors can be dumped, got layout {t.layout}")
-        self.event = None
-        if t.device.type == "cuda":
-            self.tensor = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-            self.tensor.copy_(t, non_blocking=True)  # strided source, contiguous destination
-            self.event = torch.cuda.Event()
-            self.event.record()
-        elif t.device.type == "cpu":
-            self.tensor = t.clone(memory_format=torch.contiguous_format)  # the loop may change t in place
-        else:
-            self.tensor = t.to("cpu").contiguous()
-
-    def get(self) -> torch.Tensor:
-        if self.event is not None:
-            self.event.synchronize()
-        return self.tensor
+def _host_copy(tensor: torch.Tensor) -> HostCopy:
+    """A contiguous CPU copy started on the training thread (``lakelog.write.hostcopy``); dense tensors only."""
+    if tensor.layout != torch.strided:
+        raise InvalidArgumentError(f"dump: only dense tensors can be dumped, got layout {tensor.layout}")
+    return HostCopy(tensor)
 
 
 def _tie_key(t: torch.Tensor) -> tuple:
     return (t.device, t.dtype, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
 
 
-def host_state(items: list[tuple[str, torch.Tensor]]) -> tuple[dict[str, _HostCopy], dict[str, str]]:
+def host_state(items: list[tuple[str, torch.Tensor]]) -> tuple[dict[str, HostCopy], dict[str, str]]:
     """Start one host copy per distinct tensor; a name that is the very same view of another is a tie."""
     seen: dict[tuple, str] = {}
     ties: dict[str, str] = {}
-    copies: dict[str, _HostCopy] = {}
+    copies: dict[str, HostCopy] = {}
     for name, tensor in items:
         if tensor.numel() > 0:  # every empty tensor has data_ptr 0: never a tie
             canonical = seen.setdefault(_tie_key(tensor), name)
             if canonical != name:
                 ties[name] = canonical
                 continue
-        copies[name] = _HostCopy(tensor)
+        copies[name] = _host_copy(tensor)
     return copies, ties
 
 
@@ -108,7 +90,7 @@ def model_items(model: Any) -> list[tuple[str, torch.Tensor]]:
     return items
 
 
-def _scalar(value: Any, arg: str) -> float | _HostCopy | None:
+def _scalar(value: Any, arg: str) -> float | HostCopy | None:
     """A loss or accuracy; a tensor is copied without ``.item()``, which would wait for the device."""
     if value is None:
         return None
@@ -117,7 +99,7 @@ def _scalar(value: Any, arg: str) -> float | _HostCopy | None:
             raise InvalidArgumentError(
                 f"{arg}: expected a number or a one-element tensor, got shape {tuple(value.shape)}"
             )
-        return _HostCopy(value.reshape(()))
+        return _host_copy(value.reshape(()))
     if isinstance(value, int | float | np.number) and not isinstance(value, bool):
         return float(value)
     raise InvalidArgumentError(
@@ -129,14 +111,14 @@ def _scalar(value: Any, arg: str) -> float | _HostCopy | None:
 class _Job:
     step: int
     epoch: int
-    model: dict[str, _HostCopy]
+    model: dict[str, HostCopy]
     names: list[str]
     ties: dict[str, str]
-    optimizer: dict[str, _HostCopy] | None
+    optimizer: dict[str, HostCopy] | None
     optimizer_meta: dict[str, Any] | None
     optimizer_ties: dict[str, str] | None
-    loss: float | _HostCopy | None
-    acc: float | _HostCopy | None
+    loss: float | HostCopy | None
+    acc: float | HostCopy | None
     extra: dict[str, str]
     done: threading.Event = field(default_factory=threading.Event)
     row: pa.Table | None = None  # the dump_index row, once the files are on disk
@@ -312,8 +294,8 @@ class DumpWriter:
                 self._queue.task_done()
 
     def _write(self, job: _Job) -> None:
-        def value(v: float | _HostCopy | None) -> float | None:
-            return None if v is None else float(v.get().item() if isinstance(v, _HostCopy) else v)
+        def value(v: float | HostCopy | None) -> float | None:
+            return None if v is None else float(v.get().item() if isinstance(v, HostCopy) else v)
 
         loss, acc = value(job.loss), value(job.acc)
         created = datetime.now(UTC)
