@@ -39,6 +39,29 @@ META_CHECKSUMS = "checksums"  # JSON {name: xxh3-128 hex of the stored bytes}: f
 META_OPTIMIZER = "optimizer"  # JSON: class, param_groups, which flat tensor is which state entry
 META_SOURCE = "source"  # where an imported dump came from (the .pt file)
 
+SAFETENSORS_DTYPES: dict[str, tuple[str, str | None]] = {
+    "F64": ("float64", "<f8"),
+    "F32": ("float32", "<f4"),
+    "F16": ("float16", "<f2"),
+    "BF16": ("bfloat16", "<u2"),  # numpy has no bfloat16: its raw bits, widened to float32 by the reader
+    "I64": ("int64", "<i8"),
+    "I32": ("int32", "<i4"),
+    "I16": ("int16", "<i2"),
+    "I8": ("int8", "i1"),
+    "U64": ("uint64", "<u8"),
+    "U32": ("uint32", "<u4"),
+    "U16": ("uint16", "<u2"),
+    "U8": ("uint8", "u1"),
+    "BOOL": ("bool", "?"),
+    "F8_E4M3": ("float8_e4m3fn", None),
+    "F8_E5M2": ("float8_e5m2", None),
+}
+"""The one dtype table of safetensors files: its dtype name -> (torch dtype name, numpy dtype or None).
+
+Named by strings so this module needs no torch; the writer maps ``getattr(torch, name)``, the
+torch-free reader takes the numpy column (None: compare-dumps reports the tensor as unreadable).
+"""
+
 _STEP_DIR = re.compile(r"^step=(\d+)$")
 
 

@@ -26,21 +26,7 @@ class UnreadableTensor(Exception):
         self.reader = reader
 
 
-_NUMPY = {
-    "F64": "<f8",
-    "F32": "<f4",
-    "F16": "<f2",
-    "BF16": "<u2",
-    "I64": "<i8",
-    "I32": "<i4",
-    "I16": "<i2",
-    "I8": "i1",
-    "U64": "<u8",
-    "U32": "<u4",
-    "U16": "<u2",
-    "U8": "u1",
-    "BOOL": "?",
-}
+_NUMPY = {name: numpy for name, (_, numpy) in L.SAFETENSORS_DTYPES.items() if numpy is not None}
 
 
 class DumpReader:

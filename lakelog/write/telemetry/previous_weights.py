@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from lakelog.lake.dump_layout import SAFETENSORS_DTYPES
 from lakelog.lake.files import write_stream_atomic
 from lakelog.write.telemetry.summaries import _HALF, F64
 
@@ -47,18 +48,7 @@ def update_norms(current: Sequence[torch.Tensor], previous: Sequence[torch.Tenso
 
 
 _ST_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
+    getattr(torch, name): st for st, (name, _) in SAFETENSORS_DTYPES.items() if hasattr(torch, name)
 }
 
 
