@@ -21,14 +21,6 @@ STEPS = 20
 CHANGED = 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def train(
     root: Path,
     name: str,

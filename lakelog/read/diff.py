@@ -8,7 +8,6 @@ after it usually differ only because it did.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +16,10 @@ import duckdb
 import polars as pl
 
 from lakelog.errors import InvalidArgumentError, RunNotFoundError
-from lakelog.lake.checks import non_negative_number
+from lakelog.lake.checks import did_you_mean, non_negative_number
 from lakelog.lake.layout import RUN_FILE, Lake
 from lakelog.read.querylib import query
+from lakelog.read.resume import resume_points
 from lakelog.read.views import connect
 
 IDENTICAL_STATUSES = ("same", "not captured")
@@ -42,8 +42,10 @@ class DiffResult:
       last step's rel_gap / equal_numel_frac; ``group_drift_steps``: the full per-step frame.
     - ``environment``: env_diff (section, key, value_a, value_b).
     - ``steps``: step_overlap (side A / B / common, first_step, last_step, n_steps).
-    - ``resume``: one dict per resume found in either run.json (run, side, step, and per layer
-      whether the resumed part matches: {"layer": status/first step}).
+    - ``resume``: one dict per resume point of either run (``lakelog.read.resume.resume_points``): run,
+      side, step (the first resumed step), ``restored`` (weights, optimizer, lr_scheduler, rng, loader:
+      each restored / not restored / not captured, with the step and what differs), ``identical``,
+      ``not_restored``, ``layers`` (first_divergence from the resume step) and ``replays_a_step``.
     - ``notes``: plain sentences about what could not be compared and why.
     """
 
@@ -102,7 +104,8 @@ def resolve(root: Any, *runs: str) -> tuple[duckdb.DuckDBPyConnection, list[str]
         if run not in names:
             known = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "") if names else "none"
             raise RunNotFoundError(
-                f"run {run!r} not found: not a run folder, nor a run in {lake.root} (runs there: {known})"
+                f"run {run!r} not found{did_you_mean(run, names)}: not a run folder, nor a run in "
+                f"{lake.root} (runs there: {known})"
             )
         folders.append(lake.join(run))
     names = [os.path.basename(f.rstrip("/")) for f in folders]
@@ -127,17 +130,6 @@ def connect_runs(root_or_con: Any, runs: list[str]) -> tuple[duckdb.DuckDBPyConn
     return resolve(root_or_con, *runs)
 
 
-def _run_info(con: duckdb.DuckDBPyConnection, run: str) -> dict[str, Any]:
-    row = con.sql("SELECT root FROM runs WHERE run = $run", params={"run": run}).fetchall()
-    if not row or row[0][0] is None:
-        return {}
-    lake = Lake.open(row[0][0])
-    try:
-        return json.loads(lake.read_text(lake.join(run, RUN_FILE)))
-    except (OSError, ValueError):
-        return {}
-
-
 def _group_summary(steps: pl.DataFrame) -> pl.DataFrame:
     if steps.is_empty():
         return steps
@@ -151,51 +143,6 @@ def _group_summary(steps: pl.DataFrame) -> pl.DataFrame:
         pl.col("equal_numel_frac").alias("last_equal_numel_frac"),
         pl.col("step").alias("last_step"),
     ).sort("drift_rank", "group")
-
-
-def _resume(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str, tol: float) -> list[dict[str, Any]]:
-    """For each resume in either run.json: the step it resumed at and whether the rest still matches."""
-    found = []
-    for side, run in (("A", run_a), ("B", run_b)):
-        for entry in _run_info(con, run).get("resumes") or []:
-            step = entry.get("step")
-            if step is None and entry.get("after_step") is not None:
-                step = int(entry["after_step"]) + 1
-            if step is None and entry.get("at"):
-                step = query("internal.resume_step", con=con, run=run, at=entry["at"])["step"][0]
-            if step is None:
-                continue
-            layers = query(
-                "first_divergence", con=con, run_a=run_a, run_b=run_b, tol=tol, from_step=int(step)
-            )
-            checks = {
-                r["layer"]: r
-                for r in layers.to_dicts()
-                if r["layer"] in ("batch_order", "rng", "weights", "predictions", "optimizer")
-            }
-            replay = None
-            order = checks.get("batch_order", {})
-            if order.get("status") == "differs":
-                rows = query(
-                    "batch_order_mismatch", con=con, run_a=run_a, run_b=run_b, from_step=order["first_step"]
-                )
-                first = rows.filter(pl.col("kind") != "same").head(1).to_dicts()
-                if first and first[0]["same_as_a_step"] is not None:
-                    replay = first[0]["same_as_a_step"]
-            found.append(
-                {
-                    "run": run,
-                    "side": side,
-                    "step": int(step),
-                    "at": entry.get("at"),
-                    "layers": {
-                        k: {"status": v["status"], "first_step": v["first_step"], "detail": v["detail"]}
-                        for k, v in checks.items()
-                    },
-                    "replays_a_step": replay,
-                }
-            )
-    return found
 
 
 def _notes(layers: pl.DataFrame, steps: pl.DataFrame, run_a: str, run_b: str) -> list[str]:
@@ -292,6 +239,6 @@ def diff_runs(
     result.group_drift_steps = query("group_drift", con=con, loss_name=loss_name, acc_name=acc_name, **pair)
     result.group_drift = _group_summary(result.group_drift_steps)
     result.environment = query("env_diff", con=con, **pair)
-    result.resume = _resume(con, run_a, run_b, float(tol))
-    result.notes = _notes(layers, steps, run_a, run_b)
+    result.resume, unread = resume_points(con, run_a, run_b, tol=float(tol))
+    result.notes = _notes(layers, steps, run_a, run_b) + unread
     return result

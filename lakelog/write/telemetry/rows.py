@@ -39,7 +39,14 @@ class Capture:
     num_classes: int = 0
     holdout: bool = False
     initial: bool = False
+    resume: bool = False
     time: float = 0.0
+
+    @property
+    def prefix(self) -> str:
+        """The kind prefix of its rows: ``initial:`` (the run's true start), ``resume:`` (the state a resumed
+        process starts from, stamped with the step it resumes after) or none (a training step)."""
+        return "initial:" if self.initial else "resume:" if self.resume else ""
 
 
 def _masked(values: np.ndarray, valid: np.ndarray, dtype: pa.DataType | None = None) -> pa.Array:
@@ -92,7 +99,7 @@ def build_rows(layout: groups_mod.Layout, c: Capture) -> dict[str, pa.Table | No
     pack = c.pack
     assert c.params is not None and c.buffers is not None and c.meta is not None
     n_p, n_b = c.params.n, c.buffers.n
-    pre = "initial:" if c.initial else ""
+    pre = c.prefix
     wcols = c.params.columns(pack)
     extra: dict[str, Any] = {}
     gcols = c.grads.columns(pack) if c.grads is not None else None
@@ -138,7 +145,7 @@ def build_rows(layout: groups_mod.Layout, c: Capture) -> dict[str, pa.Table | No
             _table(
                 c.step,
                 [layout.params[i].name for i in idx],
-                [k for _, k, _, _ in c.optim_rows],
+                [pre + k for _, k, _, _ in c.optim_rows],
                 [groups[i] for i in idx],
                 [(s, d) for _, _, s, d in c.optim_rows],
                 c.optim.numels,
@@ -149,7 +156,7 @@ def build_rows(layout: groups_mod.Layout, c: Capture) -> dict[str, pa.Table | No
         )
     out: dict[str, pa.Table | None] = {"params": pa.concat_tables(tables)}
     scalars: list[tuple[str, float | None]] = []
-    if not c.initial:
+    if not pre:
         scalars += groups_mod.norm_scalars(groups, wcols[0]["norm"], gcols, update, known)
         for name, value in c.hyper or []:
             scalars.append((name, float(pack.get(value)[0]) if isinstance(value, str) else value))

@@ -220,11 +220,7 @@ class Watcher:
             pack.add("update", update)
             capture.update_known = self._previous.known
         if self.optimizer is not None:
-            rows = self._optim_rows()
-            capture.optim_rows = [(i, key, shape_text(t), dtype_text(t)) for i, key, t in rows]
-            capture.optim = Section(
-                pack, "o", [t for _, _, t in rows], full=False, minmax=False, fingerprint="optim" in self._fp
-            )
+            self._optim(capture)
             capture.hyper = self._hyper(pack)
         if self._labels:
             capture.labels, capture.num_classes = self._pack_labels(pack), self._num_classes
@@ -234,6 +230,15 @@ class Watcher:
             pack.send()
             self._held = (capture, self.layout)
             return
+        self._submit(capture, self.layout)
+
+    def _resume_point(self, after: int) -> None:
+        """The restored weights, buffers and optimizer state, stamped with the step the run resumes after
+        (kinds ``resume:*``): a reader compares them with what the interrupted process had at that step."""
+        capture = Capture(step=after, pack=Pack(), resume=True)
+        self._weights(capture)
+        if self.optimizer is not None:
+            self._optim(capture)
         self._submit(capture, self.layout)
 
     def _relayout(self) -> None:
@@ -254,6 +259,18 @@ class Watcher:
         assert capture is not None
         self._finish(capture)
         self._labels = []
+
+    def _optim(self, capture: Capture) -> None:
+        rows = self._optim_rows()
+        capture.optim_rows = [(i, key, shape_text(t), dtype_text(t)) for i, key, t in rows]
+        capture.optim = Section(
+            capture.pack,
+            "o",
+            [t for _, _, t in rows],
+            full=False,
+            minmax=False,
+            fingerprint="optim" in self._fp,
+        )
 
     def _optim_rows(self) -> list[tuple[int, str, torch.Tensor]]:
         state = self.optimizer.state  # type: ignore[union-attr]
@@ -330,6 +347,8 @@ class Watcher:
             capture = Capture(step=self.run.step, pack=Pack(), initial=True)
             self._weights(capture)
             self._submit(capture, self.layout)
+        elif self.options.initial and self._seen > 0:
+            self._resume_point(self._seen - 1)
         if self.optimizer is not None:
             self._hooks = [
                 self.optimizer.register_step_pre_hook(self._pre),
