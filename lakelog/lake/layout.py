@@ -82,7 +82,31 @@ class Lake:
         return cls(str(path), pafs.LocalFileSystem(), str(path), True)
 
     def join(self, *parts: str) -> str:
-        return "/".join([self.base, *parts]) if not self.local else os.path.join(self.base, *parts)
+        """``parts`` below the lake's base folder, as its file system spells paths."""
+        return join_path(self.local, self.base, *parts)
+
+    def under(self, folder: str, *parts: str) -> str:
+        """``parts`` below ``folder``, a path this lake gave out (a run folder, a partition)."""
+        return join_path(self.local, folder, *parts)
+
+    def location(self, *parts: str) -> str:
+        """``parts`` below the root as a user names them, which ``Lake.open`` and ``lakelog.connect`` take.
+
+        A local path, or the root's URI with the parts appended before its query (``?endpoint_override=…``).
+        """
+        if self.local:
+            return self.join(*parts)
+        uri, sep, query = self.root.partition("?")
+        return join_path(False, uri.rstrip("/"), *parts) + sep + query
+
+    def parent(self) -> tuple[Lake, str]:
+        """The lake one folder up and this folder's name: a run folder given as a root is (its lake, its run)."""
+        if self.local:
+            folder, name = os.path.split(self.base)
+            return Lake(folder, self.fs, folder, True), name
+        folder, _, name = self.base.rpartition("/")
+        uri, sep, query = self.root.partition("?")
+        return Lake(uri.rstrip("/").rsplit("/", 1)[0] + sep + query, self.fs, folder, False), name
 
     def run_dir(self, run: str) -> str:
         return self.join(check_run_name(run))
@@ -123,9 +147,13 @@ class Lake:
             self.fs.create_dir(path, recursive=True)
 
 
-def partition_dir(run_dir: str, table: str, epoch: int, rank: int, *, local: bool = True) -> str:
-    parts = (run_dir, table, f"epoch={int(epoch)}", f"rank={int(rank)}")
+def join_path(local: bool, *parts: str) -> str:
+    """The one path join of the lake: ``os.path`` on local disk, '/' in object stores (``Lake.join``)."""
     return os.path.join(*parts) if local else "/".join(parts)
+
+
+def partition_dir(run_dir: str, table: str, epoch: int, rank: int, *, local: bool = True) -> str:
+    return join_path(local, run_dir, table, f"epoch={int(epoch)}", f"rank={int(rank)}")
 
 
 def part_file_name(rank: int) -> str:

@@ -14,7 +14,6 @@ The verdicts with their causes and fixes come from ``causes``, the report's data
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from lakelog.errors import RunNotFoundError
@@ -34,10 +33,6 @@ from lakelog.read.querylib import query
 from lakelog.read.views import connect
 
 RUN_NAMES = ("determinism-a", "determinism-b")
-
-
-def _run_target(lake: Lake, name: str) -> str:
-    return os.path.join(lake.base, name) if lake.local else f"{lake.root.rstrip('/')}/{name}"
 
 
 def _read_info(lake: Lake, name: str) -> dict[str, Any]:
@@ -62,7 +57,7 @@ def determinism_report(
     """Compare two runs of a lake that should be identical, check by check; reads only the lake (no torch)."""
     lake = Lake.open(root)
     info = (_read_info(lake, run_a), _read_info(lake, run_b))
-    con = connect([_run_target(lake, run_a), _run_target(lake, run_b)])
+    con = connect([lake.location(run_a), lake.location(run_b)])
     pair = {"run_a": run_a, "run_b": run_b}
     flags = [
         WorkerFlag(run=run, **worker_flag(row))
