@@ -19,9 +19,10 @@ import pyarrow.fs as pafs
 
 from lakelog.errors import InvalidArgumentError
 from lakelog.lake import files
+from lakelog.lake.schemas import SCHEMAS
 
 RUN_FILE = "run.json"
-TABLES = ("predictions", "scalars", "batches", "params", "holdout", "pred_digests", "dump_index", "workers")
+TABLES: tuple[str, ...] = tuple(SCHEMAS)
 """Every Parquet table a run may hold; each is ``<run>/<table>/epoch=<e>/rank=<r>/part-….parquet``."""
 
 PART_SUFFIX = ".parquet"

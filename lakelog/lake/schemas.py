@@ -135,14 +135,15 @@ DUMP_INDEX = pa.schema(
 
 SCHEMAS: dict[str, pa.Schema] = {
     "predictions": PREDICTIONS,
-    "pred_digests": PRED_DIGESTS,
     "scalars": SCALARS,
     "batches": BATCHES,
     "params": PARAMS,
     "holdout": HOLDOUT,
-    "workers": WORKERS,
+    "pred_digests": PRED_DIGESTS,
     "dump_index": DUMP_INDEX,
+    "workers": WORKERS,
 }
+"""Every Parquet table a run may hold and its columns; ``layout.TABLES`` is its keys. A new table is added here."""
 
 PARTITION_FIELDS = [pa.field("epoch", pa.int64()), pa.field("rank", pa.int64()), pa.field("run", pa.string())]
 
