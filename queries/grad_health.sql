@@ -2,11 +2,13 @@
 -- Vanishing or exploding gradients, per parameter group: the group's gradient norm at each captured
 -- step (params.grad_norm of kind 'param', combined as sqrt(sum of squares); the scalars
 -- grad_norm/<group> when params has no gradient norms), summarised per group: min / median / max /
--- last, the first step below $vanish and the first step above $explode or NaN/Inf.
--- status: exploding (any step above $explode or not finite) | vanishing (median below $vanish) | ok.
+-- last, the first step below $vanish, the first step above $explode or NaN/Inf, and the share of
+-- steps above $explode. status: exploding (not finite on a step, or above $explode on at least
+-- $explode_share of the steps: one spike is not an explosion) | vanishing (median below $vanish) | ok.
 -- param run: the run to check
 -- param vanish = 1e-07: a group gradient norm below this counts as vanishing
 -- param explode = 1000.0: a group gradient norm above this (or NaN/Inf) counts as exploding
+-- param explode_share = 0.1: the share of steps above $explode before a group counts as exploding
 WITH
 from_params AS (
     SELECT step, coalesce("group", '(no group)') AS grp, sqrt(sum(grad_norm * grad_norm)) AS gnorm
@@ -25,13 +27,16 @@ summary AS (
         min(gnorm) AS min_norm, median(gnorm) AS median_norm, max(gnorm) AS max_norm,
         arg_max(gnorm, step) AS last_norm,
         min(step) FILTER (WHERE gnorm < $vanish) AS first_vanishing_step,
-        min(step) FILTER (WHERE gnorm > $explode OR isnan(gnorm) OR isinf(gnorm)) AS first_exploding_step
+        min(step) FILTER (WHERE gnorm > $explode OR NOT isfinite(gnorm)) AS first_exploding_step,
+        count(*) FILTER (WHERE gnorm > $explode) / count(*) AS share_above,
+        count(*) FILTER (WHERE NOT isfinite(gnorm)) AS n_not_finite
     FROM g GROUP BY grp
 )
 SELECT "group",
-    CASE WHEN first_exploding_step IS NOT NULL THEN 'exploding'
+    CASE WHEN n_not_finite > 0 OR share_above >= $explode_share THEN 'exploding'
          WHEN median_norm < $vanish THEN 'vanishing'
          ELSE 'ok' END AS status,
-    n_steps, min_norm, median_norm, max_norm, last_norm, first_vanishing_step, first_exploding_step, source
+    n_steps, min_norm, median_norm, max_norm, last_norm, first_vanishing_step, first_exploding_step,
+    share_above, source
 FROM summary
 ORDER BY status = 'ok', "group"

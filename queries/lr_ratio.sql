@@ -1,57 +1,49 @@
 -- name: lr_ratio
--- Whether the learning rates of the parameter groups stand in the ratio the user meant (e.g. the
--- head learning 10x faster than the backbone): from the scalars lr/<group>, per expected pair
--- 'numerator/denominator', the observed ratio at the first and last step, its range, and the first
--- step where it is off by more than $rtol. status: ok | wrong | missing group | invalid expectation.
--- Without an expectation, every group is reported against the first group (status: observed).
+-- Whether the learning rates of two parameter groups stand in the ratio the user meant (e.g. the
+-- head learning 10x faster than the backbone): from the scalars lr/$numerator and lr/$denominator,
+-- over the steps where both are set and non-zero (a warmup from LR 0 or a cooldown to 0 has no
+-- ratio), the observed ratio at the first and last such step, its range, and the first step where
+-- it is off from $expected by more than $rtol (relative). groups lists every lr/<group> logged.
+-- status: ok | wrong | observed ($expected below 0: nothing to compare) | missing group | no overlap
+-- (both groups logged, never both non-zero at one step).
 -- param run: the run to check
--- param expected = '': expected ratios as 'head/backbone=10' (several: comma-separated) or JSON '{"head/backbone": 10}'
+-- param numerator: the group on top of the ratio (lr/<numerator>)
+-- param denominator: the group below (lr/<denominator>)
+-- param expected = -1.0: the expected ratio; below 0: report the observed ratio only
 -- param rtol = 0.01: relative tolerance on the ratio
 WITH
 lr AS (
     SELECT step, substr(name, length('lr/') + 1) AS grp, value
     FROM scalars WHERE run = $run AND starts_with(name, 'lr/')
 ),
-groups_ AS (SELECT DISTINCT grp FROM lr),
-from_json AS (
-    SELECT key AS pair, TRY_CAST(value AS DOUBLE) AS ratio
-    FROM json_each(CASE WHEN starts_with(trim($expected), '{') THEN $expected ELSE '{}' END)
-),
-from_text AS (
-    SELECT trim(split_part(item, '=', 1)) AS pair, TRY_CAST(trim(split_part(item, '=', 2)) AS DOUBLE) AS ratio
-    FROM (SELECT unnest(string_split($expected, ',')) AS item)
-    WHERE NOT starts_with(trim($expected), '{') AND trim(item) <> ''
-),
-observed_only AS (
-    SELECT g.grp || '/' || f.grp AS pair, NULL::DOUBLE AS ratio
-    FROM groups_ g, (SELECT min(grp) AS grp FROM groups_) f
-    WHERE trim($expected) = '' AND g.grp <> f.grp
-),
-expected_ AS (
-    SELECT pair, ratio, trim(split_part(pair, '/', 1)) AS num, trim(split_part(pair, '/', 2)) AS den
-    FROM (SELECT * FROM from_json UNION ALL SELECT * FROM from_text UNION ALL SELECT * FROM observed_only)
-),
+groups_ AS (SELECT coalesce(list(DISTINCT grp ORDER BY grp), []::VARCHAR[]) AS groups FROM lr),
 ratios AS (
-    SELECT e.pair, e.ratio AS expected, n.step, n.value / nullif(d.value, 0) AS observed
-    FROM expected_ e
-    JOIN lr n ON n.grp = e.num
-    JOIN lr d ON d.grp = e.den AND d.step = n.step
+    SELECT n.step, n.value / d.value AS observed
+    FROM lr n JOIN lr d ON d.step = n.step AND d.grp = $denominator
+    WHERE n.grp = $numerator AND n.value <> 0 AND d.value <> 0 AND isfinite(n.value) AND isfinite(d.value)
 ),
 summary AS (
-    SELECT pair, any_value(expected) AS expected, count(*) AS n_steps,
+    SELECT count(*) AS n_steps, min(step) AS first_step, max(step) AS last_step,
         arg_min(observed, step) AS first_ratio, arg_max(observed, step) AS last_ratio,
         min(observed) AS min_ratio, max(observed) AS max_ratio,
-        min(step) FILTER (WHERE abs(observed / expected - 1) > $rtol OR observed IS NULL) AS first_off_step
-    FROM ratios GROUP BY pair
+        min(step) FILTER (WHERE $expected >= 0 AND abs(observed / $expected - 1) > $rtol) AS first_off_step,
+        arg_min(observed, step) FILTER (WHERE $expected >= 0 AND abs(observed / $expected - 1) > $rtol)
+            AS first_off_ratio
+    FROM ratios
+),
+skipped AS (
+    SELECT count(DISTINCT step) AS zero_steps FROM lr
+    WHERE grp IN ($numerator, $denominator) AND (value = 0 OR NOT isfinite(value))
 )
-SELECT e.pair, e.num AS numerator, e.den AS denominator, e.ratio AS expected,
-    s.first_ratio, s.last_ratio, s.min_ratio, s.max_ratio, s.first_off_step, s.n_steps,
+SELECT $numerator || '/' || $denominator AS pair, $numerator AS numerator, $denominator AS denominator,
+    CASE WHEN $expected >= 0 THEN $expected END AS expected,
+    s.first_ratio, s.last_ratio, s.min_ratio, s.max_ratio, s.first_off_step, s.first_off_ratio,
+    s.n_steps, s.first_step, s.last_step, k.zero_steps, g.groups,
     CASE
-        WHEN e.num = '' OR e.den = '' OR (e.ratio IS NULL AND trim($expected) <> '') THEN 'invalid expectation'
-        WHEN s.pair IS NULL THEN 'missing group'
-        WHEN e.ratio IS NULL THEN 'observed'
+        WHEN NOT list_contains(g.groups, $numerator) OR NOT list_contains(g.groups, $denominator) THEN 'missing group'
+        WHEN s.n_steps = 0 THEN 'no overlap'
+        WHEN $expected < 0 THEN 'observed'
         WHEN s.first_off_step IS NULL THEN 'ok'
         ELSE 'wrong'
     END AS status
-FROM expected_ e LEFT JOIN summary s ON s.pair = e.pair
-ORDER BY e.pair
+FROM summary s, groups_ g, skipped k

@@ -419,7 +419,8 @@ def _recipe(name: str) -> dict[str, Any]:
         "frozen": lambda: {"optimizer_params": "head"},
         "lr_flat": lambda: {"lrs": (0.1, 0.1)},
         "imbalanced": lambda: {"data": dataset(imbalance=0.9)},
-        "many_batches": lambda: {"data": dataset(n=200), "batch": 2, "epochs": 1, "watch": False},
+        # batch 2: the default LRs (0.05, 0.5) make the loss diverge, which doctor rightly reports
+        "many_batches": lambda: {"data": dataset(n=200), "batch": 2, "epochs": 1, "watch": False, "lrs": (0.005, 0.05)},
     }
     return health[name]()
 
