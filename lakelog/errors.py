@@ -13,6 +13,10 @@ class RunExistsError(LakelogError, FileExistsError):
     """The run folder already holds a run and the caller asked neither to resume nor to overwrite."""
 
 
+class RunInUseError(RunExistsError):
+    """Another live writer holds the run (and rank); the message names it (pid, host, start, heartbeat)."""
+
+
 class RunNotFoundError(LakelogError, FileNotFoundError):
     """A run (or a lake root) that a reader asked for does not exist."""
 

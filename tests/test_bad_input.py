@@ -138,8 +138,18 @@ def test_read_only_root(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "a/b"}, "name: 'a/b' cannot be a run folder name"),
-        ({"name": "epoch=1"}, "cannot be a run folder name"),
+        ({"name": "a/b"}, "name: 'a/b' cannot be a run name: it contains '/'"),
+        ({"name": "epoch=1"}, "cannot be a run name: it contains '='"),
+        ({"name": "*"}, r"name: '\*' cannot be a run name: it contains '\*'"),
+        ({"name": "[ab]"}, r"cannot be a run name: it contains '\['"),
+        ({"name": "a?"}, r"it contains '\?'"),
+        ({"name": "run{1,2}"}, r"it contains '\{'"),
+        ({"name": "a\nb"}, r"it contains '\\n'"),
+        ({"name": "a\x1bb"}, r"it contains '\\x1b'"),
+        ({"name": "x" * 300}, r"name: expected at most 200 bytes \(UTF-8\), got 300 bytes"),
+        ({"name": "é" * 101}, r"name: expected at most 200 bytes \(UTF-8\), got 202 bytes"),
+        ({"seed": 2**70}, r"seed: expected a non-negative int that fits in int64"),
+        ({"on_error": "ignore"}, r"on_error: expected one of \('warn', 'raise'\)"),
         ({"name": ""}, "name: expected a non-empty string"),
         ({"mode": "append"}, "mode: expected one of"),
         ({"config": [1, 2]}, "config: expected a mapping"),
@@ -150,6 +160,7 @@ def test_bad_init_arguments(tmp_path, kwargs, message):
     kwargs = {"name": "ok", **kwargs}
     with pytest.raises(InvalidArgumentError, match=message):
         lakelog.init(tmp_path, **kwargs)
+    assert not any(p.name != "ok" for p in tmp_path.iterdir())  # nothing created under another name
 
 
 def test_empty_batch_is_stored_as_nothing(tmp_path):

@@ -28,17 +28,34 @@ TABLES: tuple[str, ...] = tuple(SCHEMAS)
 PART_SUFFIX = ".parquet"
 TEMP_SUFFIX = files.TEMP_SUFFIX
 
-_RUN_NAME_FORBIDDEN = re.compile(r"[/\\=\x00]")
+_RUN_NAME_FORBIDDEN = re.compile(r"[/\\=*?\[\]{}\x00-\x1f\x7f]")
+MAX_RUN_NAME_BYTES = 200
+"""A run name is one folder name: file systems allow 255 bytes; the rest is kept for suffixes (temp names)."""
+MAX_PATH_BYTES = 4000
+"""Longest run folder path accepted: part files add about 100 bytes below it, Linux allows 4096."""
 _part_counter = itertools.count()
 
 
 def check_run_name(name: str) -> str:
-    """Reject names that would break the folder layout (a slash makes a subfolder, '=' looks like a partition)."""
+    """Return ``name`` if it can be a run folder name and a plain (never a pattern) name, else raise.
+
+    Refused: empty names, '/', '\\', '=' (looks like a partition), glob characters ``* ? [ ] { }``
+    (readers build file patterns from run names), control characters, a leading '.', and names over
+    ``MAX_RUN_NAME_BYTES`` bytes in UTF-8.
+    """
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgumentError(f"name: expected a non-empty string, got {name!r}")
-    if _RUN_NAME_FORBIDDEN.search(name) or name in (".", "..") or name.startswith("."):
+    bad = _RUN_NAME_FORBIDDEN.search(name)
+    if bad or name in (".", "..") or name.startswith("."):
+        what = f"{bad.group()!r}" if bad else "a leading '.'"
         raise InvalidArgumentError(
-            f"name: {name!r} cannot be a run folder name (no '/', '\\', '=', NUL, nor a leading '.')"
+            f"name: {name!r} cannot be a run name: it contains {what}; run names are plain folder "
+            "names without '/', '\\', '=', glob characters (* ? [ ] { }), control characters or a leading '.'"
+        )
+    size = len(name.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_RUN_NAME_BYTES:
+        raise InvalidArgumentError(
+            f"name: expected at most {MAX_RUN_NAME_BYTES} bytes (UTF-8), got {size} bytes ({name[:40]!r}…)"
         )
     return name
 
@@ -157,7 +174,24 @@ def partition_dir(run_dir: str, table: str, epoch: int, rank: int, *, local: boo
     return join_path(local, run_dir, table, f"epoch={int(epoch)}", f"rank={int(rank)}")
 
 
-def part_file_name(rank: int) -> str:
-    """A name no other writer can produce: counter, host, pid and a random suffix, so ranks never collide."""
+PART_NAME = re.compile(r"^part-(\d{6,})-\d{6,}-")
+"""Part file names start with the flush sequence that wrote them (``part-<seq>-…``)."""
+
+
+def part_file_name(rank: int, seq: int = 0) -> str:
+    """A name no other writer can produce, led by the writer's flush sequence ``seq``.
+
+    The sequence lets a resumed writer find the parts of flushes that were never committed; the
+    counter, host, pid and random suffix keep names of ranks and processes apart.
+    """
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:32]
-    return f"part-{next(_part_counter):06d}-{host}-{os.getpid()}-r{rank}-{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
+    return (
+        f"part-{int(seq):06d}-{next(_part_counter):06d}-{host}-{os.getpid()}-r{rank}-"
+        f"{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
+    )
+
+
+def part_seq(file_name: str) -> int | None:
+    """The flush sequence a part file name starts with, or None for names without one."""
+    match = PART_NAME.match(file_name)
+    return int(match.group(1)) if match else None

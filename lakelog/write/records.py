@@ -8,7 +8,6 @@ that the writer thread calls to build the Arrow batch. No Python loop runs per s
 from __future__ import annotations
 
 import array
-import collections
 import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ import xxhash
 
 from lakelog.errors import InvalidArgumentError
 from lakelog.lake import schemas
+from lakelog.lake.checks import optional_non_negative_int
 from lakelog.write.hostcopy import HostCopy, as_host, resolve
 
 RESERVED = set(schemas.PREDICTIONS.names) | {"epoch", "rank", "run"}
@@ -77,6 +77,25 @@ def _key_column(name: str, value: Any, n: int) -> HostCopy | np.ndarray | list:
     return _uniform_list(value, f"keys[{name!r}]")
 
 
+def _key_kind(column: HostCopy | np.ndarray | list) -> str:
+    return "str" if isinstance(column, list) else "int"
+
+
+def _check_key_types(host_keys: Mapping[str, Any], key_types: dict[str, str]) -> None:
+    """Refuse a key column whose type differs from its first batch's; record the types of new ones."""
+    kinds = {name: _key_kind(column) for name, column in host_keys.items()}
+    for name, kind in kinds.items():
+        fixed = key_types.get(name)
+        if fixed is not None and fixed != kind:
+            words = {"str": "strings", "int": "integers"}
+            raise InvalidArgumentError(
+                f"keys[{name!r}]: this run stores {name!r} as {words[fixed]} (fixed by its first batch for "
+                f"the whole run); got {words[kind]}: convert them (e.g. str(id)) or use another key name"
+            )
+    for name, kind in kinds.items():
+        key_types.setdefault(name, kind)
+
+
 def _uniform_list(values: Sequence, arg: str) -> list[str] | np.ndarray:
     """A copy of a list of ids, checked to hold only strings or only integers with C-level passes."""
     values = list(values)
@@ -104,8 +123,15 @@ def predictions_job(
     keys: Mapping[str, Any] | None = None,
     loss: Any = None,
     batch_idx: int | None = None,
+    key_types: dict[str, str] | None = None,
 ) -> Callable[[], dict[str, dict[str, Any]]]:
-    """Validate one batch of predictions and return the builder of its rows (and its digest row)."""
+    """Validate one batch of predictions and return the builder of its rows (and its digest row).
+
+    ``key_types`` (the run's, name -> "int" or "str") fixes each key column's type by its first
+    batch for the whole run: a later batch of the other type is refused here, on the caller's thread,
+    instead of failing the part file or being stored as the wrong type.
+    """
+    batch_idx = optional_non_negative_int(batch_idx, "batch_idx")
     if not isinstance(logits, torch.Tensor | np.ndarray):
         raise InvalidArgumentError(
             f"logits: expected a tensor or numpy array of shape (batch, classes), got {type(logits).__name__}"
@@ -151,17 +177,25 @@ def predictions_job(
     if loss is not None:
         if _length(loss, "loss") != n:
             raise InvalidArgumentError(f"loss: expected {n} per-sample losses, got {_length(loss, 'loss')}")
-        host_loss = (
-            as_host(loss, dtype=torch.float32)
-            if isinstance(loss, torch.Tensor)
-            else np.asarray(loss, dtype=np.float32)
-        )
+        if isinstance(loss, torch.Tensor):
+            if loss.is_complex():
+                raise InvalidArgumentError("loss: complex tensors are not supported; log the real losses")
+            host_loss = as_host(loss, dtype=torch.float32)
+        else:
+            try:
+                host_loss = np.asarray(loss, dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgumentError(
+                    f"loss: expected {n} per-sample numbers, got {loss!r:.80} ({exc})"
+                ) from None
 
     if keys is not None and not isinstance(keys, Mapping):
         raise InvalidArgumentError(
             f"keys: expected a mapping of column name to per-sample values, got {type(keys).__name__}"
         )
     host_keys = {name: _key_column(name, value, n) for name, value in (keys or {}).items()}
+    if key_types is not None and host_keys:
+        _check_key_types(host_keys, key_types)
 
     def build() -> dict[str, dict[str, Any]]:
         values = resolve(host_logits).reshape(n, classes)
@@ -195,6 +229,7 @@ def predictions_job(
         }
         return {"predictions": rows, "pred_digests": digest}
 
+    build.rows = n  # what a failure would cost, for the writer's counts
     return build
 
 
@@ -208,7 +243,7 @@ def _scalar_values(metrics: Mapping[str, Any]) -> tuple[list[str], list[float], 
         kind = type(value)
         if (kind is float or kind is int) and type(name) is str and name:  # the common case, checked cheaply
             names.append(name)
-            values.append(float(value))
+            values.append(_as_float(name, value))
             continue
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError(f"log: metric names must be non-empty strings, got {name!r}")
@@ -223,7 +258,7 @@ def _scalar_values(metrics: Mapping[str, Any]) -> tuple[list[str], list[float], 
             tensors.append(value if value.ndim == 0 else value.reshape(()))
         elif isinstance(value, numbers.Real):  # numpy scalars, bools, fractions
             names.append(name)
-            values.append(float(value))
+            values.append(_as_float(name, value))
         else:
             raise InvalidArgumentError(
                 f"log: {name!r} must be a Python number or a one-element tensor, got {type(value).__name__}"
@@ -240,16 +275,26 @@ def _scalar_values(metrics: Mapping[str, Any]) -> tuple[list[str], list[float], 
     return names, values, tensor_names, pending
 
 
-def _plain_numbers(metrics: dict) -> bool:
-    """True when every name is a non-empty str and every value a Python float or int (not bool)."""
+def _plain_floats(metrics: dict) -> bool:
+    """True when every name is a non-empty str and every value a Python float."""
     return (
-        set(map(type, metrics.values())) <= _FLOAT_INT
-        and set(map(type, metrics)) <= _STR
-        and "" not in metrics
+        set(map(type, metrics.values())) <= _FLOAT and set(map(type, metrics)) <= _STR and "" not in metrics
     )
 
 
-_FLOAT_INT = frozenset((float, int))
+def _as_float(name: str, value: numbers.Real) -> float:
+    try:
+        number = float(value)
+    except OverflowError:
+        shown = f"an int of {value.bit_length()} bits" if isinstance(value, int) else repr(value)[:40]
+        raise InvalidArgumentError(
+            f"log: {name!r} is {shown}, which does not fit in a float64 (scalars are stored as float64, "
+            "up to about 1.8e308)"
+        ) from None
+    return number
+
+
+_FLOAT = frozenset((float,))
 _STR = frozenset((str,))
 
 
@@ -258,42 +303,13 @@ ScalarRow = tuple[int, int, list[str], list[float], list[str], "HostCopy | None"
 
 def scalar_row(metrics: Mapping[str, Any], *, step: int, epoch: int) -> ScalarRow:
     """Check one ``log`` call and keep it as a tuple; the writer thread turns many of them into columns."""
-    if type(metrics) is dict and _plain_numbers(metrics):  # the common case: two C-level passes, no loop
+    if type(metrics) is dict and _plain_floats(metrics):  # the common case: two C-level passes, no loop
         names, values, tensor_names, pending = list(metrics), list(metrics.values()), [], None
     elif not isinstance(metrics, Mapping):
         raise InvalidArgumentError(f"log: expected a mapping of name to value, got {type(metrics).__name__}")
     else:
         names, values, tensor_names, pending = _scalar_values(metrics)
     return step, epoch, names, values, tensor_names, pending, int(time.time() * 1e6)
-
-
-def scalar_source(
-    rows: collections.deque, last: dict[str, float]
-) -> Callable[[], dict[tuple[str, int], dict]]:
-    """A writer source that drains the run's pending scalar rows into columns, one chunk per epoch.
-
-    ``last`` receives the latest value of each metric, for the run's summary.
-    """
-
-    def drain() -> dict[tuple[str, int], dict[str, list]]:
-        out: dict[tuple[str, int], dict[str, list]] = {}
-        while rows:
-            step, epoch, names, values, tensor_names, pending, stamp = rows.popleft()
-            if pending is not None:
-                names = names + tensor_names
-                values = values + pending.numpy().reshape(-1).tolist()
-            last.update(zip(names, values, strict=True))
-            columns = out.get(("scalars", epoch))
-            if columns is None:
-                columns = out[("scalars", epoch)] = {"step": [], "name": [], "value": [], "time": []}
-            n = len(names)
-            columns["step"].extend([step] * n)
-            columns["name"].extend(names)
-            columns["value"].extend(values)
-            columns["time"].extend([stamp] * n)
-        return out
-
-    return drain
 
 
 def _ids_array(sample_ids: Any) -> HostCopy | np.ndarray | list:
@@ -348,6 +364,7 @@ def batch_job(
     rng: Mapping[str, str | None] | None = None,
 ) -> Callable[[], dict[str, dict[str, list]]]:
     """Validate one batch's ids and inputs; the input fingerprint is computed where the inputs live."""
+    batch_idx = optional_non_negative_int(batch_idx, "batch_idx")
     from lakelog.write.fingerprint import fingerprint_many
 
     host_ids = _ids_array(sample_ids)
@@ -383,4 +400,5 @@ def batch_job(
         }
         return {"batches": row}
 
+    build.rows = 1
     return build

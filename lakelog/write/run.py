@@ -7,32 +7,30 @@ module-level functions (``lakelog.log``…) without passing it around.
 from __future__ import annotations
 
 import atexit
-import collections
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from lakelog.errors import InvalidArgumentError, LakeNotWritableError, RunClosedError, RunExistsError
-from lakelog.lake.checks import non_negative_int, positive_number
-from lakelog.lake.layout import RUN_FILE, Lake, check_run_name
+from lakelog.errors import InvalidArgumentError, LakeNotWritableError, RunClosedError
+from lakelog.lake.checks import INT64_MAX, non_negative_int, positive_number
+from lakelog.lake.layout import Lake, check_run_name
 from lakelog.write import records
+from lakelog.write.attachments import Attachments
 from lakelog.write.context import release_current
 from lakelog.write.determinism.rng import rng_fingerprints
-from lakelog.write.dumps.writer import DumpWriter
-from lakelog.write.env import environment, rank_and_world_size
-from lakelog.write.telemetry.watch import observe_labels, watch
-from lakelog.write.writer import PartWriter
+from lakelog.write.env import rank_and_world_size
+from lakelog.write.runfolder import RunRequest, info_bytes, json_default, open_run_folder, utc_now
+from lakelog.write.telemetry.watch import observe_labels
+from lakelog.write.writer import ON_ERROR, PartWriter
 
 log = logging.getLogger("lakelog")
 
@@ -41,20 +39,8 @@ _MODES = ("error", "resume", "overwrite")
 _live_runs: set[Run] = set()  # strong references: an unfinished run is flushed at exit even if dropped
 
 
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return repr(value)
-
-
-class Run:
-    """One training run in a lake; use ``lakelog.init`` to create it."""
+class Run(Attachments):
+    """One training run (one rank of it) in a lake; ``lakelog.init`` creates one and makes it current."""
 
     def __init__(
         self,
@@ -70,9 +56,40 @@ class Run:
         world_size: int | None = None,
         tags: Mapping[str, Any] | None = None,
         filesystem: pafs.FileSystem | None = None,
+        on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
+        """Open run ``name`` under ``root`` for writing and start its background writer.
+
+        Args:
+            root: the lake: a local folder (created if missing) or an object-store URI (``s3://…``).
+            name: the run's folder name; generated (date and a random suffix) when None. A plain name:
+                no '/', '\\', '=', glob characters ``* ? [ ] { }``, control characters or leading '.',
+                at most 200 bytes.
+            config: hyper-parameters, stored in run.json (values that are not JSON are stored as text).
+            seed: the run's seed, stored in run.json (an int in 0..2**63-1).
+            mode: ``"error"`` refuses an existing run; ``"resume"`` appends to it after its last committed
+                step (``resumed_from``), starting it when it does not exist (with a warning), and is allowed
+                on a finished run; ``"overwrite"`` replaces it.
+            log_every: default ``every`` of ``log_predictions``/``log_batch`` (0 or 1: every call).
+            flush_every_s: seconds between periodic flushes (part files, commit, heartbeat).
+            rank, world_size: this process's DDP rank and the world size (default: from the environment).
+            tags: free-form labels stored in run.json.
+            filesystem: a configured pyarrow filesystem for object-store roots.
+            on_error: ``"warn"`` (default): rows the writer cannot write are dropped, counted per table in
+                run.json ``dropped`` and warned about once; an unwritable lake is retried, training goes on;
+                ``flush``/``finish`` never raise for rows already accepted. ``"raise"``: the first such
+                failure is raised (WriterFailedError) by the next log call, ``flush`` or ``finish``.
+
+        Raises:
+            InvalidArgumentError: an argument has the wrong type or range (the message names it).
+            RunExistsError: ``mode="error"`` and the run exists.
+            RunInUseError: a live writer holds this run and rank (any mode); the message names it.
+            LakeNotWritableError: the root is a file, or the run folder cannot be created or written.
+        """
         if mode not in _MODES:
             raise InvalidArgumentError(f"mode: expected one of {_MODES}, got {mode!r}")
+        if on_error not in ON_ERROR:
+            raise InvalidArgumentError(f"on_error: expected one of {ON_ERROR}, got {on_error!r}")
         if config is not None and not isinstance(config, Mapping):
             raise InvalidArgumentError(f"config: expected a mapping (dict), got {type(config).__name__}")
         if seed is not None:
@@ -92,6 +109,7 @@ class Run:
         self.lake = Lake.open(root, filesystem=filesystem)
         self.run_dir = self.lake.run_dir(self.name)
         self._step = 0
+        self._min_step = 0  # a resumed run's steps continue after its committed step
         self._epoch = 0
         self._log_calls = 0
         self._summary: dict[str, Any] = {}
@@ -101,10 +119,27 @@ class Run:
         self._finish_callbacks: list[Callable[[], None]] = []
         self._closed = False
         self._started = time.monotonic()
-        self._info = self._open_folder(mode, dict(config or {}), seed, dict(tags or {}))
-        self._writer = PartWriter(self.lake, self.run_dir, self.rank, flush_every_s=float(flush_every_s))
-        self._scalar_rows: collections.deque[records.ScalarRow] = collections.deque()
-        self._writer.add_source(records.scalar_source(self._scalar_rows, self._last_scalars))
+        request = RunRequest(self.rank, self.world_size, mode, dict(config or {}), seed, dict(tags or {}))
+        opened = open_run_folder(self.lake, self.run_dir, self.name, request)
+        self._info, self._run_file, self._claim = opened.info, opened.run_file, opened.claim
+        self._resumed_from = opened.resumed_from
+        self._key_types = opened.key_types
+        self._on_error = on_error
+        self._info_warned = False
+        if opened.resumed_from is not None:
+            self._step = opened.resumed_from
+            self._min_step = opened.resumed_from + 1
+        self._writer = PartWriter(
+            self.lake,
+            self.run_dir,
+            self.rank,
+            flush_every_s=float(flush_every_s),
+            on_error=on_error,
+            seq=opened.seq,
+            committed=opened.resumed_from,
+            heartbeat=None if self._claim is None else self._claim.refresh,
+            last_scalars=self._last_scalars,
+        )
         self._dumper: Any = None
         self._dump_options: dict[str, Any] = {}
         _live_runs.add(self)
@@ -131,7 +166,7 @@ class Run:
     @property
     def info(self) -> dict[str, Any]:
         """What run.json holds (a copy)."""
-        return json.loads(json.dumps(self._info, default=_json_default))
+        return json.loads(json.dumps(self._info, default=json_default))
 
     @property
     def step(self) -> int:
@@ -152,68 +187,26 @@ class Run:
     def closed(self) -> bool:
         return self._closed
 
-    def _open_folder(self, mode: Mode, config: dict, seed: int | None, tags: dict) -> dict[str, Any]:
-        lake = self.lake
-        if lake.is_file(lake.base):
-            raise LakeNotWritableError(
-                f"root: {lake.root!r} is a file; expected a folder for the lake (or a new path)"
-            )
-        run_file = f"{self.run_dir}/{RUN_FILE}" if not lake.local else os.path.join(self.run_dir, RUN_FILE)
-        exists = lake.exists(run_file)
-        previous: dict[str, Any] = {}
-        if exists and self.rank == 0:
-            if mode == "error":
-                raise RunExistsError(
-                    f"run {self.name!r} already exists in {lake.root}: pass mode='resume' to append to it, "
-                    "mode='overwrite' to replace it, or another name"
-                )
-            if mode == "overwrite":
-                if lake.local:
-                    shutil.rmtree(self.run_dir)
-                else:
-                    lake.fs.delete_dir(self.run_dir)
-                exists = False
-            else:
-                previous = json.loads(lake.read_text(run_file))
-        try:
-            lake.makedirs(self.run_dir)
-        except (PermissionError, FileNotFoundError, NotADirectoryError, FileExistsError, OSError) as exc:
-            raise LakeNotWritableError(f"root: cannot create run folder {self.run_dir!r} ({exc})") from exc
-        env = environment(self.rank, self.world_size)
-        if previous:
-            info = previous
-            after_step = (previous.get("summary") or {}).get("last_step")
-            info.setdefault("resumes", []).append(
-                {"at": _utc_now(), "after_step": after_step, "environment": env}
-            )
-            if config:
-                info["config"] = config
-            info["status"] = "running"
-        else:
-            info = {
-                "name": self.name,
-                "created": _utc_now(),
-                "status": "running",
-                "config": config,
-                "seed": seed,
-                "tags": tags,
-                "world_size": self.world_size,
-                "environment": env,
-                "summary": {},
-            }
-        if seed is not None:
-            info["seed"] = seed
-        if self.rank == 0:
-            self._write_info(info, run_file)
-        self._run_file = run_file
-        return info
+    @property
+    def resumed_from(self) -> int | None:
+        """The committed step a resumed run continues after (every table holds every row up to it);
+        None for a new run. Log calls of a resumed run take steps after it."""
+        return self._resumed_from
 
-    def _write_info(self, info: dict[str, Any], run_file: str | None = None) -> None:
-        data = json.dumps(info, indent=2, default=_json_default).encode()
+    def _write_info(self, info: dict[str, Any]) -> None:
+        """Write run.json; a lake that became unwritable is warned about once (``on_error="raise"``: raised)."""
         try:
-            self.lake.write_bytes_atomic(run_file or self._run_file, data)
+            self.lake.write_bytes_atomic(self._run_file, info_bytes(info))
         except OSError as exc:
-            raise LakeNotWritableError(f"root: cannot write {run_file or self._run_file!r} ({exc})") from exc
+            if self._on_error == "raise":
+                raise LakeNotWritableError(f"root: cannot write {self._run_file!r} ({exc})") from exc
+            if not self._info_warned:
+                self._info_warned = True
+                log.warning(
+                    "lakelog: cannot write %s (%s); it is written again at the next change",
+                    self._run_file,
+                    exc,
+                )
 
     def update_info(self, **fields: Any) -> None:
         """Merge fields into run.json (rank 0 only writes it); used by seeding, watch and summaries."""
@@ -227,10 +220,27 @@ class Run:
             raise RunClosedError(f"run {self.name!r} is finished: start a new one with lakelog.init(...)")
         self._log_calls += 1
         if step is not None:
-            self._step = non_negative_int(step, "step")
+            if type(step) is not int or not self._step <= step <= INT64_MAX or step < self._min_step:
+                self._check_step(non_negative_int(step, "step"))
+            self._step = int(step)
         if epoch is not None:
             self._epoch = non_negative_int(epoch, "epoch")
         return self._step, self._epoch
+
+    def _check_step(self, step: int) -> None:
+        """Steps never go backwards in a run (one step may be logged by many calls): a smaller step is an
+        error, and a resumed run's steps come after the step it resumed from."""
+        if step < self._min_step:
+            raise InvalidArgumentError(
+                f"step: {step} is not after step {self._min_step - 1}, the step run {self.name!r} was resumed "
+                "from (its rows up to that step are committed); log steps after it, or resume into a new run "
+                "name to restart from an earlier checkpoint"
+            )
+        if step < self._step:
+            raise InvalidArgumentError(
+                f"step: {step} is before step {self._step} already logged to run {self.name!r}; steps must not "
+                "go backwards within a run (log evaluation at the current training step, or in its own run)"
+            )
 
     def _queue_epoch(self, epoch: int | None) -> int:
         """The epoch partition for rows queued by helpers; unlike log calls, it never moves the run's epoch."""
@@ -247,10 +257,7 @@ class Run:
         step, epoch = self._position(step, epoch)
         if self._writer.failed:
             self._writer.check()
-        rows = self._scalar_rows
-        rows.append(records.scalar_row(metrics, step=step, epoch=epoch))  # drained by the writer thread
-        if len(rows) > 4096:
-            self._writer.wake()
+        self._writer.submit_scalars(records.scalar_row(metrics, step=step, epoch=epoch))
 
     def log_predictions(
         self,
@@ -273,9 +280,15 @@ class Run:
         if self._skip(step, every):
             return
         job = records.predictions_job(
-            logits, step=step, labels=labels, keys=keys, loss=loss, batch_idx=batch_idx
+            logits,
+            step=step,
+            labels=labels,
+            keys=keys,
+            loss=loss,
+            batch_idx=batch_idx,
+            key_types=self._key_types,
         )
-        self._writer.submit(epoch, job)
+        self._writer.submit(epoch, job, table="predictions", rows=job.rows)
 
     def log_batch(
         self,
@@ -298,86 +311,46 @@ class Run:
         job = records.batch_job(
             step=step, sample_ids=sample_ids, inputs=inputs, batch_idx=batch_idx, rng=rng_states
         )
-        self._writer.submit(epoch, job)
+        self._writer.submit(epoch, job, table="batches", rows=1)
 
     def write_rows(self, table: str, rows: Mapping[str, Any] | pa.Table, *, epoch: int | None = None) -> None:
         """Append prepared rows to any table (used by telemetry, dumps and integrations); thread-safe."""
         epoch = self._queue_epoch(epoch)
         data = rows if isinstance(rows, pa.Table) else pa.table(dict(rows))
-        self._writer.submit(epoch, lambda: {table: data})
+        self._writer.submit(epoch, lambda: {table: data}, table=table, rows=data.num_rows)
 
-    def submit(self, build: Callable[[], Mapping[str, pa.Table | None]], *, epoch: int | None = None) -> None:
-        """Queue a row builder that runs on the writer thread (for work that waits on device copies)."""
-        self._writer.submit(self._queue_epoch(epoch), build)
-
-    # -- telemetry and dumps (implemented in their own modules) -------------------------------
-    def watch(self, model: Any, optimizer: Any = None, **options: Any) -> Any:
-        """Capture per-parameter summaries every N optimizer steps; see ``lakelog.write.telemetry.watch``."""
-        return watch(self, model, optimizer, **options)
-
-    def configure_dumps(
-        self, *, every: int | None = None, keep_first: int | None = None, keep_every: int | None = None
-    ) -> None:
-        """Options for ``dump``: dump every N-th step, keep only the first K, or every N-th dump."""
-        self._dump_options = {"every": every, "keep_first": keep_first, "keep_every": keep_every}
-        if self._dumper is not None:
-            self._dumper.configure(**self._dump_options)
-
-    def dump(
+    def submit(
         self,
-        model: Any,
-        optimizer: Any = None,
+        build: Callable[[], Mapping[str, pa.Table | None]],
         *,
-        step: int | None = None,
         epoch: int | None = None,
-        loss: float | None = None,
-        acc: float | None = None,
-        every: int | None = None,
-    ) -> Path | None:
-        """Model (and optimizer) state to safetensors under ``dumps/step=<s>/``, written off the training thread."""
-        step, epoch = self._position(step, epoch)
-        if every is not None and self._dump_options.get("every") != every:
-            self.configure_dumps(**{**self._dump_options, "every": every})
-        if self._dumper is None:
-            self._dumper = DumpWriter(self, **self._dump_options)
-            self.on_finish(lambda d=self._dumper: d.close())
-        return self._dumper.dump(model, optimizer, step=step, epoch=epoch, loss=loss, acc=acc)
+        table: str = "unknown",
+        rows: int = 0,
+    ) -> None:
+        """Queue a row builder that runs on the writer thread (for work that waits on device copies);
+        ``table`` and ``rows`` say what a failing builder costs, for the ``dropped`` counts."""
+        self._writer.submit(self._queue_epoch(epoch), build, table=table, rows=rows)
 
     # -- lifecycle --------------------------------------------------------------------------
     def summary(self, **metrics: Any) -> None:
         """Final metrics of the run (accuracy, recall…), stored in run.json for leaderboards."""
         self._summary.update(metrics)
 
-    @property
-    def watchers(self) -> tuple[Any, ...]:
-        """The telemetry watchers attached to this run (``run.watch``), in the order they were attached."""
-        return tuple(self._watchers)
-
-    def attach_watcher(self, watcher: Any) -> None:
-        """Register a watcher: it is fed the labels of ``log_predictions`` and detached at ``finish``."""
-        self._watchers.append(watcher)
-        self.on_finish(watcher.detach)
-
-    def detach_watcher(self, watcher: Any) -> None:
-        """Forget a watcher (its ``detach`` calls this); unknown watchers are ignored."""
-        if watcher in self._watchers:
-            self._watchers.remove(watcher)
-
-    @property
-    def loader_passes(self) -> dict[str, int]:
-        """Passes (epochs) seen per recorded DataLoader name: shared by loaders rebuilt under one name."""
-        return self._loader_passes
-
-    def on_finish(self, callback: Callable[[], None]) -> None:
-        """Call this before the writer closes (telemetry detaches, dumps drain)."""
-        self._finish_callbacks.append(callback)
-
     def flush(self) -> None:
-        """Block until everything logged so far is in part files readers can see."""
+        """Block until everything logged so far is in part files readers can see, and committed.
+
+        Raises WriterFailedError only with ``on_error="raise"`` (see ``__init__``)."""
         self._writer.flush()
 
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Rows the writer could not write, per table (also in run.json ``dropped`` after finish)."""
+        return dict(self._writer.dropped)
+
     def finish(self, *, status: str = "finished") -> None:
-        """Write everything buffered, record the duration and summary in run.json, close the run."""
+        """Write everything buffered, record the duration, summary and any dropped rows in run.json,
+        release the run's claim and close it. Idempotent; raises only what ``on_error="raise"`` asks for
+        (and a failing finish callback's error)."""
         if self._closed:
             return
         errors: list[BaseException] = []
@@ -395,9 +368,19 @@ class Run:
         summary["duration_s"] = round(time.monotonic() - self._started, 3)
         summary["last_step"] = self._step
         summary["last_epoch"] = self._epoch
-        self._info.update(status=status, finished=_utc_now(), summary=summary)
+        self._info.update(status=status, finished=utc_now(), summary=summary)
+        if self._writer.dropped:
+            dropped = dict(self._info.get("dropped") or {})
+            for table, n in self._writer.dropped.items():
+                dropped[table] = dropped.get(table, 0) + n
+            self._info["dropped"] = dropped
         if self.rank == 0:
-            self._write_info(self._info)
+            try:
+                self._write_info(self._info)
+            except BaseException as exc:
+                errors.append(exc)
+        if self._claim is not None:
+            self._claim.release()
         release_current(self)
         _live_runs.discard(self)
         if errors:

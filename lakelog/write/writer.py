@@ -1,32 +1,39 @@
-"""The background writer: buffers rows per table partition and writes whole Parquet part files.
+"""The Parquet writer of one run and rank: rows in, whole part files and commits out, never a lost run.
 
-The training thread only enqueues small jobs (a closure over host copies); this thread waits for
-device copies, builds the columns, and writes a part file when a partition's buffer is large
-enough, when ``flush_every_s`` has passed, or on ``flush()``/``close()``. Every part file is
-written under a temporary name and renamed, so a reader, or a process killed with SIGKILL, never
-sees half a file. The queue is bounded: a loop that logs faster than the disk can take waits
-instead of letting memory run away.
+The training thread queues small items on a ``background.Worker`` (a scalar row, or a closure over
+host copies); the writer thread builds the columns, buffers them per table partition and writes a
+part file when a buffer is large, at every periodic flush (``flush_every_s``) and on
+``flush()``/``close()``. Part files are written atomically (``Lake.write_bytes_atomic``) and named
+after the flush sequence (``part-<seq>-…``); after each flush the writer commits
+(``lake.lifecycle``): ``{"step": S, "seq": N}`` says every table holds every row with step ≤ S. A
+periodic flush holds back the rows of the newest step (the loop may still be logging it); explicit
+``flush()`` and ``close()`` write and commit everything.
+
+Failures cost only what failed. A row builder that raises, or rows that cannot be converted, are
+dropped and counted per table (``dropped``), with one warning per table and cause; every other row
+and table is written. When the lake cannot be written (disk full, folder removed, read-only) rows stay
+in memory up to ``max_buffer_bytes`` and are written when it works again (retried at each flush), with
+one rate-limited warning naming the root and the cause; rows past the bound are dropped and counted.
+With ``on_error="raise"`` the first failure is raised by the next ``flush()``/``close()`` (and log call).
 """
 
 from __future__ import annotations
 
-import collections
-import itertools
+import json
 import logging
-import threading
+import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from lakelog.errors import RunClosedError, WriterFailedError
+from lakelog.errors import InvalidArgumentError, WriterFailedError
+from lakelog.lake import lifecycle
 from lakelog.lake.layout import Lake, part_file_name, partition_dir
-from lakelog.lake.schemas import SCHEMAS
+from lakelog.write.background import Worker
+from lakelog.write.partfiles import Buffer, TableFormat, rows_len, steps_max
 
 log = logging.getLogger("lakelog")
 
@@ -34,106 +41,17 @@ Rows = pa.Table | Mapping[str, Any]
 """A builder returns, per table, an Arrow table or column chunks (lists, numpy arrays, 2-D arrays for
 list columns, Arrow arrays) that are merged and converted in bulk when the part file is written."""
 BuildRows = Callable[[], Mapping[str, Rows | None]]
-
-
-@dataclass
-class _Flush:
-    done: threading.Event = field(default_factory=threading.Event)
-
-
-_CLOSE = object()
-
-
-@dataclass
-class _Buffer:
-    """Rows waiting for a part file: Arrow tables, and column chunks merged into Arrow only at write time."""
-
-    tables: list[pa.Table] = field(default_factory=list)
-    columns: dict[str, list] = field(default_factory=dict)
-    rows: int = 0
-    nbytes: int = 0
-
-    def add(self, rows: Rows) -> int:
-        if isinstance(rows, pa.Table):
-            self.tables.append(rows)
-            self.nbytes += rows.nbytes
-            return rows.num_rows
-        n = _chunk_len(next(iter(rows.values())))
-        if self.columns and rows.keys() != self.columns.keys():  # the columns changed: seal what we have
-            self.tables.append(_chunks_to_table(self.columns))
-            self.columns = {}
-        for name, chunk in rows.items():
-            self.columns.setdefault(name, []).append(chunk)
-            self.nbytes += chunk.nbytes if isinstance(chunk, np.ndarray | pa.Array) else 16 * n
-        return n
-
-    def table(self, name: str) -> pa.Table:
-        tables = list(self.tables)
-        if self.columns:
-            tables.append(_chunks_to_table(self.columns, SCHEMAS.get(name)))
-        return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-
-
-def _chunk_len(chunk: Any) -> int:
-    return len(chunk) if not isinstance(chunk, np.ndarray) else int(chunk.shape[0])
-
-
-def _list_array(values: np.ndarray) -> pa.Array:
-    n, width = values.shape
-    offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)))
-
-
-def _chunk_to_array(chunk: Any, kind: pa.DataType | None) -> pa.Array:
-    if isinstance(chunk, pa.Array):
-        return chunk
-    if isinstance(chunk, np.ndarray):
-        return _list_array(chunk) if chunk.ndim == 2 else pa.array(chunk, type=kind)
-    return pa.array(chunk, type=kind)
-
-
-def _column(chunks: list, kind: pa.DataType | None) -> pa.Array:
-    """One Arrow array from many chunks, with one conversion call where the chunks allow it."""
-    first = chunks[0]
-    if all(isinstance(c, np.ndarray) and c.ndim == first.ndim for c in chunks) and (
-        first.ndim == 1 or len({c.shape[1] for c in chunks}) == 1
-    ):
-        return _chunk_to_array(np.concatenate(chunks), kind)
-    if all(isinstance(c, list) for c in chunks):
-        values = list(itertools.chain.from_iterable(chunks))
-        if kind is None and values and isinstance(values[0], str):
-            kind = pa.string()  # naming the type skips pyarrow's inference, ~7x the cost of converting
-        return pa.array(values, type=kind)
-    return pa.concat_arrays([_chunk_to_array(c, kind) for c in chunks])
-
-
-def _chunks_to_table(columns: Mapping[str, list], schema: pa.Schema | None = None) -> pa.Table:
-    arrays = {}
-    for name, chunks in columns.items():
-        kind = schema.field(name).type if schema is not None and name in schema.names else None
-        arrays[name] = _column(chunks, kind)
-    return pa.table(arrays)
-
-
-def _encodings(data: pa.Table) -> tuple[list[str], list[str]]:
-    """Dictionary-encode repetitive columns only, byte-stream-split floats: logits files shrink by ~2x."""
-    dictionary, split = [], []
-    for column, fld in zip(data.columns, data.schema, strict=True):
-        kind = fld.type
-        if pa.types.is_list(kind) and pa.types.is_floating(kind.value_type):
-            split.append(f"{fld.name}.list.element")
-        elif pa.types.is_floating(kind):
-            split.append(fld.name)
-        elif pa.types.is_string(kind):
-            if len(column) and pc.count_distinct(column).as_py() <= len(column) // 4:
-                dictionary.append(fld.name)
-        elif not pa.types.is_nested(kind):
-            dictionary.append(fld.name)
-    return dictionary, split
+ON_ERROR = ("warn", "raise")
+WARN_EVERY_S = 300.0
+"""The lake-not-writable warning is repeated at most this often while the problem lasts."""
 
 
 class PartWriter:
-    """One run's writer thread; the public methods are called from the training thread."""
+    """One run's (and rank's) writer thread; the public methods are called from the training thread.
+
+    ``seq`` is the flush sequence of the first flush and ``committed`` the step already committed
+    (both continue a resumed run's); ``heartbeat`` runs on the writer thread after every flush.
+    """
 
     def __init__(
         self,
@@ -145,178 +63,300 @@ class PartWriter:
         max_bytes: int = 64 << 20,
         flush_every_s: float = 10.0,
         max_pending: int = 4096,
+        max_buffer_bytes: int = 512 << 20,
         compression: str = "zstd",
-        compression_level: int = 6,
+        compression_level: int = 1,
+        on_error: str = "warn",
+        seq: int = 1,
+        committed: int | None = None,
+        heartbeat: Callable[[], None] | None = None,
+        last_scalars: dict[str, float] | None = None,
     ) -> None:
+        if on_error not in ON_ERROR:
+            raise InvalidArgumentError(f"on_error: expected one of {ON_ERROR}, got {on_error!r}")
         self.lake = lake
         self.run_dir = run_dir
         self.rank = rank
         self.max_rows = max_rows
         self.max_bytes = max_bytes
+        self.max_buffer_bytes = max_buffer_bytes
         self.flush_every_s = flush_every_s
         self.compression = compression
         self.compression_level = compression_level
+        self.on_error = on_error
         self.files_written = 0
         self.rows_written = 0
-        # Jobs wait in a deque: an append costs ~0.05 us and wakes nobody; the writer thread wakes every
-        # `poll_s`, when `wake_at` jobs are waiting, or for a flush, and takes them all in one go.
-        self._pending: collections.deque[Any] = collections.deque()
-        self._max_pending = max_pending
-        self._wake_at = min(512, max_pending)
-        self._poll_s = 0.1
-        self._wake = threading.Event()
-        self._drained = threading.Event()
-        self._sources: list[Callable[[], Mapping[tuple[str, int], Rows]]] = []
-        self._buffers: dict[tuple[str, int], _Buffer] = {}
+        self.dropped: dict[str, int] = {}
+        """Rows that could not be written, per table (read it after ``flush()``/``close()``)."""
+        self.causes: dict[str, str] = {}
+        self.last_scalars = {} if last_scalars is None else last_scalars
+        self._seq = seq
+        self._committed = committed
+        self._last_commit: tuple[int | None, bool] | None = None
+        self._dirty = True  # files written (or rows dropped) since the last commit
+        self._newest: int | None = committed  # the largest step seen in any row
+        self._buffers: dict[tuple[str, int], Buffer] = {}
+        self._formats: dict[str, TableFormat] = {}
         self._made_dirs: set[str] = set()
-        self._error: BaseException | None = None
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="lakelog-writer", daemon=True)
-        self._thread.start()
+        self._heartbeat = heartbeat
+        self._first_error: BaseException | None = None
+        self._io_error: OSError | None = None  # set while the lake cannot be written
+        self._io_warned_at = -WARN_EVERY_S
+        self._warned: set[tuple[str, str]] = set()
+        self._worker = Worker(
+            "lakelog-writer",
+            self._handle,
+            max_items=max_pending,
+            wake_at=min(512, max_pending),
+            on_flush=self._flush_all,
+            on_close=self._close_all,
+            tick=self._periodic,
+            tick_every_s=flush_every_s,
+        )
 
     # -- training thread ---------------------------------------------------------------------
-    def submit(self, epoch: int, build: BuildRows) -> None:
-        """Queue a row builder; raises if the writer failed earlier or was closed."""
-        if self._error is not None or self._closed:
-            self._check()
-        pending = self._pending
-        pending.append((epoch, build))
-        if len(pending) >= self._wake_at:
-            self._wake.set()
-            if len(pending) > self._max_pending:  # back-pressure instead of unbounded memory
-                self._drained.clear()
-                while len(pending) > self._max_pending // 2 and self._thread.is_alive():
-                    self._drained.wait(0.1)
+    def submit(self, epoch: int, build: BuildRows, *, table: str = "unknown", rows: int = 0) -> None:
+        """Queue a row builder; ``table`` and ``rows`` say what is lost if it fails (for the counts)."""
+        if self._first_error is not None and self.on_error == "raise":
+            self.check()
+        self._worker.put((epoch, build, table, rows))
 
-    def add_source(self, drain: Callable[[], Mapping[tuple[str, int], Rows]]) -> None:
-        """Register a callable the writer thread drains on every wake-up, for rows kept in a cheaper
-        structure than a job per call (a run's scalars: one deque append per ``log``)."""
-        self._sources.append(drain)
+    def submit_scalars(self, row: tuple) -> None:
+        """Queue one ``log`` call's row; cheap: the writer thread is not woken for it."""
+        self._worker.put(row, wake=False)
 
     def wake(self) -> None:
-        """Ask the writer thread to drain its sources now (back-pressure for the sources)."""
-        self._wake.set()
+        """Ask the writer thread to take what is queued now."""
+        self._worker.wake()
 
     def flush(self) -> None:
-        """Return once everything submitted so far is in part files on disk."""
-        self._check()
-        marker = _Flush()
-        self._pending.append(marker)
-        self._wake.set()
-        while not marker.done.wait(0.5):
-            if not self._thread.is_alive():
-                break
-        self._check()
+        """Return once everything submitted so far is in part files and committed."""
+        self._worker.flush()
+        self.check()
 
     def close(self) -> None:
-        """Write what is buffered and stop the thread; later submits raise."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._thread.is_alive():
-            self._pending.append(_CLOSE)
-            self._wake.set()
-            self._thread.join()
-        if self._error is not None:
-            raise WriterFailedError(f"lakelog's background writer failed: {self._error}") from self._error
+        """Write and commit everything, stop the thread; later submits raise RunClosedError."""
+        self._worker.close()
+        self.check()
 
     @property
     def failed(self) -> bool:
-        return self._error is not None
+        """True once something failed and ``on_error="raise"`` asks for it to be raised."""
+        return self._first_error is not None and self.on_error == "raise"
 
     def check(self) -> None:
-        """Raise if the writer failed or is closed."""
-        self._check()
+        """Raise WriterFailedError for the first failure when ``on_error="raise"`` (else nothing)."""
+        exc = self._first_error or self._worker.error
+        if exc is not None and (self.on_error == "raise" or exc is self._worker.error):
+            detail = "; ".join(f"{t}: {c}" for t, c in self.causes.items()) or str(exc)
+            raise WriterFailedError(f"lakelog's background writer failed: {detail}") from exc
 
-    def _check(self) -> None:
-        if self._error is not None:
-            raise WriterFailedError(f"lakelog's background writer failed: {self._error}") from self._error
-        if self._closed:
-            raise RunClosedError("this run is finished: start a new one with lakelog.init(...)")
+    @property
+    def committed_step(self) -> int | None:
+        return self._committed
 
-    # -- writer thread -----------------------------------------------------------------------
-    def _loop(self) -> None:
-        last_flush = time.monotonic()
-        while True:
-            self._wake.wait(min(self._poll_s, max(0.0, self.flush_every_s - (time.monotonic() - last_flush))))
-            self._wake.clear()
-            self._drain_sources()
-            while self._pending:
-                item = self._pending.popleft()
-                try:
-                    if item is _CLOSE:
-                        self._drain_sources()
-                        self._write_all()
-                        return
-                    if isinstance(item, _Flush):
-                        self._drain_sources()
-                        self._write_all()
-                        last_flush = time.monotonic()
-                        item.done.set()
-                    else:
-                        self._take(*item)
-                        time.sleep(
-                            0
-                        )  # hand the GIL back between jobs: the training thread never waits a switch interval
-                except BaseException as exc:  # keep the thread alive so flush()/close() can report it
-                    log.error("lakelog writer error: %s", exc)
-                    self._error = exc
-                    if isinstance(item, _Flush):
-                        item.done.set()
-                    if item is _CLOSE:
-                        self._drained.set()
-                        return
-            self._drained.set()
-            if time.monotonic() - last_flush >= self.flush_every_s:
-                try:
-                    self._write_all()
-                except BaseException as exc:
-                    log.error("lakelog writer error: %s", exc)
-                    self._error = exc
-                last_flush = time.monotonic()
-
-    def _drain_sources(self) -> None:
-        for drain in self._sources:
-            try:
-                for (table, epoch), rows in drain().items():
-                    self._add(table, epoch, rows)
-            except BaseException as exc:
-                log.error("lakelog writer error: %s", exc)
-                self._error = exc
-
-    def _take(self, epoch: int, build: BuildRows) -> None:
-        for table, rows in build().items():
+    # -- writer thread: taking items ---------------------------------------------------------
+    def _handle(self, item: tuple) -> None:
+        if len(item) == 7:  # a scalar row (records.ScalarRow)
+            self._add_scalars(item)
+            return
+        epoch, build, table, nrows = item
+        try:
+            built = build()
+        except BaseException as exc:
+            self._drop(table, nrows, exc)
+            return
+        for name, rows in built.items():
             if rows is not None:
-                self._add(table, epoch, rows)
+                try:
+                    self._add(name, epoch, rows)
+                except Exception as exc:
+                    self._drop(name, rows_len(rows), exc)
+
+    def _add_scalars(self, row: tuple) -> None:
+        step, epoch = row[0], row[1]
+        try:
+            names, values = row[2], row[3]
+            if row[5] is not None:
+                names = names + row[4]
+                values = values + row[5].numpy().reshape(-1).tolist()
+        except BaseException as exc:
+            self._drop("scalars", len(row[2]) + len(row[4]), exc)
+            return
+        self.last_scalars.update(zip(names, values, strict=True))
+        if self._newest is None or step > self._newest:
+            self._newest = step
+        buf = self._buffer("scalars", epoch, len(names))
+        if buf is not None:
+            buf.add_scalars(step, names, values, row[6])
+            self._maybe_write("scalars", epoch, buf)
 
     def _add(self, table: str, epoch: int, rows: Rows) -> None:
-        buf = self._buffers.setdefault((table, epoch), _Buffer())
-        buf.rows += buf.add(rows)
-        if buf.rows >= self.max_rows or buf.nbytes >= self.max_bytes:
-            self._write(table, epoch, buf)
+        step = steps_max(rows)
+        if step is not None and (self._newest is None or step > self._newest):
+            self._newest = step
+        buf = self._buffer(table, epoch, rows_len(rows))
+        if buf is not None:
+            buf.add(rows)
+            self._maybe_write(table, epoch, buf)
 
-    def _write_all(self) -> None:
-        for (table, epoch), buf in list(self._buffers.items()):
+    def _buffer(self, table: str, epoch: int, n: int) -> Buffer | None:
+        """The partition's buffer, or None when the lake is not writable and memory is at its bound."""
+        if self._io_error is not None and self._buffered_bytes() >= self.max_buffer_bytes:
+            self._drop(table, n, self._io_error)
+            return None
+        buf = self._buffers.get((table, epoch))
+        if buf is None:
+            buf = self._buffers[(table, epoch)] = Buffer(table)
+        return buf
+
+    def _buffered_bytes(self) -> int:
+        return sum(b.nbytes for b in self._buffers.values())
+
+    def _maybe_write(self, table: str, epoch: int, buf: Buffer) -> None:
+        if self._io_error is None and (buf.rows >= self.max_rows or buf.nbytes >= self.max_bytes):
+            self._write(table, epoch, buf, before=self._newest)  # the newest step stays for the commit
+
+    # -- writer thread: part files and commits -----------------------------------------------
+    def _periodic(self) -> None:
+        self._write_all(before=self._newest)
+        if self._heartbeat is not None:
+            self._heartbeat()
+
+    def _flush_all(self) -> None:
+        self._write_all(before=None)
+        if self._heartbeat is not None:
+            self._heartbeat()
+
+    def _close_all(self) -> None:
+        self._write_all(before=None, final=True)
+        for (table, _), buf in list(self._buffers.items()):  # the lake stayed unwritable: these are lost
             if buf.rows:
-                self._write(table, epoch, buf)
+                self._drop(table, buf.rows, self._io_error or OSError("not written"))
+        self._buffers.clear()
+        if self._io_error is not None:
+            log.warning(
+                "lakelog: run %s: the lake %s was still not writable at finish (%s); rows not written: %s",
+                os.path.basename(self.run_dir),
+                self.lake.root,
+                self._io_error,
+                self.dropped,
+            )
 
-    def _write(self, table: str, epoch: int, buf: _Buffer) -> None:
-        data = buf.table(table)
-        folder = partition_dir(self.run_dir, table, epoch, self.rank, local=self.lake.local)
-        if folder not in self._made_dirs:
+    def _write_all(self, *, before: int | None, final: bool = False) -> None:
+        """Write every buffer (only rows with ``step < before`` when given), then commit what is whole."""
+        ok = True
+        for (table, epoch), buf in list(self._buffers.items()):
+            if buf.rows and not self._write(table, epoch, buf, before=before):
+                ok = False
+        if not ok:  # the lake is not writable: nothing new is committed
+            return
+        step = self._newest if before is None else (None if self._newest is None else before - 1)
+        held = [b.min_step for b in self._buffers.values() if b.rows and b.min_step is not None]
+        if held:  # rows of the newest step wait for the next flush: the commit stops below them
+            step = min(held) - 1 if step is None else min(step, min(held) - 1)
+        if step is None or (self._committed is not None and step < self._committed):
+            step = self._committed
+        self._commit(step, final=final)
+
+    def _commit(self, step: int | None, *, final: bool) -> None:
+        if not self.lake.local or (not self._dirty and self._last_commit == (step, final)):
+            return
+        body = {"step": step, "seq": self._seq, "final": final}
+        if self.dropped:
+            body["dropped"] = dict(self.dropped)
+        path = lifecycle.commit_path(self.run_dir, self.rank)
+        try:
+            self._makedirs(os.path.dirname(path))
+            self.lake.write_bytes_atomic(path, json.dumps(body).encode())
+        except OSError as exc:
+            self._lake_trouble(exc)
+            return
+        self._committed = step
+        self._last_commit = (step, final)
+        self._dirty = False
+        self._seq += 1
+
+    def _makedirs(self, folder: str) -> None:
+        if folder not in self._made_dirs or (self.lake.local and not os.path.isdir(folder)):
             self.lake.makedirs(folder)
             self._made_dirs.add(folder)
-        sink = pa.BufferOutputStream()
-        dictionary, split = _encodings(data)
-        pq.write_table(
-            data,
-            sink,
-            compression=self.compression,
-            compression_level=self.compression_level,
-            use_dictionary=dictionary,
-            use_byte_stream_split=split,
-        )
-        self.lake.write_bytes_atomic(f"{folder}/{part_file_name(self.rank)}", sink.getvalue())
+
+    def _write(self, table: str, epoch: int, buf: Buffer, *, before: int | None) -> bool:
+        """Write the buffer's rows (those with ``step < before``); False when the lake is not writable."""
+        data, lost, cause = buf.table()
+        if lost:
+            self._drop(table, lost, cause)
+        if data is None or not data.num_rows:
+            buf.clear()
+            return True
+        keep = None
+        if before is not None and buf.max_step is not None and buf.max_step >= before:
+            mask = pc.less(data["step"], before)
+            keep, data = data.filter(pc.invert(mask)), data.filter(mask)
+        if not data.num_rows:
+            buf.replace(keep)
+            return True
+        try:
+            fmt = self._formats.get(table)
+            if fmt is None or not fmt.fits(data.schema):
+                fmt = self._formats[table] = TableFormat.choose(data)
+            payload = fmt.encode(data, self.compression, self.compression_level)
+        except Exception as exc:  # rows Parquet cannot hold: lost, the rest goes on
+            self._drop(table, data.num_rows, exc)
+            buf.replace(keep)
+            return True
+        folder = partition_dir(self.run_dir, table, epoch, self.rank, local=self.lake.local)
+        try:
+            self._makedirs(folder)
+            self.lake.write_bytes_atomic(f"{folder}/{part_file_name(self.rank, self._seq)}", payload)
+        except OSError as exc:
+            self._made_dirs.discard(folder)
+            buf.replace(data if keep is None else pa.concat_tables([data, keep]))
+            self._lake_trouble(exc)
+            return False
         self.files_written += 1
         self.rows_written += data.num_rows
-        self._buffers[(table, epoch)] = _Buffer()
+        self._dirty = True
+        buf.replace(keep)
+        if self._io_error is not None:
+            log.info("lakelog: the lake %s is writable again; buffered rows written", self.lake.root)
+            self._io_error = None
+        return True
+
+    # -- writer thread: failures -------------------------------------------------------------
+    def _lake_trouble(self, exc: OSError) -> None:
+        self._io_error = exc
+        if self._first_error is None:
+            self._first_error = exc
+        now = time.monotonic()
+        if now - self._io_warned_at >= WARN_EVERY_S:
+            self._io_warned_at = now
+            log.warning(
+                "lakelog: cannot write to the lake %s (%s: %s); training goes on, rows are kept in memory "
+                "(up to %d MiB) and written when it is writable again",
+                self.lake.root,
+                type(exc).__name__,
+                exc.strerror or exc,
+                self.max_buffer_bytes >> 20,
+            )
+        self.causes.setdefault("lake", f"{type(exc).__name__}: {exc}")
+
+    def _drop(self, table: str, rows: int, exc: BaseException) -> None:
+        self.dropped[table] = self.dropped.get(table, 0) + int(rows)
+        self._dirty = True
+        cause = f"{type(exc).__name__}: {exc}"
+        self.causes.setdefault(table, cause)
+        if self._first_error is None:
+            self._first_error = exc
+        key = (table, type(exc).__name__)
+        if key not in self._warned:  # once per table and cause; the counts go on in run.json
+            self._warned.add(key)
+            log.warning(
+                "lakelog: run %s: %d %s row(s) could not be written (%s); other rows and tables go on "
+                "(counted in run.json 'dropped')",
+                os.path.basename(self.run_dir),
+                rows,
+                table,
+                cause,
+            )

@@ -14,7 +14,6 @@ metadata, so ``load_dump`` gives back one tensor under both names. Optimizer sta
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from lakelog.errors import DumpError, InvalidArgumentError, RunClosedError
 from lakelog.lake import dump_layout as L
 from lakelog.lake.checks import non_negative_int, optional_positive_int
 from lakelog.lake.schemas import DUMP_INDEX
+from lakelog.write.background import Worker
 from lakelog.write.dumps.files import Dump, load_dump, write_dump_files
 from lakelog.write.dumps.optim import flatten_optimizer, optimizer_state_dict
 from lakelog.write.hostcopy import HostCopy
@@ -38,7 +38,6 @@ from lakelog.write.unwrap import unwrap_model
 __all__ = ["Dump", "DumpWriter", "flatten_optimizer", "load_dump", "optimizer_state_dict", "write_dump_files"]
 
 log = logging.getLogger("lakelog")
-_CLOSE = object()
 
 
 def _host_copy(tensor: torch.Tensor) -> HostCopy:
@@ -161,8 +160,14 @@ class DumpWriter:
         self._estimated = False
         self._closed = False
         self._error: BaseException | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=optional_positive_int(max_pending, "max_pending") or 2)
-        self._thread: threading.Thread | None = None
+        # The shared background design (lakelog.write.background): a bounded queue of dumps, one daemon
+        # thread started by the first dump, flush() blocking until the queued dumps are written.
+        self._worker = Worker(
+            "lakelog-dumps",
+            self._handle,
+            max_items=optional_positive_int(max_pending, "max_pending") or 2,
+            start=False,
+        )
 
     def configure(
         self, *, every: int | None = None, keep_first: int | None = None, keep_every: int | None = None
@@ -223,19 +228,16 @@ class DumpWriter:
             job.optimizer, job.optimizer_ties = host_state(flat)
         if not self._estimated:
             self._estimate(job)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="lakelog-dumps", daemon=True)
-            self._thread.start()
-        self._queue.put(job)  # waits while max_pending dumps are in flight: memory stays bounded
+        self._worker.put(job)  # waits while max_pending dumps are in flight: memory stays bounded
         submit = getattr(self.run, "submit", None)
         if submit is not None:  # queued here, on the training thread, so the row keeps the run's order
-            submit(job.index_row, epoch=job.epoch)
+            submit(job.index_row, epoch=job.epoch, table=L.INDEX_TABLE, rows=1)
         return L.step_dir(self.run.path, step)
 
     def flush(self) -> None:
         """Return once every queued dump is on disk; raises DumpError if one failed."""
-        if self._thread is not None:
-            self._queue.join()
+        if not self._worker.closed:
+            self._worker.flush()
         self._raise_error()
 
     def close(self) -> None:
@@ -243,9 +245,7 @@ class DumpWriter:
         if self._closed:
             return
         self._closed = True
-        if self._thread is not None:
-            self._queue.put(_CLOSE)
-            self._thread.join()
+        self._worker.close()
         self._raise_error()
 
     def _check(self) -> None:
@@ -277,21 +277,17 @@ class DumpWriter:
         log.warning(msg)
 
     # -- dump thread -------------------------------------------------------------------------
-    def _loop(self) -> None:
-        while True:
-            job = self._queue.get()
-            try:
-                if job is _CLOSE:
-                    return
-                if self._error is None:
-                    self._write(job)
-            except BaseException as exc:  # report on the next dump()/flush()/close()
-                log.error("lakelog: dump of run %r failed: %s", self.run.name, exc)
-                self._error = exc
-            finally:
-                if isinstance(job, _Job):
-                    job.done.set()
-                self._queue.task_done()
+    def _handle(self, job: _Job) -> None:
+        """One dump, on the dump thread; after a failure the later dumps are skipped (the first error is
+        kept and raised by the next dump()/flush()/close())."""
+        try:
+            if self._error is None:
+                self._write(job)
+        except BaseException as exc:
+            log.error("lakelog: dump of run %r failed: %s", self.run.name, exc)
+            self._error = exc
+        finally:
+            job.done.set()  # the dump_index row builder waits on this
 
     def _write(self, job: _Job) -> None:
         def value(v: float | HostCopy | None) -> float | None:

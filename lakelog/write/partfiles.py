@@ -1,0 +1,261 @@
+"""Rows waiting for a part file, and how a table's part files are encoded.
+
+A ``Buffer`` keeps what one table partition received since its last part file: Arrow tables, column
+chunks (one per submitted batch, converted to Arrow in bulk at write time) and scalar rows appended
+to plain lists. When a bulk conversion fails, each batch is converted alone and only the batches that
+cannot be are lost, so one bad batch never costs its neighbours.
+
+``TableFormat`` is chosen once per table (not per part file): dictionary encoding for repetitive
+columns, byte-stream-split for floats, and Parquet min/max statistics for every column except floating
+ones. Statistics that leave NaN out make DuckDB skip row groups holding NaN (``isnan(value)`` would
+find nothing), and nothing prunes on float ranges anyway.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lakelog.lake.schemas import SCHEMAS
+
+
+def _chunk_len(chunk: Any) -> int:
+    return len(chunk) if not isinstance(chunk, np.ndarray) else int(chunk.shape[0])
+
+
+def rows_len(rows: Any) -> int:
+    """Rows in an Arrow table or a mapping of column chunks (0 when it is neither)."""
+    if isinstance(rows, pa.Table):
+        return rows.num_rows
+    if isinstance(rows, Mapping) and rows:
+        try:
+            return _chunk_len(next(iter(rows.values())))
+        except TypeError:
+            return 0
+    return 0
+
+
+def _chunk_range(chunk: Any) -> tuple[int, int] | None:
+    if isinstance(chunk, np.ndarray):
+        return (int(chunk.min()), int(chunk.max())) if chunk.size else None
+    if isinstance(chunk, pa.ChunkedArray | pa.Array):
+        found = pc.min_max(chunk).as_py()
+        return None if found["min"] is None else (int(found["min"]), int(found["max"]))
+    values = [v for v in chunk if v is not None]
+    return (int(min(values)), int(max(values))) if values else None
+
+
+def step_range(rows: Any) -> tuple[int, int] | None:
+    """The smallest and largest ``step`` in the rows, or None without a step column."""
+    if isinstance(rows, pa.Table):
+        return _chunk_range(rows["step"]) if "step" in rows.column_names and rows.num_rows else None
+    chunk = rows.get("step") if isinstance(rows, Mapping) else None
+    return None if chunk is None else _chunk_range(chunk)
+
+
+def steps_max(rows: Any) -> int | None:
+    found = step_range(rows)
+    return None if found is None else found[1]
+
+
+def _list_array(values: np.ndarray) -> pa.Array:
+    n, width = values.shape
+    offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)))
+
+
+def _chunk_to_array(chunk: Any, kind: pa.DataType | None) -> pa.Array:
+    if isinstance(chunk, pa.Array):
+        return chunk
+    if isinstance(chunk, np.ndarray):
+        return _list_array(chunk) if chunk.ndim == 2 else pa.array(chunk, type=kind)
+    return pa.array(chunk, type=kind)
+
+
+def _column(chunks: list, kind: pa.DataType | None) -> pa.Array:
+    """One Arrow array from many chunks, with one conversion call where the chunks allow it."""
+    first = chunks[0]
+    if all(isinstance(c, np.ndarray) and c.ndim == first.ndim for c in chunks) and (
+        first.ndim == 1 or len({c.shape[1] for c in chunks}) == 1
+    ):
+        return _chunk_to_array(np.concatenate(chunks) if len(chunks) > 1 else first, kind)
+    if all(isinstance(c, list) for c in chunks):
+        values = list(itertools.chain.from_iterable(chunks)) if len(chunks) > 1 else first
+        if kind is None and values and isinstance(values[0], str):
+            kind = pa.string()  # naming the type skips pyarrow's inference, ~7x the cost of converting
+        return pa.array(values, type=kind)
+    return pa.concat_arrays([_chunk_to_array(c, kind) for c in chunks])
+
+
+def _chunks_to_table(columns: Mapping[str, list], schema: pa.Schema | None) -> pa.Table:
+    arrays = {}
+    for name, chunks in columns.items():
+        kind = schema.field(name).type if schema is not None and name in schema.names else None
+        arrays[name] = _column(chunks, kind)
+    return pa.table(arrays)
+
+
+class Buffer:
+    """Rows of one table partition waiting for a part file (see the module docstring)."""
+
+    def __init__(self, table: str) -> None:
+        self.name = table
+        self.schema = SCHEMAS.get(table)
+        self.clear()
+
+    def clear(self) -> None:
+        self.tables: list[pa.Table] = []
+        self.columns: dict[str, list] = {}
+        self.counts: list[int] = []  # rows of each chunk in ``columns``
+        self.scalars: tuple[list, list, list, list] | None = None
+        self.rows = 0
+        self.nbytes = 0
+        self.min_step: int | None = None
+        self.max_step: int | None = None
+        self.lost = 0  # rows that could not be converted, and why
+        self.cause: BaseException | None = None
+
+    def replace(self, table: pa.Table | None) -> None:
+        """Keep only ``table`` (rows held back for the next part file)."""
+        self.clear()
+        if table is not None and table.num_rows:
+            self.add(table)
+
+    def _note(self, lo: int, hi: int) -> None:
+        self.min_step = lo if self.min_step is None else min(self.min_step, lo)
+        self.max_step = hi if self.max_step is None else max(self.max_step, hi)
+
+    def _seal_columns(self) -> None:
+        if self.columns:
+            self.tables.extend(self._convert_columns())
+            self.columns, self.counts = {}, []
+
+    def add(self, rows: pa.Table | Mapping[str, Any]) -> None:
+        found = step_range(rows)
+        if found is not None:
+            self._note(*found)
+        if isinstance(rows, pa.Table):
+            self.tables.append(rows)
+            self.nbytes += rows.nbytes
+            self.rows += rows.num_rows
+            return
+        n = rows_len(rows)
+        if self.columns and rows.keys() != self.columns.keys():  # the columns changed: seal what we have
+            self._seal_columns()
+        for name, chunk in rows.items():
+            self.columns.setdefault(name, []).append(chunk)
+            self.nbytes += chunk.nbytes if isinstance(chunk, np.ndarray | pa.Array) else 16 * n
+        self.counts.append(n)
+        self.rows += n
+
+    def add_scalars(self, step: int, names: list[str], values: list[float], stamp: int) -> None:
+        """One ``log`` call: appended to plain lists, turned into columns when the part file is written."""
+        if self.scalars is None:
+            self.scalars = ([], [], [], [])
+        n = len(names)
+        steps, all_names, all_values, times = self.scalars
+        steps.extend([step] * n)
+        all_names.extend(names)
+        all_values.extend(values)
+        times.extend([stamp] * n)
+        self.rows += n
+        self.nbytes += 48 * n
+        self._note(step, step)
+
+    def _convert_columns(self) -> list[pa.Table]:
+        """The column chunks as Arrow: in one go, or batch by batch when one of them is bad."""
+        try:
+            return [_chunks_to_table(self.columns, self.schema)]
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            pass
+        tables = []
+        for i, n in enumerate(self.counts):
+            try:
+                tables.append(_chunks_to_table({k: [v[i]] for k, v in self.columns.items()}, self.schema))
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                self.lost, self.cause = self.lost + n, exc
+        return tables
+
+    def table(self) -> tuple[pa.Table | None, int, BaseException | None]:
+        """All buffered rows as one table, the number of rows that could not be converted and why."""
+        tables = list(self.tables)
+        if self.columns:
+            tables.extend(self._convert_columns())
+        lost, cause = self.lost, self.cause
+        if self.scalars is not None:
+            steps, names, values, times = self.scalars
+            try:
+                tables.append(
+                    pa.table(
+                        {
+                            "step": pa.array(steps, pa.int64()),
+                            "name": pa.array(names, pa.string()),
+                            "value": pa.array(values, pa.float64()),
+                            "time": pa.array(times, pa.int64()).cast(SCHEMAS["scalars"].field("time").type),
+                        }
+                    )
+                )
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                lost, cause = lost + len(steps), exc
+        if not tables:
+            return None, lost, cause
+        if len(tables) == 1:
+            return tables[0], lost, cause
+        try:
+            return pa.concat_tables(tables, promote_options="permissive"), lost, cause
+        except pa.ArrowException as exc:  # batches whose columns cannot be merged: keep the first kind
+            kept = [t for t in tables if t.schema.equals(tables[0].schema)]
+            lost += sum(t.num_rows for t in tables) - sum(t.num_rows for t in kept)
+            return pa.concat_tables(kept), lost, exc
+
+
+@dataclass
+class TableFormat:
+    """Parquet options of one table, chosen from its first part file and reused for every later one."""
+
+    names: tuple[str, ...]
+    dictionary: list[str]
+    split: list[str]
+    statistics: list[str]
+
+    @classmethod
+    def choose(cls, data: pa.Table) -> TableFormat:
+        dictionary, split, statistics = [], [], []
+        for column, fld in zip(data.columns, data.schema, strict=True):
+            kind = fld.type
+            if pa.types.is_list(kind) and pa.types.is_floating(kind.value_type):
+                split.append(f"{fld.name}.list.element")
+                continue
+            if pa.types.is_floating(kind):
+                split.append(fld.name)
+                continue
+            statistics.append(fld.name)
+            if pa.types.is_string(kind):
+                if len(column) and pc.count_distinct(column).as_py() <= len(column) // 4:
+                    dictionary.append(fld.name)
+            elif not pa.types.is_nested(kind):
+                dictionary.append(fld.name)
+        return cls(tuple(data.schema.names), dictionary, split, statistics)
+
+    def fits(self, schema: pa.Schema) -> bool:
+        return tuple(schema.names) == self.names
+
+    def encode(self, data: pa.Table, compression: str, level: int) -> pa.Buffer:
+        sink = pa.BufferOutputStream()
+        pq.write_table(
+            data,
+            sink,
+            compression=compression,
+            compression_level=level,
+            use_dictionary=self.dictionary,
+            use_byte_stream_split=self.split,
+            write_statistics=self.statistics,
+        )
+        return sink.getvalue()
