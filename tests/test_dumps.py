@@ -197,8 +197,8 @@ def test_import_seed_checkpoints(tmp_path):
     )
     assert result.exit_code == 0, result.output
     listing = list_dumps(tmp_path / "runs" / "ref")
-    assert list(listing.steps) == [0, 10, 20, 21, 31, 41]  # steps_per_epoch inferred as 21
-    state, flat, meta = load_dump(listing.steps[31])
+    assert list(listing.steps) == [0, 10, 20, 30, 40, 50]  # dumps every 10 batches: 30 per epoch
+    state, flat, meta = load_dump(listing.steps[40])
     assert all(torch.equal(state[k], v) for k, v in saved[(1, 10)].items())
     assert (meta["import_epoch"], meta["import_batch"], meta["source"]) == (
         "1",

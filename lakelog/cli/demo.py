@@ -17,6 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import lakelog
+from lakelog.cli.base import LakelogCommand
+from lakelog.cli.screens import print_diff, print_doctor
 
 CLASSES = ("horizontal", "vertical", "diagonal", "cross")
 
@@ -111,13 +113,11 @@ def train(
     return name
 
 
-@click.command("demo")
+@click.command("demo", cls=LakelogCommand)
 @click.option("--root", default="runs", show_default=True, help="Lake folder to write the two runs into.")
 @click.option("--epochs", default=4, show_default=True, help="Epochs per run (24 steps each).")
 def demo_command(root: str, epochs: int) -> None:
     """Train a small model twice (the second with a shuffle bug), then diagnose where the runs part."""
-    from lakelog.cli.diff import print_diff, print_doctor
-
     click.echo(f"training run 'baseline' ({epochs} epochs) …")
     train(root, "baseline", epochs=epochs)
     click.echo("training run 'candidate' (same seed; its shuffle goes unseeded from epoch 2) …")

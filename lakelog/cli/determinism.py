@@ -15,6 +15,7 @@ import time
 
 import click
 
+from lakelog.cli.base import LakelogCommand
 from lakelog.errors import LakelogError
 from lakelog.lake.checker_env import MAX_STEPS as ENV_MAX_STEPS
 from lakelog.lake.checker_env import MODE as ENV_MODE
@@ -52,6 +53,7 @@ def _run_script(
 
 @click.command(
     "check-determinism",
+    cls=LakelogCommand,
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @click.option(

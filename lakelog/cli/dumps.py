@@ -1,34 +1,19 @@
 """``lakelog compare-dumps`` and ``lakelog import-dumps``: thin commands over the library.
 
 compare-dumps never imports torch; import-dumps does (it reads torch.save files), only when run.
-A library error (LakelogError) is one line on stderr and exit code 2, here as in ``lakelog.cli``,
-so the commands behave the same when tested on their own with click's CliRunner.
+A library error is one line on stderr and exit code 2 (``lakelog.cli.base``).
 """
 
 from __future__ import annotations
 
-import functools
 import re
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
-from lakelog.errors import LakelogError
-
-
-def _one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except LakelogError as exc:
-            click.echo(f"lakelog: error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
+from lakelog.cli.base import LakelogCommand
+from lakelog.cli.options import ByteSize
+from lakelog.lake.dump_layout import IMPORT_MAX_BYTES, IMPORT_MAX_EXPANSION
 
 
 def _default_out(run_a: str, run_b: str) -> Path:
@@ -38,7 +23,7 @@ def _default_out(run_a: str, run_b: str) -> Path:
     return Path(f"compare-dumps-{clean(run_a)}-vs-{clean(run_b)}")
 
 
-@click.command("compare-dumps")
+@click.command("compare-dumps", cls=LakelogCommand)
 @click.argument("run_a")
 @click.argument("run_b")
 @click.option(
@@ -60,7 +45,6 @@ def _default_out(run_a: str, run_b: str) -> Path:
 @click.option("--root", default=None, help="Lake root, when A and B are run names rather than folders.")
 @click.option("--optimizer", is_flag=True, help="Also compare optimizer state (momentum, Adam moments).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal only].")
-@_one_line_errors
 def compare_dumps_command(
     run_a: str,
     run_b: str,
@@ -93,7 +77,7 @@ def compare_dumps_command(
     click.echo(f"wrote {', '.join(str(p) for p in result.files.values())}")
 
 
-@click.command("import-dumps")
+@click.command("import-dumps", cls=LakelogCommand)
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--run", "run_name", required=True, help="Run to import into (created, or resumed if it exists)."
@@ -103,30 +87,55 @@ def compare_dumps_command(
     "--steps-per-epoch",
     type=click.IntRange(min=1),
     default=None,
-    help="Batches per epoch: step = epoch * N + batch [default: largest batch index + 1].",
+    help="Batches per epoch: step = epoch * N + batch [default: inferred from the gaps between dumps; "
+    "required when they do not say].",
 )
 @click.option("--overwrite", is_flag=True, help="Replace dumps the run already has at the same steps.")
+@click.option(
+    "--skip-bad", is_flag=True, help="Go on past a refused or unreadable file; say how many were skipped."
+)
+@click.option(
+    "--max-size",
+    type=ByteSize(),
+    default=IMPORT_MAX_BYTES,
+    show_default="16G",
+    help="Refuse a file that takes more than this in memory once loaded (16G, 500M, 2GB …).",
+)
+@click.option(
+    "--max-expansion",
+    type=click.FloatRange(min=1.0),
+    default=IMPORT_MAX_EXPANSION,
+    show_default=True,
+    help="Refuse a zip entry that inflates more than this many times (torch.save does not compress).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal only].")
-@_one_line_errors
 def import_dumps_command(
     directory: Path,
     run_name: str,
     root: str,
     steps_per_epoch: int | None,
     overwrite: bool,
+    skip_bad: bool,
+    max_size: int,
+    max_expansion: float,
     progress: bool | None,
 ) -> None:
     """Import torch.save checkpoints (batch_dumps/epoch_XXX/batch_XXXX.pt) as safetensors dumps.
 
-    Files are loaded with torch.load(weights_only=True) only; one that needs pickle to run code is
-    refused, never executed. Each holds model_state_dict and optionally optimizer_state_dict, loss
-    and acc. Files are ordered by (epoch, batch) and step = epoch * steps_per_epoch + batch.
+    Files are checked before loading (declared tensor sizes against the file, --max-size,
+    --max-expansion), then loaded with torch.load(weights_only=True) with numpy scalars and arrays
+    allowed; one that needs pickle to run code is refused, never executed. Each holds model_state_dict
+    and optionally optimizer_state_dict, loss and acc. Files are ordered by (epoch, batch) and
+    step = epoch * steps_per_epoch + batch; without --steps-per-epoch the epoch length is inferred
+    from the dumps' spacing (a warning shows the mapping).
+
+    Exit code 0 when every file was imported (or skipped with --skip-bad), 2 on an error.
 
     \b
     Example:
       lakelog import-dumps outputs/reference/batch_dumps --run reference --root runs
     """
-    from lakelog.write.dumps.importer import import_dumps
+    from lakelog.write.dumps.importer import import_dumps  # torch, only for this command
 
     written = import_dumps(
         directory,
@@ -135,5 +144,12 @@ def import_dumps_command(
         steps_per_epoch=steps_per_epoch,
         overwrite=overwrite,
         progress=progress,
+        skip_bad=skip_bad,
+        max_bytes=max_size,
+        max_expansion=max_expansion,
     )
     click.echo(f"imported {len(written)} dumps into {Path(root) / run_name}")
+    if written.skipped:
+        click.echo(f"skipped {len(written.skipped)} file(s) (--skip-bad):", err=True)
+        for _, why in written.skipped:
+            click.echo(f"  {why}", err=True)

@@ -1,119 +1,52 @@
 """``lakelog sql``, ``lakelog query`` and ``lakelog runs``: thin commands over the query library.
 
 Values given with ``--param name=value`` or ``-p name value`` are bound as DuckDB parameters, never
-pasted into the SQL; ``query`` converts them to the type of the parameter's default.
+pasted into the SQL; ``query`` converts them to the type of the parameter's default (booleans are
+``true`` or ``false``, nothing else). ``lakelog query NAME --help`` documents that query's parameters.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import polars as pl
 
-from lakelog.cli.render import console, frame_table
+from lakelog.cli.base import LakelogCommand, one_line_errors
+from lakelog.cli.options import collect_params, output_options, pair_option, param_option, root_option
+from lakelog.cli.render import console, emit
 from lakelog.errors import InvalidArgumentError
-from lakelog.read import querylib
+from lakelog.read import querylib, sandbox
+from lakelog.read.views import connect
 
-FORMATS = ("table", "csv", "json", "parquet")
-
-root_option = click.option(
-    "--root", default="runs", show_default=True, help="The lake: a folder of runs (or s3://…)."
-)
-format_option = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default="table",
-    show_default=True,
-    help="How to print the rows; parquet needs -o.",
-)
-output_option = click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the rows to this file instead of printing them.",
-)
-pair_option = click.option(
-    "-p",
-    "pairs",
-    nargs=2,
-    multiple=True,
-    metavar="NAME VALUE",
-    help="A query parameter (sqlite-utils style); repeatable.",
-)
-param_option = click.option(
-    "--param", "params", multiple=True, metavar="NAME=VALUE", help="A query parameter; repeatable."
-)
+HELP_FLAGS = ("-h", "--help")
 
 
-def collect_params(pairs: tuple[tuple[str, str], ...], params: tuple[str, ...]) -> dict[str, str]:
-    """``-p name value`` and ``--param name=value`` as one dict of strings."""
-    out = dict(pairs)
-    for item in params:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise InvalidArgumentError(f"--param: expected NAME=VALUE, got {item!r}")
-        out[name.strip()] = value
-    return out
-
-
-def _plain(df: pl.DataFrame) -> pl.DataFrame:
-    """Nested columns (lists, structs) as JSON text, for CSV."""
-    nested = [name for name, dtype in df.schema.items() if dtype.is_nested()]
-    return df.with_columns(
-        pl.col(name).map_elements(
-            lambda v: json.dumps(v.to_list() if isinstance(v, pl.Series) else v, default=str),
-            return_dtype=pl.String,
-        )
-        for name in nested
-    )
-
-
-def emit(df: pl.DataFrame, fmt: str, output: Path | None, *, title: str | None = None) -> None:
-    """Print or write ``df`` as a table, CSV, JSON (an array of row objects) or Parquet."""
-    if fmt == "parquet":
-        if output is None:
-            raise InvalidArgumentError("--format parquet: give a file with -o FILE (Parquet is binary)")
-        df.write_parquet(output)
-        return
-    if fmt == "csv":
-        text = _plain(df).write_csv()
-    elif fmt == "json":
-        text = json.dumps(df.to_dicts(), default=str, indent=1) + "\n"
-    else:
-        if output is None:
-            console().print(frame_table(df, title=title, max_rows=None if df.height <= 200 else 200))
-            return
-        with output.open("w", encoding="utf-8") as f:
-            console_ = console()
-            console_.file = f
-            console_.print(frame_table(df, title=title, max_rows=None))
-        return
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        output.write_text(text, encoding="utf-8")
-
-
-@click.command("sql")
+@click.command("sql", cls=LakelogCommand)
 @click.argument("sql")
 @root_option
 @pair_option
 @param_option
-@format_option
-@output_option
-def sql_command(sql: str, root: str, pairs: tuple, params: tuple, fmt: str, output: Path | None) -> None:
+@output_options(parquet=True)
+@click.option(
+    "--unsafe",
+    is_flag=True,
+    help="A full DuckDB: allow COPY/CREATE/ATTACH/INSTALL and reading files outside the lake.",
+)
+def sql_command(
+    sql: str, root: str, pairs: tuple, params: tuple, fmt: str, output: Path | None, unsafe: bool
+) -> None:
     """Run SQL over the lake's views (runs, predictions, pred_digests, scalars, batches, params,
     holdout, workers, dump_index; each has a run column) and print the rows.
 
+    Read-only unless --unsafe: only queries run, and only the lake's part files can be read.
+
     Example: lakelog sql "SELECT run, max(step) FROM scalars GROUP BY run" --root runs
     """
-    from lakelog.read.views import connect
-
-    con = connect(root)
+    con = connect(root, read_only=not unsafe)
+    if not unsafe:
+        sandbox.check_statements(con, sql)
     emit(querylib.run_sql(con, sql, collect_params(pairs, params)), fmt, output)
 
 
@@ -122,11 +55,59 @@ def _signature(q: querylib.Query) -> str:
     return ", ".join(parts)
 
 
+def _kind(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true|false"
+    if isinstance(default, int):
+        return "integer"
+    if isinstance(default, float):
+        return "number"
+    return "text"
+
+
+def query_help(q: querylib.Query) -> str:
+    """What ``lakelog query NAME --help`` prints: the query's purpose, each parameter's type, default and doc."""
+    formatter = click.HelpFormatter()
+    formatter.write_usage("lakelog query", f"{q.name} [-p NAME VALUE]... [--root ROOT] [--format FORMAT]")
+    formatter.write_paragraph()
+    with formatter.indentation():
+        formatter.write_text(q.doc or "(no description)")
+    rows = []
+    for p in q.params:
+        if p.required:
+            rows.append((p.name, f"text, required. {p.doc}"))
+        else:
+            rows.append((p.name, f"{_kind(p.default)}, default {p.default!r}. {p.doc}"))
+    with formatter.section("Parameters (-p NAME VALUE or --param NAME=VALUE)"):
+        formatter.write_dl(rows or [("(none)", "this query takes no parameters")])
+    example = " ".join(f"-p {p.name} VALUE" for p in q.params if p.required)
+    with formatter.section("Example"):
+        formatter.write_text(f"lakelog query {q.name} {example} --root runs".replace("  ", " "))
+        formatter.write_text(f"SQL: {q.path}")
+    return formatter.getvalue()
+
+
+class QueryCommand(LakelogCommand):
+    """``lakelog query``: ``--help`` after a query name shows that query's help instead of the command's."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if any(a in HELP_FLAGS for a in args):
+            rest = [a for a in args if a not in HELP_FLAGS]
+            probe = self.make_context(self.name or "query", rest, parent=ctx.parent, resilient_parsing=True)
+            name = probe.params.get("name")
+            if name:
+                with one_line_errors():
+                    text = query_help(querylib.get(name))
+                click.echo(text, nl=False)
+                ctx.exit(0)
+        return super().parse_args(ctx, args)
+
+
 def _list_queries(fmt: str, output: Path | None, every: bool = False) -> None:
     listed = list((querylib.library() if every else querylib.questions()).values())
     rows = [{"name": q.name, "parameters": _signature(q), "answers": q.doc} for q in listed]
     df = pl.DataFrame(rows, schema={"name": pl.String, "parameters": pl.String, "answers": pl.String})
-    if fmt != "table":
+    if fmt != "table" or output is not None:
         emit(df, fmt, output)
         return
     out = console()
@@ -137,9 +118,10 @@ def _list_queries(fmt: str, output: Path | None, every: bool = False) -> None:
             default = "" if p.required else f" = {p.default!r}"
             out.print(f"  [cyan]{p.name}[/cyan]{default}: {p.doc}", highlight=False)
         out.print()
+    out.print("[dim]lakelog query NAME --help shows one query's parameters[/dim]")
 
 
-@click.command("query")
+@click.command("query", cls=QueryCommand)
 @click.argument("name", required=False)
 @root_option
 @pair_option
@@ -150,8 +132,7 @@ def _list_queries(fmt: str, output: Path | None, every: bool = False) -> None:
 @click.option(
     "--all", "all_", is_flag=True, help="With --list: include the internal.* queries of plots and reports."
 )
-@format_option
-@output_option
+@output_options(parquet=True)
 def query_command(
     name: str | None,
     root: str,
@@ -163,6 +144,8 @@ def query_command(
     output: Path | None,
 ) -> None:
     """Run a named query of the library (queries/NAME.sql) with its parameters.
+
+    `lakelog query NAME --help` shows the query's parameters, their types and defaults.
 
     Example: lakelog query first_divergence -p run_a baseline -p run_b candidate --param tol=1e-4
     """
@@ -176,10 +159,9 @@ def query_command(
     emit(querylib.query(name, root=root, **values), fmt, output, title=name)
 
 
-@click.command("runs")
+@click.command("runs", cls=LakelogCommand)
 @root_option
-@format_option
-@output_option
+@output_options(parquet=True)
 def runs_command(root: str, fmt: str, output: Path | None) -> None:
     """List the runs of a lake: status, created, seed, training time, last step, final loss."""
     emit(querylib.query("run_list", root=root), fmt, output, title=f"runs in {root}")

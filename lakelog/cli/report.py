@@ -1,20 +1,18 @@
 """``lakelog report``: a thin command over ``lakelog.read.report.build_report`` (read side: no torch).
 
-A library error (LakelogError) is one line on stderr and exit code 2, here as in ``lakelog.cli``,
-so the command behaves the same when tested on its own with click's CliRunner.
+A library error is one line on stderr and exit code 2 (``lakelog.cli.base``).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from lakelog.errors import LakelogError
+from lakelog.cli.base import LakelogCommand
 
 
-@click.command("report")
+@click.command("report", cls=LakelogCommand)
 @click.argument("runs", nargs=-1, required=True)
 @click.option(
     "-o",
@@ -79,21 +77,17 @@ def report_command(
     """
     from lakelog.read.report import build_report
 
-    try:
-        result = build_report(
-            list(runs),
-            output,
-            root=root,
-            png_dir=png_dir,
-            metrics=list(metrics) or None,
-            sweep_metric=sweep_metric,
-            title=title,
-            max_points=max_points,
-            show_progress=progress,
-        )
-    except LakelogError as exc:
-        click.echo(f"lakelog: error: {exc}", err=True)
-        sys.exit(2)
+    result = build_report(
+        list(runs),
+        output,
+        root=root,
+        png_dir=png_dir,
+        metrics=list(metrics) or None,
+        sweep_metric=sweep_metric,
+        title=title,
+        max_points=max_points,
+        show_progress=progress,
+    )
     click.echo(f"wrote {result.path} ({len(result.charts)} charts)")
     for name, why in result.skipped:
         click.echo(f"  not drawn: {name}: {why}")

@@ -6,6 +6,7 @@ Integers are stored as Parquet int64, so every int check also enforces that rang
 
 from __future__ import annotations
 
+import difflib
 import numbers
 from typing import Any
 
@@ -77,3 +78,11 @@ def non_negative_number(value: Any, arg: str) -> float:
     if number < 0:
         raise InvalidArgumentError(f"{arg}: expected a number >= 0, got {value!r}")
     return number
+
+
+def did_you_mean(given: str, known: Any) -> str:
+    """`` (did you mean 'x'?)`` naming the closest of ``known`` to ``given``, or "" when none is close."""
+    close = difflib.get_close_matches(str(given), [str(k) for k in known], n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)"

@@ -155,3 +155,10 @@ def _number(text: str | None, kind: type) -> int | float | None:
         return kind(text)
     except ValueError:
         return None
+
+
+IMPORT_MAX_BYTES = 16 * 2**30
+"""Most bytes an imported ``torch.save`` checkpoint may take once loaded (``import-dumps --max-size``)."""
+
+IMPORT_MAX_EXPANSION = 32.0
+"""Most an imported checkpoint's zip entry may inflate (torch.save stores entries uncompressed)."""

@@ -8,7 +8,9 @@ and CI output stay clean while a person at a shell sees how far a 120-run report
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from tqdm import tqdm
@@ -80,3 +82,29 @@ def note(line: tqdm | None, text: str) -> None:
     """Show what is being worked on right now next to the bar (a no-op without one)."""
     if line is not None and not line.disable:
         line.set_postfix_str(text, refresh=False)
+
+
+@contextmanager
+def busy(desc: str, *, show: bool | None = None, after: float = 1.0) -> Iterator[None]:
+    """Show ``desc`` with the elapsed time while the block runs, for work with no count to show.
+
+    The line appears only once the block has run ``after`` seconds (quick work prints nothing) and
+    under the same rule as ``bar`` (a terminal, or ``LAKELOG_PROGRESS``); it goes away at the end.
+    """
+    state = enabled(show)
+    stop = threading.Event()
+
+    def tick() -> None:
+        if stop.wait(after):
+            return
+        with bar(None, desc=desc, unit="s", show=state, bar_format="{desc}: {elapsed}") as line:
+            while not stop.wait(0.5):
+                line.refresh()
+
+    worker = threading.Thread(target=tick, name="lakelog-busy", daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()

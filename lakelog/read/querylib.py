@@ -138,6 +138,9 @@ def _convert(name: str, text: str, default: Any) -> Any:
 
 
 def _literal(text: str) -> Any:
+    """A header default: SQL's true/false (any case) as booleans, else a Python literal, else the text."""
+    if text.strip().lower() in ("true", "false"):
+        return text.strip().lower() == "true"
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

@@ -1,36 +1,40 @@
 """Bring existing ``torch.save`` checkpoints into a run as safetensors dumps.
 
 The seeds wrote ``batch_dumps/epoch_XXX/batch_XXXX.pt`` holding ``model_state_dict``,
-``optimizer_state_dict``, ``loss`` and ``acc``. Each file is loaded with
-``torch.load(..., weights_only=True)`` only: a file that needs pickle to run code (a custom class
-instance, say) is refused with a DumpError naming it, never executed.
+``optimizer_state_dict``, ``loss`` and ``acc``. Each file is checked and loaded by
+``lakelog.write.dumps.safeload``: declared sizes against the file and the limits first, then
+``torch.load(weights_only=True)`` with numpy scalars allowed; a file that needs pickle to run code is
+refused with a DumpError naming it, never executed. ``skip_bad=True`` (``--skip-bad``) goes on past a
+refused or unreadable file and counts it.
 
 Steps: files are ordered by (epoch, batch) and ``step = epoch * steps_per_epoch + batch``. Without
-``steps_per_epoch`` it is taken as the largest batch index found plus one, which keeps two imports of
-the same dumping schedule aligned step for step; pass the real number of batches per epoch to get
-the true global steps. Files named ``step_XXXX.pt`` (no epoch/batch) keep their step. The original
-epoch, batch and file go to each dump's metadata (``import_epoch``, ``import_batch``, ``source``).
+``steps_per_epoch`` it is inferred from the gaps between dumps (``infer_steps_per_epoch``): the one
+epoch length that keeps the dumps evenly spaced across epoch boundaries (dumps every 10 batches at
+batches 0…40 give 50), with a warning showing the mapping; when the gaps do not say (one dump per
+epoch, irregular gaps) it must be given. Files named ``step_XXXX.pt`` (no epoch/batch) keep their
+step. The original epoch, batch and file go to each dump's metadata (``import_epoch``,
+``import_batch``, ``source``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lakelog.errors import DumpError, InvalidArgumentError
-from lakelog.lake.checks import optional_positive_int
+from lakelog.lake.checks import optional_positive_int, positive_int, positive_number
 from lakelog.lake.dump_layout import list_dumps
 from lakelog.lake.progress import bar
+from lakelog.write.dumps.safeload import DEFAULT_MAX_BYTES, DEFAULT_MAX_EXPANSION, load_checkpoint
 from lakelog.write.dumps.writer import DumpWriter
 
 log = logging.getLogger("lakelog")
@@ -39,8 +43,6 @@ SUFFIXES = (".pt", ".pth")
 _EPOCH = re.compile(r"epoch[_=-]?(\d+)", re.IGNORECASE)
 _BATCH = re.compile(r"batch[_=-]?(\d+)", re.IGNORECASE)
 _STEP = re.compile(r"step[_=-]?(\d+)", re.IGNORECASE)
-_UNSAFE = re.compile(r"Unsupported global: [^\n]*?(?= was not|\.\s|$)", re.MULTILINE)
-_REASON = re.compile(r"WeightsUnpickler error: ([^\n]*)")
 _MODEL_KEYS = ("model_state_dict", "state_dict", "model")
 _OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer")
 
@@ -79,7 +81,7 @@ def find_checkpoints(
         )
     found = [Checkpoint(path, step, 0, None) for step, path in by_step]
     if by_batch:
-        per_epoch = steps_per_epoch or max(b for _, b, _ in by_batch) + 1
+        per_epoch = steps_per_epoch or infer_steps_per_epoch(by_batch, directory)
         for _, batch, path in by_batch:
             if batch >= per_epoch:
                 raise InvalidArgumentError(f"steps_per_epoch: {path} is batch {batch}, not below {per_epoch}")
@@ -91,39 +93,74 @@ def find_checkpoints(
     return found, skipped
 
 
-def load_checkpoint(path: Path) -> Mapping[str, Any]:
-    """``torch.load`` with ``weights_only=True``; anything that needs pickle to run code is refused."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        unsafe = _UNSAFE.search(str(exc))
-        if unsafe is None:  # garbage, or a pickle stream weights_only cannot parse: either way, not loaded
-            reason = _REASON.search(str(exc))
-            raise DumpError(
-                f"{path}: not a readable torch.save checkpoint, or one only pickle could load "
-                f"({reason.group(1) if reason else str(exc).splitlines()[0]}); lakelog never unpickles"
-            ) from None
-        raise DumpError(
-            f"{path}: refused: loading it needs pickle to run code ({unsafe.group(0).strip()}); lakelog loads "
-            "checkpoints with torch.load(weights_only=True) only and never executes them. If you trust the file, "
-            "re-save it holding only tensors, numbers, strings, lists and dicts"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DumpError(f"{path}: not a readable torch.save checkpoint ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(obj, Mapping):
-        raise DumpError(f"{path}: expected a dict checkpoint (model_state_dict, …), got {type(obj).__name__}")
-    return obj
-
-
 def _number(value: Any, path: Path, key: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value.item())
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "iuf":
+        return float(value.reshape(()))
+    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_):
         return float(value)
     log.warning("lakelog: %s: %r is %s, not a number; left out", path, key, type(value).__name__)
     return None
+
+
+def infer_steps_per_epoch(by_batch: list[tuple[int, int, Path]], directory: Path) -> int:
+    """The epoch length that keeps ``(epoch, batch, file)`` dumps evenly spaced, with a warning saying so.
+
+    Dumps every N batches are N apart inside an epoch; across an epoch boundary the same spacing
+    gives ``steps_per_epoch = N + last batch of an epoch - first batch of the next`` (over k epochs
+    when epochs are missing). A schedule that counts within the epoch (batches 0, 10, … 40) and one
+    that counts globally (0…40, then 3, 13, … when an epoch has 47 batches) both come out right.
+    One epoch needs no length (its steps are its batches). Raises InvalidArgumentError when the
+    dumps do not say: one dump per epoch, uneven gaps, or boundaries that disagree.
+    """
+    epochs: dict[int, list[int]] = {}
+    for epoch, batch, _ in by_batch:
+        epochs.setdefault(epoch, []).append(batch)
+    for batches in epochs.values():
+        batches.sort()
+    largest = max(b for _, b, _ in by_batch)
+    if len(epochs) == 1:
+        return largest + 1
+    seen = {e: ", ".join(map(str, bs[:6])) + (" …" if len(bs) > 6 else "") for e, bs in epochs.items()}
+    shown = "; ".join(f"epoch {e}: batches {text}" for e, text in list(seen.items())[:3])
+    need = (
+        f"steps_per_epoch: cannot be inferred from the dumps in {directory} ({shown}): {{why}}; "
+        "pass the number of batches per epoch (--steps-per-epoch N)"
+    )
+    gaps = {b - a for bs in epochs.values() for a, b in pairwise(bs)}
+    if not gaps:
+        raise InvalidArgumentError(
+            need.format(why="one dump per epoch says nothing about the epoch's length")
+        )
+    if len(gaps) > 1:
+        raise InvalidArgumentError(
+            need.format(why=f"the gaps between dumps differ ({', '.join(map(str, sorted(gaps)))} batches)")
+        )
+    every = gaps.pop()
+    lengths = set()
+    for (e1, b1), (e2, b2) in pairwise(sorted(epochs.items())):
+        span = every + b1[-1] - b2[0]
+        if span % (e2 - e1):
+            lengths.add(-1)
+        else:
+            lengths.add(span // (e2 - e1))
+    if len(lengths) != 1 or min(lengths) <= largest:
+        raise InvalidArgumentError(
+            need.format(why=f"no single epoch length keeps dumps every {every} batches evenly spaced")
+        )
+    length = lengths.pop()
+    first, second = sorted(epochs)[:2]
+    log.warning(
+        "lakelog: import-dumps: steps_per_epoch not given; inferred %d from dumps every %d batches "
+        "(step = epoch * %d + batch: epoch %d batch %d -> step %d, epoch %d batch %d -> step %d); "
+        "pass --steps-per-epoch N if an epoch has another number of batches",
+        length, every, length, first, epochs[first][-1], first * length + epochs[first][-1],
+        second, epochs[second][0], second * length + epochs[second][0],
+    )  # fmt: skip
+    return length
 
 
 def checkpoint_parts(
@@ -145,6 +182,15 @@ def checkpoint_parts(
     return model, optimizer, _number(obj.get("loss"), path, "loss"), _number(accuracy, path, "acc")
 
 
+class Imported(list):
+    """What ``import_dumps`` wrote: the step folders (it is that list), and what it skipped and why."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: list[tuple[Path, str]] = []
+        """(file, reason) of every file ``skip_bad`` went past."""
+
+
 def import_dumps(
     directory: str | os.PathLike[str],
     run: Any,
@@ -153,19 +199,31 @@ def import_dumps(
     steps_per_epoch: int | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
-) -> list[Path]:
+    skip_bad: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_expansion: float = DEFAULT_MAX_EXPANSION,
+) -> Imported:
     """Import every checkpoint under ``directory`` into ``run`` (a Run, or a run name under ``root``,
-    created or resumed); returns the step folders written. Stops at the first unreadable or unsafe file."""
+    created or resumed); returns the step folders written (an ``Imported`` list, with ``skipped``).
+
+    A file that is refused (pickle code, over ``max_bytes`` once loaded or ``max_expansion`` when
+    inflated, impossible tensor sizes) or unreadable stops the import with a DumpError naming it,
+    unless ``skip_bad`` is set: then it is skipped, counted in ``skipped`` with the reason, and
+    logged. Raises InvalidArgumentError when ``steps_per_epoch`` is needed and cannot be inferred.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise DumpError(f"{directory}: no such folder of checkpoints")
-    checkpoints, skipped = find_checkpoints(directory, steps_per_epoch=steps_per_epoch)
-    for path in skipped:
+    max_bytes = positive_int(max_bytes, "max_bytes")
+    max_expansion = positive_number(max_expansion, "max_expansion")
+    checkpoints, unnamed = find_checkpoints(directory, steps_per_epoch=steps_per_epoch)
+    for path in unnamed:
         log.warning("lakelog: %s: no epoch_X/batch_Y or step_Z in its name; not imported", path)
     if not checkpoints:
         raise DumpError(
             f"{directory}: no checkpoints to import; expected epoch_XXX/batch_XXXX.pt or step_XXXX.pt files"
         )
+    result = Imported()
     own = isinstance(run, str)
     if own:
         from lakelog.write.run import Run
@@ -184,7 +242,16 @@ def import_dumps(
         try:
             with bar(len(checkpoints), desc="import-dumps", unit="file", show=progress) as shown:
                 for c in checkpoints:
-                    model, optimizer, loss, acc = checkpoint_parts(load_checkpoint(c.path), c.path)
+                    try:
+                        obj = load_checkpoint(c.path, max_bytes=max_bytes, max_expansion=max_expansion)
+                        model, optimizer, loss, acc = checkpoint_parts(obj, c.path)
+                    except DumpError as exc:
+                        if not skip_bad:
+                            raise
+                        result.skipped.append((c.path, str(exc)))
+                        log.warning("lakelog: import-dumps: skipped %s", exc)
+                        shown.update()
+                        continue
                     extra = {"source": c.path.relative_to(directory).as_posix(), "import_epoch": str(c.epoch)}
                     if c.batch is not None:
                         extra["import_batch"] = str(c.batch)
@@ -195,7 +262,8 @@ def import_dumps(
         finally:
             writer.close()
         status = "finished"
-        return list(writer.written)
+        result.extend(writer.written)
+        return result
     finally:
         if own:
             run.finish(status=status)
