@@ -26,12 +26,23 @@ def _diff_norm(cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     if prev.device != cur.device:
         prev = prev.to(cur.device, non_blocking=True)
     if cur.is_complex():
-        return torch.linalg.vector_norm(cur - prev).to(F64)
-    if cur.dtype not in (torch.float32, torch.float64):
-        cur, prev = (
-            (cur.double(), prev.double()) if not cur.is_floating_point() else (cur.float(), prev.float())
-        )
-    return torch.linalg.vector_norm(cur - prev).to(F64)
+        return torch.linalg.vector_norm(cur.to(torch.complex128) - prev.to(torch.complex128)).to(F64)
+    if cur.dtype != torch.float64:  # float64 arithmetic: the difference and its norm cannot overflow
+        cur, prev = cur.double(), prev.double()
+    return torch.linalg.vector_norm(cur - prev)
+
+
+def _update_in_place_cpu(olds: list[torch.Tensor], curs: list[torch.Tensor]) -> list[float]:
+    """``||cur - old||`` per pair, leaving ``old == cur``: each tensor's three steps back to back."""
+    out = []
+    for old, cur in zip(olds, curs, strict=True):
+        old.sub_(cur)
+        v = float(torch._foreach_norm([old], 2, dtype=F64 if old.dtype in _HALF else None)[0])
+        if not math.isfinite(v):  # float32 accumulation overflowed (or the difference is not finite)
+            v = float(torch._foreach_norm([old], 2, dtype=F64)[0])
+        old.copy_(cur)
+        out.append(v)
+    return out
 
 
 def _stacked(values: list[torch.Tensor | None], device: torch.device) -> torch.Tensor:
@@ -109,25 +120,29 @@ class Previous:
     def _keep(
         self, names: Sequence[str], tensors: list[torch.Tensor], before: list[torch.Tensor | None]
     ) -> torch.Tensor | None:
-        """Difference norms against the kept copies, then the copies refreshed: for the common case (same
-        device, floating point) three batched ops, ``kept -= current``, norms, ``kept <- current``."""
+        """Difference norms against the kept copies, then the copies refreshed, for the common case (same
+        device, floating point) in place: ``kept -= current``, its norm, ``kept <- current``.
+
+        On the CPU each tensor takes the three steps back to back, so its kept copy is still in cache
+        for the second and third; on accelerators each step is one batched call over all tensors.
+        Norms accumulate in float64 where float32 would overflow."""
         kept = self._kept or {}
         norms: list[torch.Tensor | None] = [None] * len(tensors)
-        fast = {
+        fast = [
             i
             for i, (t, k) in enumerate(zip(tensors, self.known, strict=True))
-            if k and t.is_floating_point() and before[i].device == t.device
-        }  # type: ignore[union-attr]
-        for half in (False, True):
-            idx = [i for i in fast if (tensors[i].dtype in _HALF) == half]
-            if idx:
-                olds, curs = [before[i] for i in idx], [tensors[i] for i in idx]
-                torch._foreach_sub_(olds, curs)
-                for i, v in zip(
-                    idx, torch._foreach_norm(olds, 2, dtype=torch.float32 if half else None), strict=True
-                ):
-                    norms[i] = v
-                torch._foreach_copy_(olds, curs)
+            if k and t.is_floating_point() and before[i].device == t.device  # type: ignore[union-attr]
+        ]
+        olds, curs = [before[i] for i in fast], [tensors[i] for i in fast]
+        if fast and curs[0].device.type == "cpu":
+            for i, v in zip(fast, _update_in_place_cpu(olds, curs), strict=True):  # type: ignore[arg-type]
+                norms[i] = torch.tensor(v, dtype=F64)
+        elif fast:
+            torch._foreach_sub_(olds, curs)
+            for i, v in zip(fast, torch._foreach_norm(olds, 2, dtype=F64), strict=True):
+                norms[i] = v
+            torch._foreach_copy_(olds, curs)
+        fast = set(fast)
         for i, (name, t) in enumerate(zip(names, tensors, strict=True)):
             if t.layout != torch.strided:
                 kept[name] = None

@@ -1,15 +1,18 @@
-"""Summaries of many tensors at once: batched reductions on the device, one transfer to the host.
+"""Summaries of many tensors at once: batched reductions, no device sync, one transfer to the host.
 
 Why batched: a per-parameter loop of ``t.norm().item()`` waits for the device once per tensor.
-Here every reduction of every tensor is queued (``torch._foreach_norm`` for all norms, one
-``aminmax``/``sum`` per tensor, no ``.item()``), the results are stacked into one float64 tensor
-per device, and ``Pack`` (lakelog/pack.py) ships that to the host with a single non-blocking copy.
-Means, standard deviations and absmax are derived on the writer thread from the sums (``finish_stats``).
+On accelerators every reduction of every tensor is queued (``torch._foreach_norm`` for all norms,
+in float64; one ``sum`` and masked ``amin``/``amax`` per weight tensor; no ``.item()``), the results
+are stacked into one float64 tensor per device, and ``Pack`` (pack.py) ships that to the host with
+a single non-blocking copy. On the CPU, where looking at a result is free, ``stats_cpu`` reduces
+small tensors together in float64 and does the NaN/Inf work only where a value is not finite. Means,
+standard deviations and absmax are derived on the writer thread (``finish_stats``).
 
-Raw columns on the device, per tensor: norm, sum, min, max, absmax, nan_count, inf_count and a
-two-pass variance for small tensors (NaN where not computed). ``kinds`` tells the host how to read a
-row: real, complex, sparse or empty. The weights of the last capture, for the update norm, are kept
-by ``Previous`` (lakelog/previous_weights.py).
+What is read, per kind of tensor: weights and buffers every column (norm, sum, finite min and max,
+NaN and Inf counts, a two-pass variance for small tensors); gradients the norm and absmax (two
+reads); optimizer state the norm (one read). ``kinds`` tells the host how to read a row: real,
+complex, sparse or empty. The weights of the last capture, for the update norm, are kept by
+``Previous`` (previous_weights.py).
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import torch
 
 from lakelog.write.fingerprint import algorithm_for, fingerprint_many, to_hex
 from lakelog.write.telemetry.pack import F64, Pack
+from lakelog.write.telemetry.stats_cpu import HALF, SMALL, cpu_block
 
-_HALF = (torch.float16, torch.bfloat16)
+_HALF = HALF
+_FAST = (torch.float32, torch.float64, *HALF)
 RAW = ("norm", "sum", "min", "max", "absmax", "nan_count", "inf_count", "var")
-SMALL = 1 << 16
-"""Tensors up to this size get a two-pass variance (cheap for them, and where cancellation bites:
-BatchNorm/LayerNorm weights near 1); larger ones one derived from the sum and the norm."""
+# SMALL (from stats_cpu): tensors up to this size get a two-pass variance (cheap for them, and where
+# cancellation bites: BatchNorm/LayerNorm weights near 1); larger ones one derived from the sum and norm.
 
 
 def kind_of(t: torch.Tensor) -> str:
@@ -58,25 +62,30 @@ def tensor_stats(
 ) -> tuple[torch.Tensor, list[str]]:
     """Raw columns ``RAW`` of tensors on one device as an (n, 8) float64 tensor, and each row's kind.
 
-    ``full=True`` (weights, buffers): min and max are those of the finite values, with NaN and Inf
-    counted. ``full=False`` (gradients): norm, min and max only, NaN propagating; ``minmax=False`` as
-    well (optimizer state): the norm alone, one pass. Sparse tensors are summarized from their
-    coalesced values (on CUDA, coalescing waits for the device: sparse parameters are rare).
+    ``full=True`` (weights, buffers): norm, sum, min and max of the finite values, NaN and Inf counts.
+    ``full=False`` (gradients): norm and absmax only, NaN propagating; ``minmax=False`` as well
+    (optimizer state): the norm alone, one pass. Norms never overflow for finite values (float64
+    accumulation, or a float64 recount where float32 overflowed). Sparse tensors are summarized from
+    their coalesced values (on CUDA, coalescing waits for the device: sparse parameters are rare).
     """
     n = len(tensors)
     kinds = [kind_of(t) for t in tensors]
     device = tensors[0].device
+    on_cpu = device.type == "cpu"
     out = torch.full((n, len(RAW)), math.nan, dtype=F64, device=device)
     dense: list[tuple[int, torch.Tensor]] = []
     for i, (t, kind) in enumerate(zip(tensors, kinds, strict=True)):
         t = t.detach()
+        if kind == "real" and t.dtype in _FAST:
+            dense.append((i, t))
+            continue
         if kind == "sparse":
             t = _values(t)
             kinds[i] = "sparse_complex" if t.is_complex() else "sparse"
         if kind == "empty":
             out[i, 0] = 0.0
         elif t.is_complex():
-            out[i, 0] = torch.linalg.vector_norm(t).to(F64)
+            out[i, 0] = torch.linalg.vector_norm(t, dtype=torch.complex128 if not on_cpu else None).to(F64)
             out[i, 4] = torch.linalg.vector_norm(t, math.inf).to(F64)
             if full:
                 out[i, 5] = torch.isnan(t).sum().to(F64)
@@ -84,7 +93,11 @@ def tensor_stats(
         elif t.numel():
             dense.append((i, _real(t)))
     if dense:
-        block = _dense_block([x for _, x in dense], full, minmax or full)
+        xs = [x for _, x in dense]
+        if on_cpu:
+            block = torch.from_numpy(cpu_block(xs, full=full, minmax=minmax))
+        else:
+            block = _dense_block(xs, full, minmax)
         if len(dense) == n:  # the usual case: every tensor dense and real
             out = block
         else:
@@ -95,57 +108,31 @@ def tensor_stats(
 
 
 def _dense_block(xs: list[torch.Tensor], full: bool, minmax: bool) -> torch.Tensor:
-    """``RAW`` rows of dense real tensors, every reduction queued, none waited for.
+    """``RAW`` rows of dense real tensors on an accelerator, every reduction queued, none waited for.
 
-    NaN/Inf counts and finite min/max read every element again. On the CPU, where looking at a
-    result costs no device sync, that is done only for tensors whose norm is not finite (a NaN or
-    Inf anywhere makes the sum of squares NaN or Inf); on accelerators, for every tensor.
+    Norms accumulate in float64 (``_foreach_norm(..., dtype=float64)``, one fused launch set), so a
+    finite tensor never has an infinite norm; sums likewise. Gradients get their absmax from one
+    ``_foreach_norm(..., inf)``. Weights need the NaN/Inf counts and the min/max of the finite
+    values of every tensor, since looking at a result first would wait for the device.
     """
     device = xs[0].device
     k = len(xs)
     nan = torch.full((k,), math.nan, dtype=F64, device=device)
-    norms: list[torch.Tensor] = [nan] * k
-    for half in (False, True):
-        ks = [j for j, x in enumerate(xs) if (x.dtype in _HALF) == half]
-        if ks:
-            vals = torch._foreach_norm([xs[j] for j in ks], 2, dtype=torch.float32 if half else None)
-            for j, v in zip(ks, vals, strict=True):
-                norms[j] = v
-    norm = torch.stack(norms).to(F64)
-    total = (
-        torch.stack([x.sum(dtype=torch.float32 if x.dtype in _HALF else None) for x in xs]).to(F64)
-        if full
-        else nan
-    )
+    norm = torch.stack(torch._foreach_norm(xs, 2, dtype=F64))
+    if not full:
+        absmax = torch.stack(torch._foreach_norm(xs, math.inf)).to(F64) if minmax else nan
+        return torch.stack([norm, nan, nan, nan, absmax, nan, nan, nan], dim=1)
+    total = torch.stack([x.sum(dtype=F64) for x in xs])
     counts = torch.zeros((k, 2), dtype=F64, device=device)
-    if not minmax:
-        lo = hi = nan
-    elif not full or device.type == "cpu":
-        mm = [torch.aminmax(x) for x in xs]
-        lo, hi = torch.stack([m.min for m in mm]).to(F64), torch.stack([m.max for m in mm]).to(F64)
-        for j in torch.nonzero(~torch.isfinite(norm)).reshape(-1).tolist() if full else []:
-            x = xs[j]
-            finite = torch.isfinite(x)
-            counts[j, 0] = torch.isnan(x).sum()
-            counts[j, 1] = (~finite).sum() - counts[j, 0]
-            values = x[finite]
-            lo[j], hi[j] = torch.aminmax(values) if values.numel() else (math.nan, math.nan)
-    else:
-        finite = [torch.isfinite(x) for x in xs]
-        counts[:, 0] = torch.stack([torch.isnan(x).sum() for x in xs])
-        counts[:, 1] = torch.stack([(~f).sum() for f in finite]) - counts[:, 0]
-        lo = torch.stack([torch.where(f, x, math.inf).amin() for x, f in zip(xs, finite, strict=True)]).to(
-            F64
-        )
-        hi = torch.stack([torch.where(f, x, -math.inf).amax() for x, f in zip(xs, finite, strict=True)]).to(
-            F64
-        )
-    var = nan
-    if full:
-        small = [
-            torch.var(x.float() if x.dtype in _HALF else x) if 1 < x.numel() <= SMALL else nan[0] for x in xs
-        ]
-        var = torch.stack(small).to(F64)
+    finite = [torch.isfinite(x) for x in xs]
+    counts[:, 0] = torch.stack([torch.isnan(x).sum() for x in xs])
+    counts[:, 1] = torch.stack([(~f).sum() for f in finite]) - counts[:, 0]
+    lo = torch.stack([torch.where(f, x, math.inf).amin() for x, f in zip(xs, finite, strict=True)]).to(F64)
+    hi = torch.stack([torch.where(f, x, -math.inf).amax() for x, f in zip(xs, finite, strict=True)]).to(F64)
+    small = [
+        torch.var(x.float() if x.dtype in _HALF else x) if 1 < x.numel() <= SMALL else nan[0] for x in xs
+    ]
+    var = torch.stack(small).to(F64)
     return torch.stack([norm, total, lo, hi, nan, counts[:, 0], counts[:, 1], var], dim=1)
 
 
@@ -153,7 +140,11 @@ def finish_stats(
     raw: np.ndarray, kinds: Sequence[str], numels: Sequence[int], *, full: bool = True, minmax: bool = True
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Host side: the params columns (norm, mean, std, min, max, absmax, counts) from raw rows, and for
-    each column where it applies (elsewhere the caller writes null; a NaN that applies stays NaN)."""
+    each column where it applies (elsewhere the caller writes null; a NaN that applies stays NaN).
+
+    Weights (``full``) get every column, absmax derived from the finite min/max and the counts;
+    gradients (``minmax`` only) their norm and the absmax computed on the device; optimizer state
+    its norm."""
     raw = np.asarray(raw, dtype=np.float64).reshape(-1, len(RAW))
     norm, total, mn, mx, absmax, nan_count, inf_count, var2 = (raw[:, j].copy() for j in range(len(RAW)))
     n = np.asarray(numels, dtype=np.float64)
@@ -165,14 +156,13 @@ def finish_stats(
         var = np.where((n > 1) & (n <= SMALL), var2, (norm * norm - total * total / n) / (n - 1))
         std = np.sqrt(np.maximum(var, 0.0))
         std[np.isnan(var)] = np.nan
-        derived = np.maximum(np.abs(mn), np.abs(mx))
         if full:  # min and max are over the finite values; NaN, then Inf, anywhere decides absmax
             mn[np.isinf(mn)] = np.nan  # +inf/-inf: no finite value at all
             mx[np.isinf(mx)] = np.nan
             derived = np.where(
                 nan_count > 0, np.nan, np.where(inf_count > 0, np.inf, np.fmax(np.abs(mn), np.abs(mx)))
             )
-        absmax = np.where(real, derived, absmax)
+            absmax = np.where(real, derived, absmax)
     sparse = kinds_a == "sparse"
     mn = np.where(sparse, np.minimum(mn, 0.0), mn)  # implicit zeros take part in min and max
     mx = np.where(sparse, np.maximum(mx, 0.0), mx)
@@ -184,8 +174,8 @@ def finish_stats(
         "norm": present,
         "mean": real & full,
         "std": real & full & (n > 1),
-        "min": real & (minmax or full) & ~(full & np.isnan(mn)),
-        "max": real & (minmax or full) & ~(full & np.isnan(mx)),
+        "min": real & full & ~np.isnan(mn),
+        "max": real & full & ~np.isnan(mx),
         "absmax": present & (kinds_a != "empty") & ((minmax or full) | ~real),
         "nan_count": present & full,
         "inf_count": present & full,
