@@ -212,6 +212,20 @@ def test_logger_alone_opens_and_finishes_its_run(tmp_path: Path) -> None:
     ).fetchall() == [([0, 1],)]
 
 
+def test_a_logger_joins_rank_zeros_run_on_another_rank_with_its_writer_options(tmp_path: Path) -> None:
+    with lakelog.init(tmp_path, name="shared", world_size=2) as rank0:
+        rank0.log({"loss": 1.0}, step=0)
+    logger = LakelogLogger(tmp_path, flush_every_s=3.0, tags={"team": "a"})  # tags: rank 0's alone
+    run = logger.join(str(tmp_path), "shared", rank=1, world_size=2)
+    try:
+        assert logger.experiment is run and (run.name, run.rank, run.world_size) == ("shared", 1, 2)
+        run.log({"loss": 2.0}, step=0)
+    finally:
+        run.finish()
+    rows = lakelog.connect(tmp_path).execute("SELECT rank, value FROM scalars ORDER BY rank").fetchall()
+    assert rows == [(0, 1.0), (1, 2.0)]
+
+
 def test_doctor_reads_the_callbacks_telemetry(lake: Path) -> None:
     healthy = {c.name: c for c in doctor(lake, "a")}
     assert healthy["gradients"].status == "pass" and "group_0" in healthy["gradients"].summary

@@ -25,10 +25,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from lakelog.integrations import check_watch_every
-from lakelog.write import api
+from lakelog.integrations import check_watch_every, finish_owned, open_run
 from lakelog.write.distributed import shared_run_name
 from lakelog.write.run import Run
+from lakelog.write.unwrap import unwrap_optimizer
 
 log = logging.getLogger("lakelog")
 
@@ -45,12 +45,6 @@ FINAL_KEYS = (
     "train_loss",
 )
 """Logged once at the end of training: they go to the run's summary rather than its scalars."""
-
-
-def _torch_optimizer(optimizer: Any) -> Any:
-    """The torch optimizer behind accelerate's AcceleratedOptimizer, whose hooks are the ones that fire."""
-    inner = getattr(optimizer, "optimizer", None)
-    return inner if inner is not None and hasattr(inner, "param_groups") else optimizer
 
 
 def _config(args: Any, model: Any) -> dict[str, Any]:
@@ -105,21 +99,24 @@ class LakelogCallback(TrainerCallback):
             self.run, self._watcher = None, None
         if self.run is None:
             # Called on every process, before the first step: the place for the name broadcast.
-            name = shared_run_name(self.name)
-            options = dict(self._init_options)
-            config = {**_config(args, model), **(options.pop("config", None) or {})}
-            options.setdefault("seed", args.seed)
-            options.setdefault("rank", args.process_index)
-            options.setdefault("world_size", args.world_size)
-            self.run = api.init(self.root, name=name, config=config, **options)
+            self.run = open_run(
+                self.root,
+                shared_run_name(self.name),
+                self._init_options,
+                config=_config(args, model),
+                seed=args.seed,
+                rank=args.process_index,
+                world_size=args.world_size,
+            )
             self._owns_run = True
         if self.watch and model is not None and self._watcher is None:
             # state.logging_steps is args.logging_steps resolved (a fraction of max_steps becomes steps).
             every = self.watch_every or max(1, int(state.logging_steps or args.logging_steps or 1))
-            # The stamp is read in the optimizer's pre-hook, before HF increments global_step.
+            # The stamp is read in the optimizer's pre-hook, before HF increments global_step. The
+            # torch optimizer inside accelerate's AcceleratedOptimizer is the one whose hooks fire.
             self._watcher = self.run.watch(
                 model,
-                _torch_optimizer(optimizer),
+                unwrap_optimizer(optimizer),
                 every=every,
                 groups=self.groups,
                 step=lambda: self._state.global_step + 1,
@@ -147,4 +144,4 @@ class LakelogCallback(TrainerCallback):
         if self.run is None or not self._owns_run or self.run.closed:
             return
         self.run.summary(global_step=state.global_step)
-        self.run.finish()
+        finish_owned(self.run, self._owns_run)

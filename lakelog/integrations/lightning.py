@@ -38,7 +38,7 @@ except ImportError:  # the standalone pytorch_lightning package
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from lakelog.errors import InvalidArgumentError
-from lakelog.integrations import check_watch_every
+from lakelog.integrations import check_watch_every, finish_owned, open_run
 from lakelog.write import api
 from lakelog.write.run import Run
 
@@ -72,10 +72,8 @@ def _batch_tensors(batch: Any) -> Any:
     return found or None
 
 
-def _seed(options: dict[str, Any]) -> int | None:
-    """``seed_everything`` leaves the seed in PL_GLOBAL_SEED; an explicit ``seed=`` wins."""
-    if options.get("seed") is not None:
-        return options["seed"]
+def _global_seed() -> int | None:
+    """The seed ``seed_everything`` left in PL_GLOBAL_SEED (an explicit ``seed=`` wins over it)."""
     value = os.environ.get("PL_GLOBAL_SEED")
     return int(value) if value and value.lstrip("-").isdigit() and int(value) >= 0 else None
 
@@ -122,13 +120,25 @@ class LakelogLogger(Logger):
         self._run = run
         self._owns_run = False
 
+    JOIN_OPTIONS = ("filesystem", "flush_every_s", "log_every")
+    """The logger's ``lakelog.init`` keywords that also apply to the other ranks' writers."""
+
+    def join(self, root: str, name: str, *, rank: int, world_size: int) -> Run:
+        """Open rank ``rank``'s partitions of the run rank 0's logger opened (``root``/``name``) and write to it.
+
+        A ``LakelogCallback`` calls this on ranks > 0, where Lightning opens no logger run; the writer
+        options the user gave this logger apply there too. The caller finishes the returned run.
+        """
+        options = {k: v for k, v in self._init_options.items() if k in self.JOIN_OPTIONS}
+        run = api.init(root, name=name, rank=rank, world_size=world_size, **options)
+        self.attach(run)
+        return run
+
     @property
     def experiment(self) -> Run | None:
         """The lakelog Run (None on ranks > 0 when no callback shares its run)."""
         if self._run is None and rank_zero_only.rank == 0:
-            options = dict(self._init_options)
-            options["seed"] = _seed(options)
-            self._run = api.init(self._root, name=self._name, **options)
+            self._run = open_run(self._root, self._name, self._init_options, seed=_global_seed())
             self._owns_run = True
         return self._run
 
@@ -158,8 +168,7 @@ class LakelogLogger(Logger):
         """Nothing to do: the run's writer thread flushes on its own schedule and at finish."""
 
     def finalize(self, status: str) -> None:
-        if self._run is not None and self._owns_run and not self._run.closed:
-            self._run.finish(status="finished" if status == "success" else "failed")
+        finish_owned(self._run, self._owns_run, status="finished" if status == "success" else "failed")
 
 
 class LakelogCallback(Callback):
@@ -230,13 +239,15 @@ class LakelogCallback(Callback):
         if loggers:
             self.run = self._logger_run(trainer, loggers[0])
             return
-        name = self.name or trainer.strategy.broadcast(Run._generated_name(), src=0)
-        options = dict(self._init_options)
-        options["seed"] = _seed(options)
-        config = {**_hparams(pl_module), **(options.pop("config", None) or {})}
-        options.setdefault("rank", trainer.global_rank)
-        options.setdefault("world_size", trainer.world_size)
-        self.run = api.init(self.root, name=name, config=config, **options)
+        self.run = open_run(
+            self.root,
+            self.name or trainer.strategy.broadcast(Run._generated_name(), src=0),
+            self._init_options,
+            config=_hparams(pl_module),
+            seed=_global_seed(),
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+        )
         self._owns_run = True
 
     def _logger_run(self, trainer: Any, logger: LakelogLogger) -> Run:
@@ -248,12 +259,7 @@ class LakelogCallback(Callback):
                 "lakelog: LakelogCallback(name=%r) writes to the LakelogLogger's run %r", self.name, where[1]
             )
         if run is None:  # a rank > 0: its own partitions of rank 0's run
-            keep = ("filesystem", "flush_every_s", "log_every")
-            options = {k: v for k, v in logger._init_options.items() if k in keep}
-            run = api.init(
-                where[0], name=where[1], rank=trainer.global_rank, world_size=trainer.world_size, **options
-            )
-            logger.attach(run)
+            run = logger.join(where[0], where[1], rank=trainer.global_rank, world_size=trainer.world_size)
             self._owns_run = True
         return run
 
@@ -355,13 +361,13 @@ class LakelogCallback(Callback):
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if self.run is not None and self._owns_run and not self.run.closed:
             self.run.update_info(error=f"{type(exception).__name__}: {exception}")
-            self.run.finish(status="failed")
+            finish_owned(self.run, self._owns_run, status="failed")
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit" and self.run is not None and self._owns_run and not self.run.closed:
             summary = _numbers(trainer.callback_metrics)
             self.run.summary(**{k: float(v) for k, v in summary.items()})  # once, at the end: a sync is fine
-            self.run.finish()
+            finish_owned(self.run, self._owns_run)
 
 
 def _param_groups(optimizers: list[Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -33,13 +33,17 @@ def unwrap_model(model: Any) -> Any:
 
 
 def unwrap_optimizer(optimizer: Any) -> Any:
-    """The ``torch.optim.Optimizer`` inside Lightning/accelerate wrappers (``.optimizer``), else ``optimizer``
-    itself (a state dict, None, or something the caller refuses by its own type check)."""
-    inner = optimizer
+    """The innermost ``torch.optim.Optimizer`` behind Lightning/accelerate wrappers (``.optimizer``).
+
+    Such wrappers subclass ``Optimizer`` themselves, but only the inner optimizer's step hooks fire,
+    so the ``.optimizer`` chain is followed to its innermost optimizer. Anything else (a state dict,
+    None, something the caller refuses by its own type check) is returned unchanged.
+    """
+    found, inner = optimizer, optimizer
     for _ in range(_MAX_DEPTH):
-        if isinstance(inner, torch.optim.Optimizer):
-            return inner
         inner = getattr(inner, "optimizer", None)
         if inner is None:
             break
-    return optimizer
+        if isinstance(inner, torch.optim.Optimizer):
+            found = inner
+    return found
