@@ -75,6 +75,8 @@ class Files(Dataset):
     def __init__(self, names: list[str], augment: str | None = None) -> None:
         self.names, self.augment = names, augment
         self.rng = np.random.default_rng(0) if augment == "dataset_rng" else None
+        if augment == "dataset_rng_unseeded":
+            self.rng = np.random.default_rng()  # the bug: a fresh, unseeded generator in every run
 
     def __len__(self) -> int:
         return len(self.names)
@@ -87,11 +89,19 @@ class Files(Dataset):
             x = x + random.random()
         elif self.augment in ("numpy", "numpy_in_worker"):
             x = x + float(np.random.rand())
-        elif self.augment == "dataset_rng":
+        elif self.augment in ("dataset_rng", "dataset_rng_unseeded"):
             x = x + float(self.rng.random())
         elif self.augment == "torch":
             x = x + torch.rand(())
         return x, value % 2, name
+
+
+def reseed_dataset_rng(worker_id: int) -> None:
+    """The report's headline fix for a dataset-held generator, as a user pastes it."""
+    seed_worker(worker_id)
+    info = torch.utils.data.get_worker_info()
+    seed = torch.initial_seed() % 2**32
+    info.dataset.rng = np.random.default_rng(seed)
 
 
 def constant_numpy_seed(worker_id: int) -> None:
@@ -264,6 +274,40 @@ def test_workers_without_a_seeded_generator(tmp_path):
     assert "DataLoader workers started from different random states" in first.cause
     assert "dataloader_generator" in first.fix and "seed_worker" in first.fix
     assert not report.worker_flags  # torch seeds NumPy per worker: within a run nothing is shared
+
+
+def test_a_dataset_held_unseeded_generator_gets_the_fix_that_works(tmp_path):
+    """np.random.default_rng() held by the Dataset, two workers, a seeded loader and seed_worker: the headline
+    fix is to reseed dataset.rng in worker_init_fn, and the same script with that fix is identical."""
+    setup = Setup(workers=2, augment="dataset_rng_unseeded")
+    report = check(setup, tmp_path / "bug")
+    first = report.first
+    assert (first.name, first.step) == ("inputs", 0)
+    assert "its own generator dataset.rng (numpy.Generator)" in first.cause
+    assert first.fix.startswith("reseed dataset.rng in worker_init_fn")
+    assert "info.dataset.rng = np.random.default_rng(seed)" in first.fix
+    assert "seed = torch.initial_seed() % 2**32" in first.fix
+    fixed = check(
+        Setup(workers=2, augment="dataset_rng_unseeded", worker_init=reseed_dataset_rng), tmp_path / "fix"
+    )
+    assert fixed.identical and fixed.first is None, fixed.to_text()
+    assert not fixed.worker_flags  # each worker now draws its own numbers
+
+
+def test_a_dataset_held_unseeded_generator_without_workers(tmp_path):
+    report = check(Setup(augment="dataset_rng_unseeded"), tmp_path)
+    first = report.first
+    assert first.name == "inputs" and "its own generator dataset.rng" in first.cause
+    assert "self.rng = np.random.default_rng(seed)" in first.fix and "worker_init_fn" not in first.fix
+
+
+def test_nothing_seeded_gets_seed_everything_which_fixes_it(tmp_path):
+    report = check(Setup(seed=None, generator=False, dropout=True), tmp_path / "bug")
+    first = report.first
+    assert first.fix.startswith("nothing is seeded: call lakelog.seed_everything(seed)")
+    assert first.cause.startswith("nothing is seeded")
+    fixed = check(Setup(seed="all", generator=False, dropout=True), tmp_path / "fix")
+    assert fixed.identical, fixed.to_text()
 
 
 def test_dropout_with_a_different_rng(tmp_path):

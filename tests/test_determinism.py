@@ -108,6 +108,44 @@ def test_seed_everything_keeps_a_users_cublas_setting_and_warn_only(monkeypatch)
     assert torch.is_deterministic_algorithms_warn_only_enabled() and settings["warn_only"] is True
 
 
+_HASH_SCRIPT = """
+import sys, lakelog
+lakelog.seed_everything(0, deterministic=False)
+with lakelog.init(sys.argv[1], name=sys.argv[2]) as run:
+    run.log({"loss": 1.0}, step=0)
+"""
+
+
+@pytest.mark.slow
+def test_processes_started_with_different_hash_seeds_differ_in_env_diff(tmp_path):
+    """seed_everything sets PYTHONHASHSEED for later processes only: run.json keeps the value the
+    interpreter started with, so two runs whose str hashes (and set orders) differ are told apart."""
+    for name, hash_seed in (("a", "1"), ("b", "2"), ("c", "1")):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        subprocess.run(
+            [sys.executable, "-c", _HASH_SCRIPT, str(tmp_path), name], env=env, check=True, timeout=120
+        )
+    info = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert info["environment"]["env"]["PYTHONHASHSEED"] == "2"
+    assert info["seeding"]["python_hash_seed"] == {
+        "at_start": "2",
+        "set_for_new_processes": "0",
+        "changed": True,
+    }
+    diff = lakelog.query("env_diff", root=tmp_path, run_a="a", run_b="b")
+    row = diff.filter(diff["key"] == "env.PYTHONHASHSEED").row(0, named=True)
+    assert (row["value_a"], row["value_b"]) == ('"1"', '"2"')
+    same = lakelog.query("env_diff", root=tmp_path, run_a="a", run_b="c")
+    assert "env.PYTHONHASHSEED" not in same["key"].to_list()
+
+
+def test_seed_everything_records_the_hash_seed_it_found_and_set():
+    settings = seed_everything(5, deterministic=False)
+    found = settings["python_hash_seed"]
+    assert found["set_for_new_processes"] == "5" and os.environ["PYTHONHASHSEED"] == "5"
+    assert found["changed"] == (found["at_start"] != "5")
+
+
 @pytest.mark.parametrize("bad", [-1, 2**32, 1.5, "0", True, None])
 def test_seed_everything_rejects_bad_seeds(bad):
     with pytest.raises(InvalidArgumentError, match="seed"):
@@ -254,6 +292,7 @@ def test_record_workers_writes_each_workers_seeds_once_per_pass(tmp_path):
         "num_workers": 2,
         "persistent_workers": False,
         "worker_init_fn": "seed_worker",
+        "dataset_generators": {},  # Noisy draws from the global NumPy RNG, it holds none of its own
     }
 
 

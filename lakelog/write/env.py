@@ -10,6 +10,24 @@ from typing import Any
 
 import torch
 
+_HASHSEED_AT_IMPORT = os.environ.get("PYTHONHASHSEED")
+
+
+def hash_seed_at_start() -> str | None:
+    """PYTHONHASHSEED as this interpreter started with it (what decides its str hashes and set order).
+
+    ``seed_everything`` sets the variable for processes started later; this module reads it when first
+    imported (lakelog imports it before any seeding runs), and ``sys.flags.hash_randomization`` is 0
+    exactly when the interpreter started with PYTHONHASHSEED=0. A value set in-process after start is
+    reported as ``"random (set after start)"``.
+    """
+    if not sys.flags.hash_randomization:
+        return "0"
+    if _HASHSEED_AT_IMPORT == "0":
+        return "random (set after start)"
+    return _HASHSEED_AT_IMPORT
+
+
 ENV_VARS = (
     "CUBLAS_WORKSPACE_CONFIG",
     "PYTHONHASHSEED",
@@ -70,7 +88,7 @@ def environment(rank: int, world_size: int) -> dict[str, Any]:
         "tf32_cudnn": cudnn.allow_tf32,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "num_threads": torch.get_num_threads(),
-        "env": {name: os.environ.get(name) for name in ENV_VARS},
+        "env": {name: os.environ.get(name) for name in ENV_VARS} | {"PYTHONHASHSEED": hash_seed_at_start()},
         "rank": rank,
         "world_size": world_size,
     }

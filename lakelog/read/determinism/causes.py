@@ -10,6 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 from lakelog.read.determinism.findings import CHECKS, WorkerFlag
+from lakelog.read.determinism.fixes import (
+    FIX_KERNELS,
+    FIX_LISTING,
+    FIX_SEED,
+    FIX_SHUFFLE,
+    FIX_WORKERS,
+    nothing_seeded_fix,
+    reseed_dataset_fix,
+    worker_flag,
+)
+
+__all__ = ["FIX_KERNELS", "FIX_LISTING", "FIX_SEED", "FIX_SHUFFLE", "FIX_WORKERS", "Judge", "worker_flag"]
 
 
 def _preview(ids: list | None, n: int = 4) -> str:
@@ -17,19 +29,6 @@ def _preview(ids: list | None, n: int = 4) -> str:
     return "[" + ", ".join(map(str, ids[:n])) + (", …" if len(ids) > n else "") + "]"
 
 
-FIX_SEED = "call lakelog.seed_everything(seed) first thing in the script, before building data and model"
-FIX_SHUFFLE = "DataLoader(..., shuffle=True, generator=lakelog.dataloader_generator(seed))"
-FIX_LISTING = (
-    "sort what you list: files = sorted(glob.glob(pattern)) (never rely on os.listdir/glob/set order)"
-)
-FIX_WORKERS = (
-    "DataLoader(..., generator=lakelog.dataloader_generator(seed), worker_init_fn=lakelog.seed_worker): "
-    "the workers' seeds come from the loader's generator"
-)
-FIX_KERNELS = (
-    "lakelog.seed_everything(seed, deterministic=True) (use_deterministic_algorithms, cudnn.deterministic, "
-    "benchmark off, CUBLAS_WORKSPACE_CONFIG); an op without a deterministic version then raises, naming it"
-)
 _IGNORED_ENV = {"host", "pid", "rank"}
 
 
@@ -57,13 +56,8 @@ class Judge:
         flags: list[WorkerFlag],
     ) -> None:
         self.run_a, self.run_b, self.info = run_a, run_b, info
-        self.batches, self.tensors, self.outputs, self.workers, self.flags = (
-            batches,
-            tensors,
-            outputs,
-            workers,
-            flags,
-        )
+        self.batches, self.tensors, self.outputs, self.workers = batches, tensors, outputs, workers
+        self.flags = flags
 
     @staticmethod
     def _plain(row: dict, what: str) -> dict[str, Any]:
@@ -84,6 +78,21 @@ class Judge:
 
     def start_step(self) -> int | None:
         return self.batches["sample_ids"]["first_common_step"]
+
+    def dataset_generators(self) -> dict[str, str]:
+        """The generators the runs' datasets hold (run.json ``loaders``), by attribute."""
+        found: dict[str, str] = {}
+        for info in self.info:
+            for loader in (info.get("loaders") or {}).values():
+                found.update(loader.get("dataset_generators") or {})
+        return found
+
+    def nothing_seeded(self) -> bool:
+        """Neither run called seed_everything and the torch RNG already differs at the first batch."""
+        if any(i.get("seeding") for i in self.info):
+            return False
+        step, names = self.rng_differs()
+        return step is not None and step <= (self.start_step() or 0) and "torch" in names
 
     def rng_differs(self) -> tuple[int | None, list[str]]:
         rows = {k.removeprefix("rng_"): v for k, v in self.batches.items() if k.startswith("rng_")}
@@ -223,6 +232,23 @@ class Judge:
         worker = self.workers
         rng_step, rng_names = self.rng_differs()
         shared = [f for f in self.flags if f.problem == "shared"]
+        held = self.dataset_generators()
+        dataset_differs = "dataset" in (worker.get("differ") or [])
+        global_rng = rng_step is not None and rng_step <= step
+        if held and (dataset_differs or not (worker.get("differ") or global_rng)):
+            names = ", ".join(f"dataset.{a} ({k})" for a, k in held.items())
+            uses_workers = dataset_differs or any(
+                (loader.get("num_workers") or 0) > 0
+                for i in self.info
+                for loader in (i.get("loaders") or {}).values()
+            )
+            out["cause"] = (
+                f"different inputs for the same sample ids: the dataset draws from its own generator {names}, "
+                "which starts from a different state in each run (created unseeded)"
+                + (" and is copied unchanged into every DataLoader worker" if uses_workers else "")
+            )
+            out["fix"] = reseed_dataset_fix(held, uses_workers)
+            return out
         if worker.get("differ"):
             out["cause"] = (
                 f"different inputs for the same sample ids: the DataLoader workers started from different "
@@ -367,68 +393,10 @@ class Judge:
             return self.tensors_at(name)
         if name in ("outputs", "loss"):
             return self.forward(name)
-        return getattr(self, name)()
-
-
-_FLAG_TEXT = {  # rng: (state, why workers share it, fix)
-    "numpy": (
-        "the same NumPy random state",
-        "worker_init_fn seeds NumPy with a constant, or NumPy's global state "
-        "is copied into each worker unseeded",
-        "worker_init_fn=lakelog.seed_worker (seeds NumPy and random "
-        "from torch.initial_seed(), which differs per worker and per epoch)",
-    ),
-    "python": (
-        "the same Python random state",
-        "worker_init_fn seeds random with a constant",
-        "worker_init_fn=lakelog.seed_worker",
-    ),
-    "torch": (
-        "the same torch seed",
-        "worker_init_fn calls torch.manual_seed with a constant",
-        "do not reseed torch in worker_init_fn (torch already gives each worker base_seed + worker_id)",
-    ),
-    "dataset": (
-        "the same dataset-held generator state",
-        "the dataset keeps its own generator (an attribute such as "
-        "self.rng), copied unchanged into every worker each epoch",
-        "reseed it in worker_init_fn: "
-        "info = torch.utils.data.get_worker_info(); info.dataset.rng = "
-        "np.random.default_rng(torch.initial_seed() % 2**32)",
-    ),
-}
-_REPEAT_WHY = (
-    "the workers' seeds repeat each epoch: the loader's generator is re-created or re-seeded every epoch, "
-    "or worker_init_fn seeds from a constant or the worker id alone"
-)
-_REPEAT_FIX = (
-    "create the seeded generator once, before the epoch loop (generator=lakelog.dataloader_generator(seed)), "
-    "and seed workers from torch.initial_seed() (worker_init_fn=lakelog.seed_worker)"
-)
-
-
-def worker_flag(row: dict[str, Any]) -> dict[str, Any]:
-    """A row of ``determinism_workers.sql`` as WorkerFlag fields (all but the run), with what to say and fix."""
-    state, why, fix = _FLAG_TEXT[row["rng"]]
-    if row["problem"] == "shared":
-        message = (
-            f"loader {row['loader']!r}: workers {row['workers']} start pass {row['passes'][0]} with {state} "
-            f"(from step {row['step']}): they draw the same augmentations ({why})"
-        )
-    else:
-        if row["rng"] != "dataset":
-            why, fix = _REPEAT_WHY, _REPEAT_FIX
-        message = (
-            f"loader {row['loader']!r}: worker {row['workers'][0]} starts passes {row['passes']} with {state} "
-            f"(from step {row['step']}): every epoch repeats the previous one's randomness ({why})"
-        )
-    return {
-        "loader": row["loader"],
-        "problem": row["problem"],
-        "rng": row["rng"],
-        "step": row["step"],
-        "workers": list(row["workers"]),
-        "passes": list(row["passes"]),
-        "message": message,
-        "fix": fix,
-    }
+        out = getattr(self, name)()
+        if out.get("status") == "differs" and name != "environment" and self.nothing_seeded():
+            out["cause"] = "nothing is seeded (neither run called lakelog.seed_everything); " + out.get(
+                "cause", ""
+            )
+            out["fix"] = nothing_seeded_fix(out.get("fix", ""))
+        return out

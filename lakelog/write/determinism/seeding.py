@@ -25,6 +25,7 @@ from lakelog.lake import checker_env, schemas
 from lakelog.lake.checker_env import DETERMINISM_ENV
 from lakelog.lake.checks import non_negative_int
 from lakelog.write.context import current_run, stash_seeding, step_limit, take_pending_seeding
+from lakelog.write.env import hash_seed_at_start
 from lakelog.write.fingerprint import fingerprint_many, to_hex
 
 
@@ -34,7 +35,9 @@ def seed_everything(seed: int, deterministic: bool = True, warn_only: bool = Fal
     deterministic kernels. Returns what was set, which is also stored in run.json under ``seeding``.
 
     Call it first thing, before building the model and the DataLoader. CUBLAS_WORKSPACE_CONFIG only
-    takes effect if set before CUDA starts; PYTHONHASHSEED only affects processes started later.
+    takes effect if set before CUDA starts; PYTHONHASHSEED only affects processes started later, so
+    ``python_hash_seed`` records the value this interpreter started with, the one set, and whether it
+    changed (run.json's environment keeps the value at start, so runs started differently show in env_diff).
     """
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**32:
         raise InvalidArgumentError(f"seed: expected an int in [0, 2**32), got {seed!r}")
@@ -42,7 +45,9 @@ def seed_everything(seed: int, deterministic: bool = True, warn_only: bool = Fal
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device (lazily when CUDA is not started yet)
-    os.environ["PYTHONHASHSEED"] = str(seed)
+    hash_seed = {"at_start": hash_seed_at_start(), "set_for_new_processes": str(seed)}
+    hash_seed["changed"] = hash_seed["at_start"] != hash_seed["set_for_new_processes"]
+    os.environ["PYTHONHASHSEED"] = str(seed)  # this interpreter's hashes stay as they started
     settings: dict[str, Any] = {
         "seed": seed,
         "python": seed,
@@ -63,6 +68,7 @@ def seed_everything(seed: int, deterministic: bool = True, warn_only: bool = Fal
             warn_only=bool(warn_only),
         )
     settings["env"] = {name: os.environ.get(name) for name in DETERMINISM_ENV}
+    settings["python_hash_seed"] = hash_seed
     _record_seeding(settings)
     return settings
 

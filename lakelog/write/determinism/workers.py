@@ -49,6 +49,26 @@ def seed_worker(worker_id: int) -> None:
     _worker_seeds = {"numpy": seed, "python": seed}
 
 
+_GENERATOR_TYPES = {
+    np.random.Generator: "numpy.Generator",
+    np.random.RandomState: "numpy.RandomState",
+    random.Random: "random.Random",
+    torch.Generator: "torch.Generator",
+}
+
+
+def dataset_generators(dataset: Any) -> dict[str, str]:
+    """The generators a dataset holds as attributes: ``{"rng": "numpy.Generator"}`` (a wrapped dataset's,
+    such as a Subset's, as ``"dataset.rng"``), so check-determinism can name the one to reseed."""
+    found = {}
+    for prefix, owner in (("", dataset), ("dataset.", getattr(dataset, "dataset", None))):
+        for attr, value in sorted(getattr(owner, "__dict__", {}).items()):
+            kind = next((name for t, name in _GENERATOR_TYPES.items() if isinstance(value, t)), None)
+            if kind is not None:
+                found[prefix + attr] = kind
+    return found
+
+
 def _dataset_rngs(dataset: Any) -> str | None:
     """A fingerprint of the generators a dataset holds as attributes (copied into every worker as they are)."""
     found = []
@@ -127,6 +147,7 @@ def describe_loader(loader: Any) -> dict[str, Any]:
         "num_workers": loader.num_workers,
         "persistent_workers": loader.persistent_workers,
         "worker_init_fn": None if init_fn is None else getattr(init_fn, "__qualname__", repr(init_fn)),
+        "dataset_generators": dataset_generators(loader.dataset),
     }
 
 
