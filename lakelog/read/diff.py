@@ -67,10 +67,6 @@ class DiffResult:
     resume: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def to_frame(self) -> pl.DataFrame:
-        """The layers table (what a report shows as the diff's summary)."""
-        return self.layers
-
     def to_dict(self) -> dict[str, Any]:
         """Plain data (frames as lists of row dicts), e.g. for ``lakelog diff --json``."""
         out: dict[str, Any] = {}

@@ -203,14 +203,3 @@ def save_png(chart: alt.TopLevelMixin | dict[str, Any], path: str | Path, *, sca
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_bytes_atomic(path, vl_convert.vegalite_to_png(spec, scale=scale, vl_version=vl_version()))
-
-
-def save_html(
-    charts: list[tuple[str, alt.TopLevelMixin]], path: str | Path, *, title: str = "lakelog charts"
-) -> Path:
-    """Several charts on one self-contained page (no network needed to view it)."""
-    page = Page(title)
-    for name, chart in charts:
-        page.heading(name, 3)
-        page.chart(chart, name)
-    return page.save(path)

@@ -32,7 +32,7 @@ import torch
 
 from lakelog.errors import DumpError, InvalidArgumentError
 from lakelog.lake.checks import optional_positive_int, positive_int, positive_number
-from lakelog.lake.dump_layout import list_dumps
+from lakelog.lake.dump_layout import META_SOURCE, list_dumps
 from lakelog.lake.progress import bar
 from lakelog.write.dumps.safeload import DEFAULT_MAX_BYTES, DEFAULT_MAX_EXPANSION, load_checkpoint
 from lakelog.write.dumps.writer import DumpWriter
@@ -252,7 +252,10 @@ def import_dumps(
                         log.warning("lakelog: import-dumps: skipped %s", exc)
                         shown.update()
                         continue
-                    extra = {"source": c.path.relative_to(directory).as_posix(), "import_epoch": str(c.epoch)}
+                    extra = {
+                        META_SOURCE: c.path.relative_to(directory).as_posix(),
+                        "import_epoch": str(c.epoch),
+                    }
                     if c.batch is not None:
                         extra["import_batch"] = str(c.batch)
                     writer.dump(
