@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,20 @@ def test_epoch_history_is_the_mean_of_each_epoch(pair: duckdb.DuckDBPyConnection
         )
     )
     assert {r["epoch"]: r["value"] for r in rows} == pytest.approx(means)
+
+
+def test_per_epoch_charts_warn_when_scalars_carry_no_epoch(
+    tmp_path: Path, pair: duckdb.DuckDBPyConnection
+) -> None:
+    for name in ("a", "b"):  # the quick start's mistake: log() without epoch=, no log_batch
+        with lakelog.init(tmp_path, name) as run:
+            for step in range(12):
+                run.log({"loss": 1.0 / (1 + step)}, step=step)
+    with pytest.warns(UserWarning, match=r"every 'loss' value of 2 run\(s\) carries epoch 0 .*epoch=epoch"):
+        plots.sweep_curves(tmp_path, "loss", per="epoch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # runs that log their epochs: no warning
+        plots.epoch_history(pair, "loss", ["base"])
 
 
 # -- where two runs part ---------------------------------------------------------------------------

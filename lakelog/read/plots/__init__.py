@@ -5,6 +5,8 @@ charts) or anything ``connect`` takes (a lake root, a run folder, a Run, a list 
 returns an altair chart. Data reach the chart only through ``queries/plot_*.sql``, which bucket
 steps in DuckDB so a series never carries more than ``max_points`` points, however long the run.
 A chart with nothing to draw raises ``NoDataError`` (a LakelogError) saying what was not logged.
+In a notebook the charts render with no network: importing this package switches altair's default
+renderer (which loads vega from a CDN) to ``lakelog-offline``, which inlines vega (``plots.notebook``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from lakelog.read.plots.health import (
     label_balance,
     learning_rates,
 )
+from lakelog.read.plots.notebook import enable_offline
 from lakelog.read.plots.sweep import (
     leaderboard,
     lower_is_better,
@@ -31,6 +34,7 @@ __all__ = [
     "Divergence",
     "NoDataError",
     "divergence",
+    "enable_offline",
     "epoch_history",
     "first_divergence",
     "group_norms",

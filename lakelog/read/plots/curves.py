@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import altair as alt
+import polars as pl
 
 from lakelog.read.plots._common import (
     DEFAULT_MAX_POINTS,
@@ -99,6 +101,22 @@ def loss_curves(
     return metric_curves(source, metric, runs, max_points=max_points)
 
 
+def _warn_single_epoch(frame: pl.DataFrame, metric: str) -> None:
+    """Warn when every run's values sit in one epoch over several steps: ``run.log`` got no ``epoch=``."""
+    per_run = frame.group_by("run").agg(pl.len().alias("epochs"), pl.col("n_steps").sum().alias("steps"))
+    if per_run["epochs"].max() == 1 and per_run["steps"].max() > 1:
+        epoch = frame["epoch"][0]
+        warnings.warn(
+            f"epoch_history: every {metric!r} value of {per_run.height} run(s) carries epoch {epoch} "
+            f"(up to {per_run['steps'].max()} steps each), so a per-epoch chart shows one point per run. "
+            "If the runs train for several epochs, pass the epoch when logging: "
+            "run.log({'loss': loss}, step=step, epoch=epoch) (or call run.log_batch(epoch=...) first); "
+            "otherwise draw per step (plots.sweep_curves(..., per='step') or plots.metric_curves)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def epoch_history(
     source: Source,
     metric: str = "loss",
@@ -118,9 +136,8 @@ def epoch_history(
         runs=chosen,
         missing=f"no scalar named {metric!r} in runs {', '.join(chosen) or '(all)'}",
     )
+    _warn_single_epoch(frame, metric)
     if color_labels:
-        import polars as pl
-
         frame = frame.with_columns(
             pl.col("run").replace_strict(color_labels, default=pl.col("run")).alias("label")
         )
