@@ -7,8 +7,8 @@
 -- 'derived norms': the telemetry's scalars grad_norm*, weight_norm*, update_norm*, update_ratio* and
 -- the optimizer state's norm (the only summary logged for it): a norm of finite values can overflow,
 -- so a non-finite norm is not an origin.
--- is_first marks where to look. Written with NOT isfinite(...) (not isnan), which also finds NaN in
--- Parquet files whose statistics leave NaN out.
+-- is_first marks where to look (a derived norm only when nothing else is non-finite). Written with
+-- NOT isfinite(...) (not isnan), which also finds NaN in Parquet files whose statistics leave NaN out.
 -- param run: the run to check
 WITH
 pred AS (
@@ -65,6 +65,6 @@ firsts AS (
     FROM all_ GROUP BY source, name
 )
 SELECT first_step AS step, source, name, count, detail, n_steps,
-    row_number() OVER (ORDER BY first_step, ord, name) = 1 AS is_first
+    row_number() OVER (ORDER BY source = 'derived norms', first_step, ord, name) = 1 AS is_first
 FROM firsts
 ORDER BY first_step, ord, name

@@ -393,3 +393,18 @@ def test_cli_formats_and_fail_on(tmp_path):
     named = doctor_cli("typo", "--metric", "nope", "--format", "json")
     skipped = {r["check"]: r for r in json.loads(named.output)}["overfitting"]
     assert skipped["status"] == "skip" and "--metric" in skipped["summary"]
+
+
+def test_an_overflowing_norm_is_not_taken_for_the_origin(tmp_path):
+    """A norm logged as inf one step before anything computed is non-finite: the logits are named."""
+    with lakelog.init(tmp_path, name="overflow") as run:
+        for step in range(6):
+            logits = torch.full((4, 3), 1e30 if step >= 3 else 1.0)
+            if step >= 4:
+                logits[0, 0] = float("inf")
+            run.log_predictions(logits, step=step, labels=torch.zeros(4, dtype=torch.long))
+            run.log({"grad_norm": math.inf if step >= 3 else 1.0, "loss": 1.0}, step=step)
+    check = statuses(tmp_path, "overflow")["nan_inf"]
+    assert check.status == "error" and "first NaN/Inf at step 4 in predictions: logits" in check.summary
+    derived = check.evidence.filter(check.evidence["source"] == "derived norms")
+    assert derived["step"].to_list() == [3] and not derived["is_first"].any()
