@@ -7,7 +7,6 @@ batch 8, 2 epochs = 16 steps) and built once per test session.
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,20 +16,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import xxhash
 from torch import nn
 
 import lakelog
-from lakelog.write import records
-from lakelog.write.fingerprint import fingerprint_hex
 
 N_SAMPLES = 64
 BATCH = 8
 STEPS_PER_EPOCH = N_SAMPLES // BATCH
 GROUPS = {"backbone": "backbone.", "head": "head."}
 CAUSE_STEP = 5
-HAS_TELEMETRY = importlib.util.find_spec("lakelog.write.telemetry.watch") is not None
-HAS_DETERMINISM = importlib.util.find_spec("lakelog.write.determinism.seeding") is not None
 
 
 class Net(nn.Module):
@@ -62,92 +56,6 @@ def dataset(
         y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
     names = [f"s{i:03d}" for i in range(n)]
     return x, y, names
-
-
-def rng_states() -> dict[str, str]:
-    """RNG fingerprints at batch start (used until lakelog.write.determinism.seeding provides log_batch(rng=True))."""
-    return {
-        "torch": xxhash.xxh3_128_hexdigest(torch.get_rng_state().numpy().tobytes()),
-        "numpy": xxhash.xxh3_128_hexdigest(np.random.get_state()[1].tobytes()),
-        "python": xxhash.xxh3_128_hexdigest(repr(random.getstate()).encode()),
-    }
-
-
-def _group_of(name: str) -> str | None:
-    return next((g for g, prefix in GROUPS.items() if name.startswith(prefix)), None)
-
-
-def param_rows(
-    model: nn.Module, optimizer: torch.optim.Optimizer, step: int, previous: dict
-) -> dict[str, list]:
-    """PARAMS rows as run.watch writes them (used until lakelog.write.telemetry.watch exists)."""
-    rows: dict[str, list] = {
-        k: []
-        for k in (
-            "step",
-            "name",
-            "kind",
-            "group",
-            "shape",
-            "numel",
-            "dtype",
-            "norm",
-            "mean",
-            "std",
-            "min",
-            "max",
-            "absmax",
-            "nan_count",
-            "inf_count",
-            "grad_norm",
-            "grad_absmax",
-            "update_norm",
-            "update_ratio",
-            "fingerprint",
-            "grad_fingerprint",
-        )
-    }
-
-    def add(name: str, kind: str, t: torch.Tensor, grad: torch.Tensor | None, update: float | None) -> None:
-        t = t.detach()
-        finite = t[torch.isfinite(t)]
-        norm = float(t.float().norm())
-        values = {
-            "step": step,
-            "name": name,
-            "kind": kind,
-            "group": _group_of(name),
-            "shape": str(list(t.shape)),
-            "numel": t.numel(),
-            "dtype": str(t.dtype).removeprefix("torch."),
-            "norm": norm,
-            "mean": float(t.mean()),
-            "std": float(t.std()) if t.numel() > 1 else 0.0,
-            "min": float(finite.min()) if finite.numel() else None,
-            "max": float(finite.max()) if finite.numel() else None,
-            "absmax": float(t.abs().max()),
-            "nan_count": int(torch.isnan(t).sum()),
-            "inf_count": int(torch.isinf(t).sum()),
-            "grad_norm": None if grad is None else float(grad.norm()),
-            "grad_absmax": None if grad is None else float(grad.abs().max()),
-            "update_norm": update,
-            "update_ratio": None if update is None else update / max(norm, 1e-30),
-            "fingerprint": fingerprint_hex(t),
-            "grad_fingerprint": None if grad is None else fingerprint_hex(grad),
-        }
-        for key, value in values.items():
-            rows[key].append(value)
-
-    for name, p in model.named_parameters():
-        update = None if name not in previous else float((p.detach() - previous[name]).norm())
-        add(name, "param", p, p.grad, update)
-        previous[name] = p.detach().clone()
-    names = {id(p): n for n, p in model.named_parameters()}
-    for p, state in optimizer.state.items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                add(names[id(p)], f"optim:{key}", value, None, None)
-    return rows
 
 
 @dataclass
@@ -262,7 +170,6 @@ def _train(
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
     trained = Trained(name, 0)
-    previous: dict[str, torch.Tensor] = {}
     run = lakelog.init(
         root,
         name=name,
@@ -270,7 +177,7 @@ def _train(
         mode=mode,
         config=config if config is not None else {"lr": list(lrs), "batch": batch, "cause": cause},
     )
-    if watch and HAS_TELEMETRY:
+    if watch:
         # A resumed segment has no step logged yet, so its initial capture would be stamped step 0.
         run.watch(
             model,
@@ -303,22 +210,9 @@ def _train(
                     x[1, 0] = float("nan")
                 batch_names = [names[i] for i in idx.tolist()]
                 if log_batches:
-                    if HAS_DETERMINISM or not capture_rng:
-                        run.log_batch(
-                            sample_ids=batch_names,
-                            inputs=x,
-                            step=step,
-                            epoch=epoch,
-                            batch_idx=b,
-                            rng=capture_rng,
-                        )
-                    else:
-                        run.submit(
-                            records.batch_job(
-                                step=step, sample_ids=batch_names, inputs=x, batch_idx=b, rng=rng_states()
-                            ),
-                            epoch=epoch,
-                        )
+                    run.log_batch(
+                        sample_ids=batch_names, inputs=x, step=step, epoch=epoch, batch_idx=b, rng=capture_rng
+                    )
                 model.train()
                 out = model(x)
                 per_sample = F.cross_entropy(out, y, reduction="none")
@@ -338,8 +232,6 @@ def _train(
                 if cause == "lr" and step == cause_step:
                     optimizer.param_groups[-1]["lr"] *= 10
                 optimizer.step()
-                if watch and not HAS_TELEMETRY:
-                    run.write_rows("params", param_rows(model, optimizer, step, previous), epoch=epoch)
                 if trained.first_nan is None:
                     bad = [n_ for n_, p in model.named_parameters() if not torch.isfinite(p).all()]
                     if bad:
@@ -348,7 +240,7 @@ def _train(
                 metrics: dict[str, Any] = {"loss": float(loss.detach()), "acc": float(acc)}
                 for g, group in zip(group_names, optimizer.param_groups, strict=True):
                     metrics[f"lr/{g}"] = group["lr"]
-                if holdout is not None and not (watch and HAS_TELEMETRY):
+                if holdout is not None and not watch:  # run.watch(holdout=...) logs holdout/acc itself
                     hx, hy = holdout
                     model.eval()
                     with torch.no_grad():
@@ -420,7 +312,13 @@ def _recipe(name: str) -> dict[str, Any]:
         "lr_flat": lambda: {"lrs": (0.1, 0.1)},
         "imbalanced": lambda: {"data": dataset(imbalance=0.9)},
         # batch 2: the default LRs (0.05, 0.5) make the loss diverge, which doctor rightly reports
-        "many_batches": lambda: {"data": dataset(n=200), "batch": 2, "epochs": 1, "watch": False, "lrs": (0.005, 0.05)},
+        "many_batches": lambda: {
+            "data": dataset(n=200),
+            "batch": 2,
+            "epochs": 1,
+            "watch": False,
+            "lrs": (0.005, 0.05),
+        },
     }
     return health[name]()
 
