@@ -166,3 +166,32 @@ def test_a_log_call_before_the_loop_does_not_shift_an_after_loop(tmp_path: Path)
             opt.zero_grad()
             run.log({"loss": 1.0}, step=step)
     assert steps_of(tmp_path, "pre", n_params=2) == list(range(8))
+
+
+def test_sparse_logging_gives_the_range_the_cause_lies_in(tmp_path: Path) -> None:
+    for name, change in (("a", None), ("b", CHANGED)):
+        train(tmp_path, name, order="before", change_at=change, every=5, log_every=5)
+    r = diff_runs(tmp_path, "a", "b")
+    # the changed batch (step 12) was not logged: the first logged step that differs is 15
+    assert (r.first_layer, r.first_step) == ("predictions", 15) and r.layer("inputs")["status"] == "same"
+    for layer in ("predictions", "loss", "gradients", "weights"):
+        row = r.layer(layer)
+        assert (row["first_step"], row["last_equal_step"], row["placed"]) == (15, 10, False), row
+        assert row["detail"].endswith("; between step 11 and 15 (last equal logged step 10)"), row["detail"]
+    [note] = [n for n in r.notes if "sparsely" in n]
+    assert note.startswith(
+        "logged too sparsely to place where they part: predictions (between step 11 and 15)"
+    )
+
+
+def test_dense_logging_places_the_cause_at_its_step(tmp_path: Path) -> None:
+    train(tmp_path, "a", order="before")
+    train(tmp_path, "b", order="before", change_at=CHANGED, every=5)  # weights sparse, batches dense
+    r = diff_runs(tmp_path, "a", "b")
+    assert (r.first_layer, r.first_step) == ("inputs", CHANGED)
+    assert r.layer("inputs")["placed"] and r.layer("inputs")["last_equal_step"] == CHANGED - 1
+    assert not r.layer("weights")["placed"] and r.layer("weights")["first_step"] == 15
+    [note] = [n for n in r.notes if "sparsely" in n]
+    assert "weights (between step 11 and 15)" in note and note.endswith(
+        "placed at their step: inputs, predictions, loss"
+    )

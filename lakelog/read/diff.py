@@ -91,6 +91,9 @@ def resolve(root: Any, *runs: str) -> tuple[duckdb.DuckDBPyConnection, list[str]
         if os.path.isfile(os.path.join(run, RUN_FILE)):
             folders.append(os.path.abspath(run))
             continue
+        if os.sep in run and os.path.exists(run):  # a path, but not a run folder: name it, not --root
+            what = "a file" if not os.path.isdir(run) else f"a folder without {RUN_FILE}"
+            raise RunNotFoundError(f"run: {run!r} is {what}, not a run folder")
         lake = Lake.open(root)
         if not lake.exists(lake.base):
             raise RunNotFoundError(
@@ -157,6 +160,23 @@ def _notes(layers: pl.DataFrame, steps: pl.DataFrame, run_a: str, run_b: str) ->
             notes.append(f"{row['layer']}: only one run captured it ({who} did not), so it is not compared")
         elif row["status"] == "no overlap":
             notes.append(f"{row['layer']}: both runs captured it, but at no common step")
+    sparse = layers.filter((pl.col("status") == "differs") & ~pl.col("placed").fill_null(True))
+    if not sparse.is_empty():
+        placed = layers.filter((pl.col("status") == "differs") & pl.col("placed").fill_null(False))
+        notes.append(
+            "logged too sparsely to place where they part: "
+            + ", ".join(
+                f"{r['layer']} (between step {r['last_equal_step'] + 1} and {r['first_step']})"
+                if r["last_equal_step"] is not None
+                else f"{r['layer']} (at or before step {r['first_step']})"
+                for r in sparse.to_dicts()
+            )
+            + (
+                "; placed at their step: " + ", ".join(placed["layer"].to_list())
+                if not placed.is_empty()
+                else "; no differing layer was logged densely enough: log every step around the range"
+            )
+        )
     if layers.filter(pl.col("n_compared") > 0).is_empty():
         notes.append(
             "no layer of evidence was captured by both runs: log predictions, batches and the loss, "
