@@ -7,16 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers  # with accelerate, which its Trainer needs: both come with lakelog[huggingface]
 
 import lakelog
+from lakelog.integrations.huggingface import LakelogCallback
 from lakelog.read.doctor import doctor
 from lakelog.write.fingerprint import fingerprint_hex
-
-transformers = pytest.importorskip("transformers")
-pytest.importorskip(
-    "accelerate"
-)  # the Trainer needs it (transformers[torch]); lakelog[huggingface] brings it
-from lakelog.integrations.huggingface import LakelogCallback  # noqa: E402
 
 STEPS = 4
 LAYER = "transformer.h.0.attn.c_attn.weight"

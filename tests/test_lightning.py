@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,11 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lakelog
+from lakelog.integrations.lightning import LakelogCallback, LakelogLogger
 from lakelog.read.doctor import doctor
 from lakelog.write.fingerprint import fingerprint_hex
-
-pl = pytest.importorskip("lightning.pytorch")
-from lakelog.integrations.lightning import LakelogCallback, LakelogLogger  # noqa: E402
 
 STEPS, BATCH, LR = 5, 4, 0.1
 

@@ -13,13 +13,12 @@ import subprocess
 import sys
 import textwrap
 
+import boto3
+import moto.server as moto_server
 import pyarrow.fs as pafs
 import pytest
 
 import lakelog
-
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
 
 KEYS = {
     "AWS_ACCESS_KEY_ID": "testing",
