@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 _LAZY = {
     # the read side: DuckDB and polars, never torch
     "connect": "lakelog.read.views",
+    "compact": "lakelog.lake.compact",
     "query": "lakelog.read.querylib",
     "diff_runs": "lakelog.read.diff",
     "DiffResult": "lakelog.read.diff",

@@ -67,3 +67,68 @@ def test_every_read_and_lake_module_imports_without_torch():
     )
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found == {"engines_after_lake": [], "heavy": []}, found
+
+
+def _cli(*args: str):
+    from click.testing import CliRunner
+
+    from lakelog.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_sql_is_read_only_unless_unsafe(tmp_path):
+    root = tmp_path / "lake"
+    with lakelog.init(root, name="a") as run:
+        run.log({"loss": 1.0}, step=0)
+    outside = tmp_path / "outside.csv"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret\n")
+    inside = root / "a" / "copied.csv"
+    refused = {
+        f"COPY (SELECT * FROM scalars) TO '{outside}'": "COPY",
+        f"COPY (SELECT 1) TO '{inside}'": "COPY",
+        f"EXPORT DATABASE '{tmp_path / 'export'}'": "EXPORT",
+        f"ATTACH '{tmp_path / 'x.db'}' AS x": "ATTACH",
+        "CREATE TABLE t AS SELECT 1": "CREATE",
+        "INSTALL httpfs": "",
+        "LOAD httpfs": "",
+        "SET enable_external_access = true": "SET",
+        f"SELECT * FROM read_text('{secret}')": "Permission",
+        f"SELECT * FROM read_csv('{secret}')": "Permission",
+        f"SELECT * FROM read_text('{root / 'a' / 'run.json'}')": "Permission",  # not a part file either
+        "SELECT * FROM glob('/etc/*')": "Permission",
+        f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{outside}'": "EXPLAIN",
+    }
+    for sql, word in refused.items():
+        result = _cli("sql", sql, "--root", str(root))
+        assert result.exit_code == 2, (sql, result.output)
+        assert word in result.output and "Traceback" not in result.output, (sql, result.output)
+    assert not outside.exists() and not inside.exists() and not (tmp_path / "x.db").exists()
+    assert not (tmp_path / "export").exists()
+    ok = _cli("sql", "SELECT count(*) AS n FROM scalars", "--root", str(root), "--format", "csv")
+    assert ok.exit_code == 0 and ok.output.splitlines()[-1] == "1", ok.output
+    explained = _cli("sql", "EXPLAIN SELECT * FROM scalars", "--root", str(root), "--format", "csv")
+    assert explained.exit_code == 0, explained.output
+    unsafe = _cli("sql", f"COPY (SELECT * FROM scalars) TO '{outside}'", "--root", str(root), "--unsafe")
+    assert unsafe.exit_code == 0 and outside.exists(), unsafe.output
+
+
+def test_read_only_connect_cannot_be_unlocked(tmp_path):
+    import duckdb
+    import pytest
+
+    with lakelog.init(tmp_path, name="a") as run:
+        run.log({"loss": 1.0}, step=0)
+    con = lakelog.connect(tmp_path, read_only=True)
+    assert con.execute("SELECT count(*) FROM scalars").fetchone() == (1,)
+    with pytest.raises(duckdb.Error):
+        con.execute("SET enable_external_access = true")
+    with pytest.raises(duckdb.Error):
+        con.execute("SET lock_configuration = false")
+    with pytest.raises(duckdb.Error):
+        con.execute(f"COPY (SELECT 1) TO '{tmp_path / 'out.csv'}'")
+    assert not (tmp_path / "out.csv").exists()
+    full = lakelog.connect(tmp_path)  # the default: the caller's own full DuckDB
+    full.execute(f"COPY (SELECT 1) TO '{tmp_path / 'out.csv'}'")
+    assert (tmp_path / "out.csv").exists()

@@ -91,8 +91,9 @@ def resolve(root: Any, *runs: str) -> tuple[duckdb.DuckDBPyConnection, list[str]
         if os.path.isfile(os.path.join(run, RUN_FILE)):
             folders.append(os.path.abspath(run))
             continue
-        if os.sep in run and os.path.exists(run):  # a path, but not a run folder: name it, not --root
-            what = "a file" if not os.path.isdir(run) else f"a folder without {RUN_FILE}"
+        if os.sep in run:  # run names hold no '/': a path that is not a run folder; name it, not --root
+            what = "a file" if os.path.isfile(run) else f"a folder without {RUN_FILE}"
+            what = what if os.path.exists(run) else "a path that does not exist"
             raise RunNotFoundError(f"run: {run!r} is {what}, not a run folder")
         lake = Lake.open(root)
         if not lake.exists(lake.base):

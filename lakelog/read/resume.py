@@ -51,9 +51,12 @@ def run_info(con: duckdb.DuckDBPyConnection, run: str) -> tuple[dict[str, Any], 
         path = lake.join(RUN_FILE)
         if not lake.is_file(path):
             path = lake.join(run, RUN_FILE)
-        return json.loads(lake.read_text(path)), None
-    except (OSError, ValueError) as exc:
+        info = json.loads(lake.read_text(path))
+    except (OSError, ValueError, RecursionError) as exc:
         return {}, f"run {run!r}: cannot read its {RUN_FILE} ({exc}); its resumes are not checked"
+    if not isinstance(info, dict):
+        return {}, f"run {run!r}: its {RUN_FILE} is not a JSON object; its resumes are not checked"
+    return info, None
 
 
 def resume_step(con: duckdb.DuckDBPyConnection, run: str, entry: dict[str, Any]) -> int | None:

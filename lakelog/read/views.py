@@ -1,152 +1,213 @@
 """A DuckDB connection with one view per table spanning every run of a lake (read side: no torch).
 
-Local lakes are read by DuckDB's own Parquet reader through glob patterns, so a view always sees
-the part files present when a query runs (a run still being written included). Object-store
-lakes are read through pyarrow's filesystem and registered as Arrow tables.
+``connect`` lists the named runs once (``read.scan``: damaged files left out with a warning, run
+names never treated as patterns) and makes one scan per table over all runs: a local table is one
+``read_parquet`` over the listed files, with ``epoch`` and ``rank`` from the hive folders and ``run``
+from the path, so a filter on any of the three skips the other files unread. The views are a
+snapshot of the files present at ``connect``: call it again to see parts written since. Object-store
+lakes are read through pyarrow's filesystem and registered as Arrow tables (a snapshot too).
+
+What a connection allows: by default it is a full in-memory DuckDB (the caller's own process, so
+``COPY``, ``ATTACH`` and reads of any file work as in ``duckdb.connect()``). ``read_only=True`` (what
+``lakelog sql`` uses) locks it to the lake: only the listed part files can be read, nothing can be
+written, attached, installed or loaded, and the settings cannot be changed back (``read.sandbox``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from lakelog.errors import RunNotFoundError
-from lakelog.lake.layout import PART_SUFFIX, RUN_FILE, TABLES, Lake
+from lakelog.lake.layout import TABLES, Lake
 from lakelog.lake.schemas import empty_table
+from lakelog.read import macros, sandbox
+from lakelog.read.scan import RunEntry, Scan, add_cuts, list_run, locate, read_runs, scan_lake, signature
 
-_PARTITIONING = pads.partitioning(pa.schema([("epoch", pa.int64()), ("rank", pa.int64())]), flavor="hive")
-RUNS_COLUMNS = (
-    "run",
-    "name",
-    "created",
-    "finished",
-    "status",
-    "seed",
-    "world_size",
-    "duration_s",
-    "config",
-    "summary",
-    "environment",
-    "root",
-)
-
-
-def _run_of_file(table: str) -> str:
-    return f"regexp_extract(filename, '([^/\\\\]+)[/\\\\]{table}[/\\\\]epoch=', 1)"
-
-
-def _locate(target: Any, filesystem: pafs.FileSystem | None = None) -> list[tuple[Lake, list[str]]]:
-    """Turn roots, run folders and Run objects into (lake, run names) pairs."""
-    items = target if isinstance(target, list | tuple) else [target]
-    located: list[tuple[Lake, list[str]]] = []
-    for item in items:
-        if hasattr(item, "lake") and hasattr(item, "name"):  # a lakelog Run
-            located.append((item.lake, [item.name]))
-            continue
-        if isinstance(item, pafs.FileSystem):
-            continue
-        lake = Lake.open(item, filesystem=filesystem)
-        if not lake.exists(lake.base):
-            raise RunNotFoundError(f"root: {lake.root!r} does not exist")
-        if lake.is_file(lake.join(RUN_FILE)):  # a run folder, not a root
-            parent = os.path.dirname(lake.base) if lake.local else lake.base.rsplit("/", 1)[0]
-            name = os.path.basename(lake.base) if lake.local else lake.base.rsplit("/", 1)[1]
-            located.append((Lake(lake.root, lake.fs, parent, lake.local), [name]))
-        else:
-            located.append((lake, lake.run_names()))
-    return located
-
-
-def _runs_table(located: list[tuple[Lake, list[str]]]) -> pa.Table:
-    rows = []
-    for lake, names in located:
-        for name in names:
-            info = json.loads(lake.read_text(lake.join(name, RUN_FILE)))
-            summary = info.get("summary") or {}
-            rows.append(
-                {
-                    "run": name,
-                    "name": info.get("name", name),
-                    "created": info.get("created"),
-                    "finished": info.get("finished"),
-                    "status": info.get("status"),
-                    "seed": info.get("seed"),
-                    "world_size": info.get("world_size"),
-                    "duration_s": summary.get("duration_s"),
-                    "config": json.dumps(info.get("config") or {}),
-                    "summary": json.dumps(summary),
-                    "environment": json.dumps(info.get("environment") or {}),
-                    "root": lake.root,
-                }
-            )
-    schema = pa.schema(
-        [
-            ("run", pa.string()),
-            ("name", pa.string()),
-            ("created", pa.string()),
-            ("finished", pa.string()),
-            ("status", pa.string()),
-            ("seed", pa.int64()),
-            ("world_size", pa.int64()),
-            ("duration_s", pa.float64()),
-            ("config", pa.string()),
-            ("summary", pa.string()),
-            ("environment", pa.string()),
-            ("root", pa.string()),
-        ]
-    )
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
-def _local_view(con: duckdb.DuckDBPyConnection, table: str, located: list[tuple[Lake, list[str]]]) -> bool:
-    patterns = [
-        os.path.join(lake.base, name, table, "**", f"*{PART_SUFFIX}")
-        for lake, names in located
-        for name in names
-        if os.path.isdir(os.path.join(lake.base, name, table))
+RUNS_SCHEMA = pa.schema(
+    [
+        ("run", pa.string()),
+        ("name", pa.string()),
+        ("created", pa.string()),
+        ("finished", pa.string()),
+        ("status", pa.string()),
+        ("seed", pa.int64()),
+        ("world_size", pa.int64()),
+        ("duration_s", pa.float64()),
+        ("config", pa.string()),
+        ("summary", pa.string()),
+        ("environment", pa.string()),
+        ("watch", pa.string()),
+        ("committed_step", pa.int64()),
+        ("root", pa.string()),
     ]
-    if not patterns:
+)
+RUNS_COLUMNS = tuple(RUNS_SCHEMA.names)
+"""The ``runs`` view: one row per run; ``status`` is ``crashed`` for a run whose writer died, and
+``damaged`` for a run whose run.json cannot be read; ``committed_step`` is the last step every rank
+committed (None when unknown)."""
+
+UNION_BY_NAME_FILES = 64
+"""Tables of up to this many files are read with per-file column matching (``union_by_name``);
+larger ones take their columns from one file, as every lakelog part of a table has the same columns
+(predictions, whose key columns vary by run, are always matched per file)."""
+
+_PATH_PARTITION = re.compile(r"[/\\](epoch|rank)=(-?\d+)(?=[/\\])")
+
+
+def _run_row(entry: RunEntry) -> dict[str, Any]:
+    info = entry.info
+    state = entry.state
+    if info is None:
+        return {"run": entry.name, "name": entry.name, "status": "damaged", "root": entry.lake.root}
+    summary = info.get("summary") or {}
+    status = state.status if state is not None else info.get("status")
+    return {
+        "run": entry.name,
+        "name": info.get("name") or entry.name,
+        "created": info.get("created"),
+        "finished": info.get("finished"),
+        "status": status,
+        "seed": info.get("seed"),
+        "world_size": info.get("world_size"),
+        "duration_s": summary.get("duration_s"),
+        "config": json.dumps(info.get("config") or {}),
+        "summary": json.dumps(summary),
+        "environment": json.dumps(info.get("environment") or {}),
+        "watch": json.dumps(info.get("watch") or {}),
+        "committed_step": state.last_committed_step if state is not None else None,
+        "root": entry.lake.root,
+    }
+
+
+def runs_table(source: Scan | list[tuple[Lake, list[str]]]) -> pa.Table:
+    """The ``runs`` view's rows as an Arrow table, from a scan or from located runs (any engine's view)."""
+    scan = source if isinstance(source, Scan) else scan_lake(source, check_files=False)
+    return pa.Table.from_pylist([_run_row(e) for e in scan.runs], schema=RUNS_SCHEMA)
+
+
+def run_of_file(table: str) -> str:
+    """SQL for the run a part file belongs to, from its path (staged compaction output included)."""
+    sep = "[/\\\\]"
+    return (
+        f"regexp_extract(filename, '([^/\\\\]+){sep}(?:_compact{sep}[^/\\\\]+{sep})?{table}{sep}epoch=', 1)"
+    )
+
+
+def _cut(source: str, scan: Scan) -> str:
+    """Hide rows beyond each unfinished rank's committed step (a flush that never completed)."""
+    if not scan.cuts:
+        return source
+    return (
+        f"SELECT t.* FROM ({source}) t ANTI JOIN _lakelog_cuts c "
+        "ON c.run = t.run AND c.rank = t.rank AND t.step > c.step"
+    )
+
+
+class LiveFiles:
+    """The part files of each table now: runs being written are listed again at every query, the
+    others again only when their folder changed (``scan.signature``), so a view sees new parts."""
+
+    def __init__(self, scan: Scan, *, check_files: bool = True) -> None:
+        self.scan = scan
+        self.check_files = check_files
+        self._lock = threading.Lock()
+        self._cache: list[tuple[tuple[int, int] | None, dict[str, list[str]]]] = []
+        for entry in scan.runs:
+            before = signature(entry)
+            self._cache.append((before, list_run(entry, scan, check_files=check_files)))
+
+    def _live(self, entry: RunEntry) -> bool:
+        status = entry.state.status if entry.state is not None else (entry.info or {}).get("status")
+        return status == "running"
+
+    def files(self, table: str) -> list[str]:
+        with self._lock:
+            out: list[str] = []
+            for i, entry in enumerate(self.scan.runs):
+                cached, files = self._cache[i]
+                now = signature(entry)
+                if now != cached or self._live(entry):
+                    files = list_run(entry, self.scan, check_files=self.check_files)
+                    self._cache[i] = (now, files)
+                out.extend(files.get(table, ()))
+            return out
+
+    def listed(self, table: str) -> list[str]:
+        """The files of ``table`` as listed last (no new listing)."""
+        return [p for _, files in self._cache for p in files.get(table, ())]
+
+
+def _local_view(con: duckdb.DuckDBPyConnection, table: str, scan: Scan, live: LiveFiles | None) -> bool:
+    """One read_parquet over every run's files of ``table``; False when no run has any."""
+    files = live.listed(table) if live is not None else scan.files[table]
+    if not files:
         return False
-    try:
-        rel = con.read_parquet(patterns, hive_partitioning=True, union_by_name=True, filename=True)
-    except duckdb.IOException:
-        return False
-    rel.project(f"* EXCLUDE (filename), {_run_of_file(table)} AS run").create_view(table, replace=True)
+    union = table == "predictions" or len(files) <= UNION_BY_NAME_FILES
+    options = (
+        "filename = true, hive_partitioning = true, hive_types = {'epoch': 'BIGINT', 'rank': 'BIGINT'}, "
+        f"union_by_name = {str(union).lower()}"
+    )
+    con.execute(f"SET VARIABLE lakelog_files_{table} = $files", {"files": files})
+    probe = f"SELECT * EXCLUDE (filename) FROM read_parquet(getvariable('lakelog_files_{table}'), {options})"
+    con.execute(f"CREATE OR REPLACE VIEW {table} AS {probe}")
+    columns = [
+        row[0]
+        for row in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = $t ORDER BY column_index",
+            {"t": table},
+        ).fetchall()
+    ]
+    if live is not None:  # a fixed column list keeps the view valid when later parts add columns
+        listing = f"lakelog_files('{table}')"
+        options += ", allow_empty = true"
+    else:
+        listing = f"getvariable('lakelog_files_{table}')"
+    select = ", ".join(f'"{c}"' for c in columns)
+    source = f"SELECT {select}, {run_of_file(table)} AS run FROM read_parquet({listing}, {options})"
+    con.execute(f"CREATE OR REPLACE VIEW {table} AS {_cut(source, scan)}")
     return True
 
 
-def _remote_view(con: duckdb.DuckDBPyConnection, table: str, located: list[tuple[Lake, list[str]]]) -> bool:
-    parts = []
-    for lake, names in located:
-        for name in names:
-            folder = lake.join(name, table)
-            if not lake.exists(folder):
-                continue
-            files = [
-                f.path
-                for f in lake.fs.get_file_info(pafs.FileSelector(folder, recursive=True))
-                if f.type == pafs.FileType.File and f.path.endswith(PART_SUFFIX)
-            ]
-            if not files:
-                continue
-            # Union the columns of every part file (as DuckDB's union_by_name does for local lakes)
-            # and type the partition keys as the local views do.
-            options = pads.FileSystemFactoryOptions(partition_base_dir=folder, partitioning=_PARTITIONING)
-            factory = pads.FileSystemDatasetFactory(lake.fs, files, pads.ParquetFileFormat(), options)
-            data = factory.finish(factory.inspect(promote_options="permissive")).to_table()
-            parts.append(data.append_column("run", pa.array([name] * data.num_rows, pa.string())))
+def _read_remote(fs: pafs.FileSystem, path: str, run: str) -> pa.Table:
+    data = pq.read_table(path, filesystem=fs)
+    keys = dict(_PATH_PARTITION.findall(path))
+    n = data.num_rows
+    for key in ("epoch", "rank"):
+        data = data.append_column(key, pa.array([int(keys.get(key, 0))] * n, pa.int64()))
+    return data.append_column("run", pa.array([run] * n, pa.string()))
+
+
+def _remote_view(con: duckdb.DuckDBPyConnection, table: str, scan: Scan) -> bool:
+    jobs = []
+    for entry in scan.runs:
+        prefix = entry.folder + ("/" if not entry.lake.local else os.sep)
+        jobs.extend((entry.lake.fs, p, entry.name) for p in scan.files[table] if p.startswith(prefix))
+    if not jobs:
+        return False
+
+    def read(job: tuple[pafs.FileSystem, str, str]) -> pa.Table | None:
+        try:
+            return _read_remote(*job)
+        except (OSError, pa.ArrowException) as exc:
+            scan.problem(job[1], f"unreadable Parquet ({str(exc).splitlines()[0]})")
+            return None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        parts = [t for t in pool.map(read, jobs) if t is not None]
     if not parts:
         return False
-    data = pa.concat_tables(parts, promote_options="permissive")
-    con.register(f"_{table}_arrow", data)
-    con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _{table}_arrow")
+    con.register(f"_{table}_arrow", pa.concat_tables(parts, promote_options="permissive"))
+    con.execute(f"CREATE OR REPLACE VIEW {table} AS {_cut(f'SELECT * FROM _{table}_arrow', scan)}")
     return True
 
 
@@ -155,22 +216,55 @@ def connect(
     *,
     database: str = ":memory:",
     filesystem: pafs.FileSystem | None = None,
+    read_only: bool = False,
 ) -> duckdb.DuckDBPyConnection:
     """Views ``runs``, ``predictions``, ``scalars``, ``batches``, ``params``, ``holdout``… over every run.
 
     ``target`` is a lake root, a run folder, a Run, or a list of those. Every view has a ``run``
-    column; tables that no run has written yet are empty views with the documented columns.
-    ``filesystem`` (e.g. a configured ``pyarrow.fs.S3FileSystem``) reads roots given as paths in it,
-    as ``lakelog.init(..., filesystem=...)`` writes them; object-store views are a snapshot taken now.
+    column; tables that no run has written yet are empty views with the documented columns. Part
+    files and run.json files that cannot be read are left out with one warning each (``lakelog
+    check`` lists them). ``filesystem`` (e.g. a configured ``pyarrow.fs.S3FileSystem``) reads roots
+    given as paths in it, as ``lakelog.init(..., filesystem=...)`` writes them. ``read_only=True``
+    locks the connection to reading the lake (see the module docstring). Raises ``RunNotFoundError``
+    for a missing root and ``InvalidArgumentError`` for a root that is a file.
     """
-    located = _locate(target, filesystem)
+    located = locate(target, filesystem)
+    local = all(lake.local for lake, _ in located)
     con = duckdb.connect(database)
-    con.register("_runs_arrow", _runs_table(located))
+    con.execute("SET parquet_can_have_nan = true")  # NaN outside a file's min/max is still found by isnan
+    con.execute("SET parquet_metadata_cache = true")  # part files never change: each footer is read once
+    if local and not read_only:  # live views: the file list is taken again at each query
+        scan = Scan()
+        scan.runs = read_runs(located, scan)
+        live: LiveFiles | None = LiveFiles(scan)
+        add_cuts(scan)
+        con.create_function("lakelog_files", live.files, ["VARCHAR"], "VARCHAR[]", side_effects=True)
+    else:
+        scan, live = scan_lake(located), None
+    con.register("_runs_arrow", runs_table(scan))
     con.execute("CREATE OR REPLACE VIEW runs AS SELECT * FROM _runs_arrow")
+    if scan.cuts:
+        cuts = pa.table(
+            {
+                "run": pa.array([c[0] for c in scan.cuts], pa.string()),
+                "rank": pa.array([c[1] for c in scan.cuts], pa.int64()),
+                "step": pa.array([c[2] for c in scan.cuts], pa.int64()),
+            }
+        )
+        con.register("_lakelog_cuts", cuts)
     for table in TABLES:
-        local = all(lake.local for lake, _ in located)
-        made = _local_view(con, table, located) if local else _remote_view(con, table, located)
+        made = _local_view(con, table, scan, live) if local else _remote_view(con, table, scan)
         if not made:
             con.register(f"_{table}_empty", empty_table(table))
             con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _{table}_empty")
+    macros.install(con)  # the query library's shared macros (queries/_*.sql), before any lock
+    if read_only:
+        sandbox.lock(con, [p for table in TABLES for p in scan.files[table]] if local else [])
     return con
+
+
+def lake_runs(
+    target: Any = "runs", filesystem: pafs.FileSystem | None = None
+) -> list[tuple[Lake, list[str]]]:
+    """The (lake, run names) pairs that ``target`` names, as :func:`connect` resolves it (other engines too)."""
+    return locate(target, filesystem)
