@@ -44,8 +44,20 @@ def _headline(r: DiffResult) -> str:
     )
     return (
         f"[bold red]the runs part first in {r.first_layer}[/bold red] at {where}: {escape(first['detail'] or '')}\n"
-        f"  look there first: the layers after it usually differ because it did"
+        f"  look there first: the layers after it usually differ because it did" + _cause_lines(r)
     )
+
+
+def _cause_lines(r: DiffResult) -> str:
+    """The first cause with its fix, in the lines check-determinism prints."""
+    c = r.cause
+    if not c:
+        return ""
+    where = "before training" if c["step"] is None else f"at step {c['step']}"
+    lines = [f"FIRST DIFFERENCE: {c['title']} {where}", f"  what:  {c['detail']}"]
+    lines += [f"  cause: {c['cause']}"] if c["cause"] else []
+    lines += [f"  fix:   {c['fix']}"] if c["fix"] else []
+    return "\n" + escape("\n".join(lines))
 
 
 def _batch_lines(r: DiffResult, out: Console) -> None:
@@ -74,25 +86,32 @@ def _batch_lines(r: DiffResult, out: Console) -> None:
         print_frame(r.batch_kinds, out, title="Batches by kind")
 
 
+RESUME_PARTS = {
+    "weights": "weights",
+    "optimizer": "optimizer state",
+    "lr_scheduler": "LR scheduler",
+    "rng": "RNG states",
+    "loader": "loader position",
+}
+
+
 def _resume_lines(r: DiffResult, out: Console) -> None:
+    """Per resume point: what the resumed process restored and what it did not, part by part."""
     for res in r.resume:
-        out.print(
-            f"\n[bold]Resume[/bold]: {escape(res['run'])} ({res['side']}) resumed at step {res['step']}"
+        verdict = (
+            "[bold green]identical[/bold green]: every part was restored"
+            if res["identical"]
+            else "[bold red]not restored: "
+            + escape(", ".join(RESUME_PARTS[p] for p in res["not_restored"]) or "see the layers")
+            + "[/bold red]"
         )
-        parts = []
-        for layer, v in res["layers"].items():
-            if v["status"] == "differs":
-                parts.append(f"{layer} departs at step {v['first_step']}")
-            elif v["status"] == "same":
-                parts.append(f"{layer} replays the same")
-            else:
-                parts.append(f"{layer}: {v['status']}")
-        out.print(Text("  " + "; ".join(parts)))
-        if res["replays_a_step"] is not None:
-            out.print(
-                f"  [yellow]the resumed part feeds A's batches of step {res['replays_a_step']}[/yellow] "
-                "(it restarted an earlier epoch's order)"
-            )
+        out.print(
+            f"\n[bold]Resume[/bold]: {escape(res['run'])} ({res['side']}) resumed at step {res['step']} "
+            f"(after step {res['after_step']}): {verdict}"
+        )
+        for part, label in RESUME_PARTS.items():
+            v = res["restored"][part]
+            out.print(Text(f"  {label:<16} {v['status']:<13} {v['detail']}"))
 
 
 def render_diff(r: DiffResult, out: Console) -> None:

@@ -9,7 +9,7 @@ after it usually differ only because it did.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import duckdb
@@ -18,11 +18,13 @@ import polars as pl
 from lakelog.errors import InvalidArgumentError, RunNotFoundError
 from lakelog.lake.checks import did_you_mean, non_negative_number
 from lakelog.lake.layout import RUN_FILE, Lake
+from lakelog.read.determinism.findings import DeterminismReport
+from lakelog.read.determinism.report import LAYER_OF_CHECK, report_on
 from lakelog.read.querylib import query
-from lakelog.read.resume import resume_points
+from lakelog.read.resume import resume_points, run_info
 from lakelog.read.views import connect
 
-IDENTICAL_STATUSES = ("same", "not captured")
+IDENTICAL_STATUSES = ("same", "not captured", "latent")
 
 
 @dataclass
@@ -47,6 +49,11 @@ class DiffResult:
       each restored / not restored / not captured, with the step and what differs), ``identical``,
       ``not_restored``, ``layers`` (first_divergence from the resume step) and ``replays_a_step``.
     - ``notes``: plain sentences about what could not be compared and why.
+    - ``cause``: the first cause as check-determinism judges it (name, title, step, detail, cause, fix,
+      and ``layer``: the layer of ``layers`` it reads, None for the environment), or None. Ties at a
+      step go in causal order (environment and seeding, sample order, inputs, RNG, initial weights,
+      forward, loss, gradients, update), in ``layers`` and here alike; an RNG difference nothing
+      logged after it shows is ``latent`` in ``layers``, not a difference.
     """
 
     run_a: str
@@ -66,6 +73,7 @@ class DiffResult:
     steps: pl.DataFrame = field(default_factory=pl.DataFrame)
     resume: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    cause: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (frames as lists of row dicts), e.g. for ``lakelog diff --json``."""
@@ -191,6 +199,26 @@ def _notes(layers: pl.DataFrame, steps: pl.DataFrame, run_a: str, run_b: str) ->
     return notes
 
 
+def _verdict(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str, loss_name: str) -> DeterminismReport:
+    """check-determinism's judgment of the pair, so diff names the same first cause with its fix."""
+    info = (run_info(con, run_a)[0], run_info(con, run_b)[0])
+    root = con.execute("SELECT root FROM runs WHERE run = ?", [run_a]).fetchall()
+    return report_on(con, run_a, run_b, info, root=root[0][0] if root else "", loss_name=loss_name)
+
+
+def _latent_rng(layers: pl.DataFrame) -> pl.DataFrame:
+    """The RNG layer differs but nothing logged after it does (training does not draw from it so far)."""
+    latent = (pl.col("layer") == "rng") & (pl.col("status") == "differs")
+    layers = layers.with_columns(
+        status=pl.when(latent).then(pl.lit("latent")).otherwise(pl.col("status")),
+        is_first=pl.when(latent).then(False).otherwise(pl.col("is_first")),
+    )
+    if layers.filter(pl.col("is_first")).is_empty():
+        first = layers.filter(pl.col("status") == "differs").head(1)["layer"].to_list()
+        layers = layers.with_columns(is_first=pl.col("layer").is_in(first))
+    return layers
+
+
 def diff_runs(
     root_or_con: Any,
     run_a: str,
@@ -220,6 +248,9 @@ def diff_runs(
             f"(steps {side['B']['first_step']}-{side['B']['last_step']}) share no step: nothing to compare"
         )
     layers = query("first_divergence", con=con, tol=float(tol), loss_name=loss_name, **pair)
+    verdict = _verdict(con, run_a, run_b, loss_name)
+    if verdict.check("rng").status == "latent":  # nothing logged after it differs: not where runs part
+        layers = _latent_rng(layers)
     differing = layers.filter(pl.col("status") == "differs")
     compared = layers.filter(pl.col("n_compared") > 0)
     same_steps = side["A"]["n_steps"] == side["B"]["n_steps"] == side["common"]["n_steps"]
@@ -234,6 +265,9 @@ def diff_runs(
     )
     if not differing.is_empty():
         result.first_layer, result.first_step = differing["layer"][0], int(differing["first_step"][0])
+    if verdict.first is not None:
+        result.cause = asdict(verdict.first)
+        result.cause["layer"] = LAYER_OF_CHECK.get(verdict.first.name)
     order = layers.filter((pl.col("layer") == "batch_order") & (pl.col("status") == "differs"))
     mismatch = query("batch_order_mismatch", con=con, **pair)
     if not mismatch.is_empty():

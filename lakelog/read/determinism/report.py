@@ -46,18 +46,47 @@ def _by_evidence(frame: Any) -> dict[str, dict[str, Any]]:
     return {row["evidence"]: row for row in frame.iter_rows(named=True)}
 
 
-def determinism_report(
-    root: Any,
-    run_a: str = RUN_NAMES[0],
-    run_b: str = RUN_NAMES[1],
+LAYER_OF_CHECK = {
+    "sample_ids": "batch_order",
+    "inputs": "inputs",
+    "rng": "rng",
+    "initial_weights": "initial_weights",
+    "outputs": "predictions",
+    "loss": "loss",
+    "gradients": "gradients",
+    "update": "weights",
+}
+"""The first_divergence layer (``lakelog diff``) that answers each check, for one verdict across both."""
+
+
+def first_check(checks: list[Check], start: int | None) -> Check | None:
+    """The check to read first: the earliest differing step, ties in causal order (the order of CHECKS:
+    environment and seeding, sample order, inputs, RNG, initial weights, forward, loss, gradients,
+    update). Environment comes before any step; initial weights count at the first step."""
+    order = list(CHECKS)
+
+    def when(c: Check) -> tuple[float, int]:
+        if c.name == "environment":
+            return (float("-inf"), 0)
+        step = (start if start is not None else c.step) if c.name == "initial_weights" else c.step
+        return (float(step or 0), order.index(c.name))
+
+    differing = [c for c in checks if c.status == "differs"]
+    return min(differing, key=when) if differing else None
+
+
+def report_on(
+    con: Any,
+    run_a: str,
+    run_b: str,
+    info: tuple[dict[str, Any], dict[str, Any]],
     *,
+    root: str,
     loss_name: str = "loss",
     loss_tol: float = 0.0,
 ) -> DeterminismReport:
-    """Compare two runs of a lake that should be identical, check by check; reads only the lake (no torch)."""
-    lake = Lake.open(root)
-    info = (_read_info(lake, run_a), _read_info(lake, run_b))
-    con = connect([lake.location(run_a), lake.location(run_b)])
+    """The report over an open connection holding both runs, given their run.json contents (what
+    ``determinism_report`` and ``lakelog diff`` share, so they name the same first cause)."""
     pair = {"run_a": run_a, "run_b": run_b}
     flags = [
         WorkerFlag(run=run, **worker_flag(row))
@@ -71,7 +100,9 @@ def determinism_report(
         _by_evidence(query("internal.determinism_batches", con=con, **pair)),
         _by_evidence(query("internal.determinism_params", con=con, **pair)),
         _by_evidence(
-            query("internal.determinism_outputs", con=con, **pair, loss_name=loss_name, loss_tol=float(loss_tol))
+            query(
+                "internal.determinism_outputs", con=con, **pair, loss_name=loss_name, loss_tol=float(loss_tol)
+            )
         ),
         query("internal.determinism_worker_seeds", con=con, **pair).row(0, named=True),
         flags,
@@ -80,16 +111,22 @@ def determinism_report(
     for c in checks:
         if c.status == "not logged":
             c.detail = f"log it with {NOT_LOGGED[c.name]}"
-    order, start = list(CHECKS), judge.start_step()
-
-    def when(c: Check) -> tuple[float, int]:
-        if c.name == "environment":
-            return (float("-inf"), 0)
-        step = (start if start is not None else c.step) if c.name == "initial_weights" else c.step
-        return (float(step or 0), order.index(c.name))
-
-    differing = [c for c in checks if c.status == "differs"]
-    first = min(differing, key=when) if differing else None
+    first = first_check(checks, judge.start_step())
     return DeterminismReport(
-        root=lake.root, run_a=run_a, run_b=run_b, checks=checks, worker_flags=flags, first=first
+        root=root, run_a=run_a, run_b=run_b, checks=checks, worker_flags=flags, first=first
     )
+
+
+def determinism_report(
+    root: Any,
+    run_a: str = RUN_NAMES[0],
+    run_b: str = RUN_NAMES[1],
+    *,
+    loss_name: str = "loss",
+    loss_tol: float = 0.0,
+) -> DeterminismReport:
+    """Compare two runs of a lake that should be identical, check by check; reads only the lake (no torch)."""
+    lake = Lake.open(root)
+    info = (_read_info(lake, run_a), _read_info(lake, run_b))
+    con = connect([lake.location(run_a), lake.location(run_b)])
+    return report_on(con, run_a, run_b, info, root=lake.root, loss_name=loss_name, loss_tol=loss_tol)
