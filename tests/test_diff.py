@@ -7,9 +7,11 @@ import shutil
 
 import polars as pl
 import pytest
+from click.testing import CliRunner
 from conftest import CAUSE_STEP
 
 import lakelog
+from lakelog.cli import cli
 from lakelog.errors import InvalidArgumentError, RunNotFoundError
 from lakelog.read.diff import DiffResult, diff_runs
 
@@ -124,8 +126,14 @@ def test_runs_given_as_folders(root, tmp_path):
     assert (r.first_layer, r.first_step) == ("weights", CAUSE_STEP)
     copy = tmp_path / "elsewhere" / "base"
     shutil.copytree(root / "base", copy)
-    with pytest.raises(InvalidArgumentError, match="share the name 'base'"):
-        diff_runs(tmp_path, str(root / "base"), str(copy))
+    same = diff_runs(tmp_path, str(root / "base"), str(copy))  # one name, two folders: labelled apart
+    assert same.identical and (same.run_a, same.run_b) == (f"base ({root.name})", "base (elsewhere)")
+    changed = tmp_path / "other" / "base"
+    shutil.copytree(root / "lr", changed)
+    r = diff_runs(tmp_path, str(root / "base"), str(changed))
+    assert (r.first_layer, r.first_step, r.run_b) == ("weights", CAUSE_STEP, "base (other)")
+    result = CliRunner().invoke(cli, ["diff", str(root / "base"), str(copy)])
+    assert result.exit_code == 0 and "base (elsewhere)" in result.output, result.output
 
 
 def test_unknown_runs_and_injection_attempts_are_not_found(root, con):

@@ -8,7 +8,10 @@ after it usually differ only because it did.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -118,11 +121,36 @@ def resolve(root: Any, *runs: str) -> tuple[duckdb.DuckDBPyConnection, list[str]
         folders.append(lake.join(run))
     names = [os.path.basename(f.rstrip("/")) for f in folders]
     if len(set(names)) < len(set(folders)):
-        raise InvalidArgumentError(
-            f"runs from different folders share the name {names[0]!r}; lakelog tells runs apart by name, "
-            "so copy or rename one of them (e.g. cp -r old/baseline runs/baseline-old)"
-        )
+        return _labelled(folders)
     return connect(sorted(set(folders))), names
+
+
+def _labels(folders: list[str]) -> list[str]:
+    """Names for runs of one name in different folders: the name and the nearest parent folder that
+    tells them apart, e.g. /x/exp/a and /y/exp/a -> 'a (x)' and 'a (y)'."""
+    parts = [os.path.normpath(f).split(os.sep) for f in folders]
+    name = parts[0][-1]
+    for back in range(2, max(len(p) for p in parts) + 1):
+        tags = [p[-back] if len(p) >= back else "" for p in parts]
+        if len(set(tags)) == len(tags):
+            return [f"{name} ({tag or '/'})" for tag in tags]
+    return [f"{name} ({os.path.dirname(f)})" for f in folders]
+
+
+def _labelled(folders: list[str]) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    """Runs that share a name, compared under labels: a temporary folder of links named by the labels
+    (the views tell runs apart by folder name); the links are removed at exit, the runs are not touched."""
+    if not all(os.path.isdir(f) for f in folders):
+        raise InvalidArgumentError(
+            f"runs from different folders share the name {os.path.basename(folders[0])!r} and are not both "
+            "on local disk; copy or rename one of them (e.g. cp -r old/baseline runs/baseline-old)"
+        )
+    labels = _labels(folders)
+    links = tempfile.mkdtemp(prefix="lakelog-diff-")
+    atexit.register(shutil.rmtree, links, True)
+    for folder, label in zip(folders, labels, strict=True):
+        os.symlink(os.path.abspath(folder), os.path.join(links, label), target_is_directory=True)
+    return connect([os.path.join(links, label) for label in labels]), labels
 
 
 def connect_runs(root_or_con: Any, runs: list[str]) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
