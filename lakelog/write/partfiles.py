@@ -216,6 +216,10 @@ class Buffer:
             return pa.concat_tables(kept), lost, exc
 
 
+_SAMPLE = 8192
+"""Rows of a table's first part file that decide its string columns' encoding."""
+
+
 @dataclass
 class TableFormat:
     """Parquet options of one table, chosen from its first part file and reused for every later one."""
@@ -238,7 +242,8 @@ class TableFormat:
                 continue
             statistics.append(fld.name)
             if pa.types.is_string(kind):
-                if len(column) and pc.count_distinct(column).as_py() <= len(column) // 4:
+                sample = column.slice(0, _SAMPLE)  # the first rows tell repetitive columns apart
+                if len(sample) and pc.count_distinct(sample).as_py() <= len(sample) // 4:
                     dictionary.append(fld.name)
             elif not pa.types.is_nested(kind):
                 dictionary.append(fld.name)

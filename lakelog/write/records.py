@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 import xxhash
 
@@ -208,12 +209,14 @@ def predictions_job(
         }
         rows = {
             "step": np.full(n, step, dtype=np.int64),
-            "batch_idx": [batch_idx] * n if batch_idx is None else np.full(n, batch_idx, dtype=np.int64),
+            "batch_idx": pa.nulls(n, pa.int64())
+            if batch_idx is None
+            else np.full(n, batch_idx, dtype=np.int64),
             "sample_idx": np.arange(n, dtype=np.int32),
-            "label": [None] * n if label_values is None else label_values,
-            "prediction": prediction.astype(np.int64),
+            "label": pa.nulls(n, pa.int64()) if label_values is None else label_values,
+            "prediction": prediction.astype(np.int64, copy=False),
             "logits": values,
-            "loss": [None] * n if loss_values is None else loss_values.reshape(-1),
+            "loss": pa.nulls(n, pa.float32()) if loss_values is None else loss_values.reshape(-1),
             **key_values,
         }
         keys_digest = _digest(

@@ -100,6 +100,8 @@ def open_run_folder(lake: Lake, run_dir: str, name: str, request: RunRequest) ->
     if lake.local:
         try:
             claim = Claim.take(run_dir, name, rank)
+        except RunInUseError:  # an OSError too (a FileExistsError): not a file system failure
+            raise
         except OSError as exc:
             raise LakeNotWritableError(f"root: cannot write in run folder {run_dir!r} ({exc})") from exc
     try:
