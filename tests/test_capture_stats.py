@@ -38,7 +38,8 @@ def reference(t: torch.Tensor) -> dict[str, float]:
 
 def columns(ts: list[torch.Tensor], **kw: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     raw, kinds = tensor_stats(ts, **kw)
-    return finish_stats(raw.cpu().numpy(), kinds, [t.numel() for t in ts], **kw)
+    host = raw if isinstance(raw, np.ndarray) else raw.cpu().numpy()
+    return finish_stats(host, kinds, [t.numel() for t in ts], **kw)
 
 
 def tensors() -> list[torch.Tensor]:

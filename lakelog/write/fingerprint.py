@@ -43,6 +43,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 import xxhash
 
@@ -155,10 +156,11 @@ def _executor() -> ThreadPoolExecutor:
 
 def _host_bytes(t: torch.Tensor) -> memoryview:
     """Step 1 for a strided tensor: its bytes as a memoryview of host memory (a view when possible)."""
-    t = t.detach()
+    if t.requires_grad:
+        t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()  # x3 of a device tensor was asked for explicitly: this waits for the device
-    if t.is_conj() or t.is_neg() or not t.is_contiguous():
+    if not t.is_contiguous() or t.is_conj() or t.is_neg():
         t = t.resolve_conj().resolve_neg().contiguous()
     return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
@@ -190,12 +192,11 @@ def _hash_all(items: list[tuple[memoryview, int]]) -> list[int]:
     return out
 
 
-def _x3_many(tensors: list[torch.Tensor]) -> torch.Tensor:
+def _x3_many(tensors: list[torch.Tensor], layouts: list[str]) -> torch.Tensor:
     """``x3`` fingerprints as a CPU (n, 2) int64 tensor (sparse ones through their parts)."""
     items: list[tuple[memoryview, int]] = []
-    for t in tensors:
-        layout = _check(t)
-        if t.layout == torch.strided:
+    for t, layout in zip(tensors, layouts, strict=True):
+        if layout == "strided":
             data = _host_bytes(t)
             nbytes = len(data)
         else:
@@ -203,18 +204,16 @@ def _x3_many(tensors: list[torch.Tensor]) -> torch.Tensor:
             nbytes = 32
         items.append((data, _header("x3", t.dtype, tuple(t.shape), layout, nbytes)[0]))
     digests = _hash_all(items)
-    return torch.tensor([[v1.signed(h >> 64), v1.signed(h)] for h in digests], dtype=torch.int64).reshape(
-        -1, 2
-    )
+    words = np.array([(h >> 64, h & _MASK64) for h in digests], dtype=np.uint64).reshape(-1, 2)
+    return torch.from_numpy(words.view(np.int64))
 
 
 # -- v1 ----------------------------------------------------------------------------------------------
-def _v1_many(tensors: list[torch.Tensor]) -> torch.Tensor:
+def _v1_many(tensors: list[torch.Tensor], layouts: list[str]) -> torch.Tensor:
     """``v1`` fingerprints of tensors on one device: (n, 2) int64 there, without waiting for it."""
     groups, headers = [], []
-    for t in tensors:
-        layout = _check(t)
-        if t.layout == torch.strided:
+    for t, layout in zip(tensors, layouts, strict=True):
+        if layout == "strided":
             pieces, nbytes = v1.dense_words(t), t.numel() * t.element_size()
         else:
             pieces, nbytes = [_sparse_parts(t, "v1")], 32
@@ -247,21 +246,21 @@ def fingerprint_many(tensors: Sequence[torch.Tensor], *, algorithm: str | None =
     tensors = list(tensors)
     if not tensors:
         return torch.empty((0, 2), dtype=torch.int64)
-    for t in tensors:
-        _check(t)
+    layouts = [_check(t) for t in tensors]
     target = tensors[0].device
+    forced = _forced()
     by_key: dict[tuple[str, torch.device], list[int]] = {}
     for i, t in enumerate(tensors):
-        algo = algorithm or algorithm_for(t)
+        algo = algorithm or forced or ("x3" if t.device.type == "cpu" else "v1")
         by_key.setdefault((algo, torch.device("cpu") if algo == "x3" else t.device), []).append(i)
     if len(by_key) == 1:
         ((algo, device), _), *_ = by_key.items()
-        block = _x3_many(tensors) if algo == "x3" else _v1_many(tensors)
+        block = (_x3_many if algo == "x3" else _v1_many)(tensors, layouts)
         return block if device == target else block.to(target)
     out = torch.empty((len(tensors), 2), dtype=torch.int64, device=target)
     for (algo, device), members in by_key.items():
-        part = [tensors[i] for i in members]
-        block = _x3_many(part) if algo == "x3" else _v1_many(part)
+        part, part_layouts = [tensors[i] for i in members], [layouts[i] for i in members]
+        block = (_x3_many if algo == "x3" else _v1_many)(part, part_layouts)
         index = v1.on_device(torch.tensor(members, dtype=torch.int64), target)
         out.index_copy_(0, index, block if device == target else block.to(target))
     return out

@@ -30,6 +30,7 @@ class Pack:
         self._sizes: dict[torch.device, int] = {}
         self._copies: dict[torch.device, HostCopy] = {}
         self._host: dict[torch.device, np.ndarray] = {}
+        self._host_values: dict[str, np.ndarray] = {}
 
     def add(self, key: str, t: torch.Tensor) -> None:
         is_int = t.dtype == torch.int64
@@ -41,8 +42,16 @@ class Pack:
         self._sizes[device] = offset + flat.numel()
         self._where[key] = (device, offset, tuple(t.shape), is_int)
 
+    def put(self, key: str, value: torch.Tensor | np.ndarray) -> None:
+        """``add`` for device tensors; a NumPy array or CPU tensor computed for this capture alone is
+        kept as it is (nothing else holds it, so there is nothing to copy)."""
+        if isinstance(value, torch.Tensor) and value.device.type != "cpu":
+            self.add(key, value)
+            return
+        self._host_values[key] = value.numpy() if isinstance(value, torch.Tensor) else value
+
     def __contains__(self, key: str) -> bool:
-        return key in self._where
+        return key in self._where or key in self._host_values
 
     def send(self) -> None:
         """Start the copies (training thread); nothing waits for the device."""
@@ -52,6 +61,8 @@ class Pack:
 
     def get(self, key: str) -> np.ndarray:
         """The host array for ``key`` (writer thread: waits for its device's copy)."""
+        if key in self._host_values:
+            return self._host_values[key]
         device, offset, shape, is_int = self._where[key]
         if device not in self._host:
             self._host[device] = self._copies[device].numpy()

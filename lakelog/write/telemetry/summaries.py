@@ -59,51 +59,64 @@ def _values(t: torch.Tensor) -> torch.Tensor:
 
 def tensor_stats(
     tensors: Sequence[torch.Tensor], *, full: bool = True, minmax: bool = True
-) -> tuple[torch.Tensor, list[str]]:
-    """Raw columns ``RAW`` of tensors on one device as an (n, 8) float64 tensor, and each row's kind.
+) -> tuple[torch.Tensor | np.ndarray, list[str]]:
+    """Raw columns ``RAW`` of tensors on one device as an (n, 8) float64 array, and each row's kind.
 
     ``full=True`` (weights, buffers): norm, sum, min and max of the finite values, NaN and Inf counts.
     ``full=False`` (gradients): norm and absmax only, NaN propagating; ``minmax=False`` as well
     (optimizer state): the norm alone, one pass. Norms never overflow for finite values (float64
     accumulation, or a float64 recount where float32 overflowed). Sparse tensors are summarized from
     their coalesced values (on CUDA, coalescing waits for the device: sparse parameters are rare).
+    CPU tensors give a NumPy array (computed now), others a tensor on their device (queued).
     """
     n = len(tensors)
-    kinds = [kind_of(t) for t in tensors]
+    kinds = ["real"] * n
+    dense_at: list[int] = []
+    dense: list[torch.Tensor] = []
+    special: list[int] = []
+    for i, t in enumerate(tensors):
+        if t.layout == torch.strided and t.dtype in _FAST and t.numel():
+            dense_at.append(i)
+            dense.append(t.detach() if t.requires_grad else t)
+        else:
+            special.append(i)
     device = tensors[0].device
     on_cpu = device.type == "cpu"
-    out = torch.full((n, len(RAW)), math.nan, dtype=F64, device=device)
-    dense: list[tuple[int, torch.Tensor]] = []
-    for i, (t, kind) in enumerate(zip(tensors, kinds, strict=True)):
-        t = t.detach()
-        if kind == "real" and t.dtype in _FAST:
-            dense.append((i, t))
-            continue
-        if kind == "sparse":
-            t = _values(t)
-            kinds[i] = "sparse_complex" if t.is_complex() else "sparse"
-        if kind == "empty":
-            out[i, 0] = 0.0
-        elif t.is_complex():
-            out[i, 0] = torch.linalg.vector_norm(t, dtype=torch.complex128 if not on_cpu else None).to(F64)
-            out[i, 4] = torch.linalg.vector_norm(t, math.inf).to(F64)
-            if full:
-                out[i, 5] = torch.isnan(t).sum().to(F64)
-                out[i, 6] = torch.isinf(t).sum().to(F64)
-        elif t.numel():
-            dense.append((i, _real(t)))
-    if dense:
-        xs = [x for _, x in dense]
-        if on_cpu:
-            block = torch.from_numpy(cpu_block(xs, full=full, minmax=minmax))
-        else:
-            block = _dense_block(xs, full, minmax)
-        if len(dense) == n:  # the usual case: every tensor dense and real
-            out = block
-        else:
-            index = torch.tensor([i for i, _ in dense])
-            index = (index.pin_memory() if device.type == "cuda" else index).to(device, non_blocking=True)
-            out[index] = block
+    out = None
+    if special:
+        out = torch.full((n, len(RAW)), math.nan, dtype=F64, device=device)
+        for i in special:
+            t = tensors[i].detach()
+            kinds[i] = kind = kind_of(t)
+            if kind == "sparse":
+                t = _values(t)
+                kinds[i] = "sparse_complex" if t.is_complex() else "sparse"
+            if kind == "empty":
+                out[i, 0] = 0.0
+            elif t.is_complex():
+                out[i, 0] = torch.linalg.vector_norm(t.to(torch.complex128)).to(F64)
+                out[i, 4] = torch.linalg.vector_norm(t, math.inf).to(F64)
+                if full:
+                    out[i, 5] = torch.isnan(t).sum().to(F64)
+                    out[i, 6] = torch.isinf(t).sum().to(F64)
+            elif t.numel():
+                dense_at.append(i)
+                dense.append(_real(t))
+    if not dense:
+        return (out.numpy() if on_cpu else out), kinds  # type: ignore[union-attr]
+    if on_cpu:
+        block = cpu_block(dense, full=full, minmax=minmax)
+        if out is None:
+            return block, kinds
+        result = out.numpy()
+        result[dense_at] = block
+        return result, kinds
+    dev_block = _dense_block(dense, full, minmax)
+    if out is None:
+        return dev_block, kinds
+    index = torch.tensor(dense_at)
+    index = (index.pin_memory() if device.type == "cuda" else index).to(device, non_blocking=True)
+    out[index] = dev_block
     return out, kinds
 
 
@@ -206,16 +219,16 @@ class Section:
             if t is not None:
                 by_device.setdefault(t.device, []).append(i)
         for j, rows in enumerate(by_device.values()):
-            ts = [tensors[i].detach() for i in rows]  # type: ignore[union-attr]
-            raw, kinds = tensor_stats(ts, full=full, minmax=minmax)
+            ts = [tensors[i] for i in rows]
+            raw, kinds = tensor_stats(ts, full=full, minmax=minmax)  # type: ignore[arg-type]
             for i, kind in zip(rows, kinds, strict=True):
                 self.kinds[i] = kind
-            pack.add(f"{key}/{j}/stats", raw)
+            pack.put(f"{key}/{j}/stats", raw)
             fp_key = None
             if fingerprint:
                 fp_key = f"{key}/{j}/fp"
-                pack.add(fp_key, fingerprint_many(ts))
-            self._parts.append((rows, f"{key}/{j}/stats", fp_key, algorithm_for(ts[0])))
+                pack.put(fp_key, fingerprint_many(ts))  # type: ignore[arg-type]
+            self._parts.append((rows, f"{key}/{j}/stats", fp_key, algorithm_for(ts[0])))  # type: ignore[arg-type]
 
     def columns(self, pack: Pack) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         raw = np.full((self.n, len(RAW)), np.nan)
