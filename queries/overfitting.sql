@@ -4,7 +4,7 @@
 -- $holdout_name, else the share of correct rows in the holdout table) and the training loss (the
 -- scalar $loss_name, else the mean per-sample loss of the logged predictions). Accuracies logged in
 -- percent (any value above 1) are read as fractions. Repeated on every row: train_start /
--- train_end (mean of the first / last fifth of the steps), holdout_end, chance (unless given:
+-- train_end (mean of the first / last fifth of the steps; with under 5 steps the first / last), holdout_end, chance (unless given:
 -- 1 / number of classes, from the logits' width), majority (the most common training label's share:
 -- what always guessing it scores on the training data), gap = train_end - holdout_end. status: overfitting (train rose by at least $min_rise and
 -- holdout_end is within $margin of chance) | gap (train_end exceeds holdout_end by more than
@@ -64,12 +64,13 @@ steps AS (
     LEFT JOIN train t USING (step) LEFT JOIN held h USING (step) LEFT JOIN loss_ l USING (step)
 ),
 fifth_of AS (
-    SELECT avg(acc) FILTER (WHERE f = 1) AS train_start, avg(acc) FILTER (WHERE f = 5) AS train_end
-    FROM (SELECT acc, ntile(5) OVER (ORDER BY step) AS f FROM train)
+    SELECT avg(acc) FILTER (WHERE f = 1) AS train_start, avg(acc) FILTER (WHERE f = top) AS train_end
+    FROM (SELECT acc, f, max(f) OVER () AS top FROM (SELECT acc, ntile(5) OVER (ORDER BY step) AS f FROM train))
 ),
 verdict AS (
     SELECT t.train_start, t.train_end,
-        (SELECT avg(acc) FROM (SELECT acc, ntile(5) OVER (ORDER BY step) AS f FROM held) WHERE f = 5) AS holdout_end,
+        (SELECT avg(acc) FROM (SELECT acc, f, max(f) OVER () AS top
+                               FROM (SELECT acc, ntile(5) OVER (ORDER BY step) AS f FROM held)) WHERE f = top) AS holdout_end,
         (SELECT count(*) FROM held) AS n_holdout, (SELECT count(*) FROM train) AS n_train
     FROM fifth_of t
 )

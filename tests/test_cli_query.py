@@ -192,7 +192,7 @@ def test_the_commands_do_not_import_torch(root):
         "from lakelog.cli import cli\n"
         f"result = CliRunner().invoke(cli, ['diff', 'base', 'lr', '--root', {root!r}])\n"
         "assert result.exit_code == 1, result.output\n"
-        f"assert CliRunner().invoke(cli, ['doctor', 'base', '--root', {root!r}]).exit_code == 1\n"
+        f"assert CliRunner().invoke(cli, ['doctor', 'base', '--root', {root!r}]).exit_code == 0  # healthy\n"
         "assert 'torch' not in sys.modules, 'the read side imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)

@@ -67,6 +67,12 @@ class Context:
         values = {k: v for k, v in self.expect.items() if k in declared} | params
         return querylib.query(name, con=self.con, run=self.run, **values)
 
+    def cached(self, name: str) -> pl.DataFrame:
+        """``query(name)`` once per doctor call (several checks read the same per-tensor rows)."""
+        if name not in self.cache:
+            self.cache[name] = self.query(name)
+        return self.cache[name]
+
     @cached_property
     def watch(self) -> dict[str, Any]:
         """run.json's ``watch`` entry (tensor order, requires_grad, optimizer membership), or {}."""

@@ -64,7 +64,7 @@ def gradients(ctx: Context) -> Verdict:
         else:
             status = max(status, "warn", key=("pass", "warn", "error").index)
             parts.append(f"{r['group']} vanishing (median {fmt(r['median_norm'])})")
-    tensors = _ordered(ctx, ctx.query("grad_tensors"))
+    tensors = _ordered(ctx, ctx.cached("grad_tensors"))
     layered = _early_late(ctx, tensors) if ctx.watch.get("tensors") else []
     for group, first, last, ratio, below in layered:
         status = max(status, "warn", key=("pass", "warn", "error").index)
@@ -84,7 +84,7 @@ def gradients(ctx: Context) -> Verdict:
 
 
 def dead_layers(ctx: Context) -> Verdict:
-    df = _ordered(ctx, ctx.query("grad_tensors"))
+    df = _ordered(ctx, ctx.cached("grad_tensors"))
     df = df.filter(pl.col("n_with_grad") > 0)
     if df.is_empty():
         return Verdict(
@@ -162,7 +162,15 @@ def frozen_layers(ctx: Context) -> Verdict:
                         else "is their group stepped?"
                     )
                 )
+    tensors = ctx.cached("grad_tensors")
+    unfrozen = (
+        set(tensors.filter(pl.col("n_with_grad") > 0)["name"].to_list()) if not tensors.is_empty() else set()
+    )
+    off = {n: g for n, g in off.items() if n not in unfrozen}  # requires_grad turned on after watch()
+    captures = dict(zip(tensors["name"], tensors["n_steps"], strict=True)) if not tensors.is_empty() else {}
     trained_off = _in_optimizer_with_lr(ctx, off)
+    unsure = [t for t in trained_off if captures.get(t[0], 0) < 2]  # one capture: unfrozen later, unseen?
+    trained_off = [t for t in trained_off if t not in unsure]
     if trained_off:
         status = "warn"
         groups = ", ".join(sorted({f"{g} (lr {fmt(lr)})" for _, g, lr in trained_off}))
@@ -173,6 +181,12 @@ def frozen_layers(ctx: Context) -> Verdict:
     if parts:
         return Verdict(status, "; ".join(parts), df, "frozen_layers")
     notes = []
+    if unsure:
+        notes.append(
+            f"{len(unsure)} tensor(s) have requires_grad=False but sit in an optimizer group with a non-zero LR "
+            f"(unless unfrozen after the first capture, they never train): {name_list([n for n, _, _ in unsure])}"
+        )
+        off = {n: g for n, g in off.items() if n not in {u[0] for u in unsure}}
     if off:
         notes.append(
             f"{len(off)} tensor(s) frozen with requires_grad=False (left out of the optimizer): {name_list(list(off))}"

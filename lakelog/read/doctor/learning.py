@@ -120,7 +120,7 @@ def not_learning(ctx: Context) -> Verdict:
     if judged[column].null_count() == judged.height:
         column, label, chance = "holdout_acc", chosen["holdout_name"], float(df["chance"][0])
     acc0, acc1 = _ends(judged[column])
-    at_chance = acc1 is not None and acc1 - chance <= ctx.expect["margin"]
+    at_chance = acc1 is not None and acc1 - chance <= min(ctx.expect["margin"], chance)  # 1000 classes: 0.001
     if flat is None and acc0 is not None and acc1 is not None:
         flat = acc1 - acc0 < ctx.expect["min_rise"]
     loss = "" if loss0 is None else f"loss ({chosen['loss_name']}) {fmt(loss0)} -> {fmt(loss1)}"
