@@ -99,7 +99,7 @@ class DeterminismReport:
                 f"FIRST DIFFERENCE: {self.first.title} {where}",
                 f"  what:  {self.first.detail}",
                 f"  cause: {self.first.cause}",
-                f"  fix:   {self.first.fix}",
+                "  fix:   " + self.first.fix.replace("\n", "\n         "),
             ]
         lines += ["", "Checks, in the order to read them:"]
         for c in self.checks:
@@ -119,7 +119,10 @@ class DeterminismReport:
             for flag in self.worker_flags:  # the same problem in both runs is shown once
                 runs.setdefault((flag.message, flag.fix), []).append(flag.run)
             for (message, fix), names in runs.items():
-                lines += [f"  [{', '.join(names)}] {message}", f"      fix: {fix}"]
+                lines += [
+                    f"  [{', '.join(names)}] {message}",
+                    "      fix: " + fix.replace("\n", "\n           "),
+                ]
         return "\n".join(lines)
 
     def __str__(self) -> str:
