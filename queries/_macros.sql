@@ -31,13 +31,22 @@ CREATE OR REPLACE MACRO param_family(kind) AS CASE
     WHEN coalesce(kind, 'param') = 'param' THEN 'weights' WHEN kind = 'buffer' THEN 'buffers'
     WHEN starts_with(kind, 'initial:') THEN 'initial_weights' WHEN starts_with(kind, 'optim:') THEN 'optimizer' END;
 
+-- Fingerprints carry their algorithm (lakelog.write.fingerprint): 'x3:' + 32 hex digits, or the bare 32
+-- digits of 'v1'. Two of them say anything about equality only when the algorithms match:
+-- fp_algorithm names it, fp_comparable says whether two can be compared, fp_equal is NULL when not.
+CREATE OR REPLACE MACRO fp_algorithm(fp) AS
+    CASE WHEN length(fp) > 33 THEN substr(fp, 1, length(fp) - 33) WHEN fp IS NOT NULL THEN 'v1' END;
+CREATE OR REPLACE MACRO fp_comparable(x, y) AS
+    coalesce(substr(x, 1, length(x) - 32) = substr(y, 1, length(y) - 32), false);
+CREATE OR REPLACE MACRO fp_equal(x, y) AS CASE WHEN fp_comparable(x, y) THEN x = y END;
+
 -- Runs A and B side by side: their batches matched by step, rank and batch index (from from_step on).
 CREATE OR REPLACE MACRO paired_batches(run_a, run_b, from_step) AS TABLE
     SELECT a.step, a.epoch, a.rank, a.batch_idx,
         a.ids_hash IS DISTINCT FROM b.ids_hash AS order_differs,
         a.ids_set_hash = b.ids_set_hash AS same_set,
         a.sample_ids AS ids_a, b.sample_ids AS ids_b, a.n_samples AS n_a, b.n_samples AS n_b,
-        a.input_fingerprint IS NOT NULL AND b.input_fingerprint IS NOT NULL AS inputs_known,
+        fp_comparable(a.input_fingerprint, b.input_fingerprint) AS inputs_known,
         a.input_fingerprint IS DISTINCT FROM b.input_fingerprint AS inputs_differ,
         a.input_shapes AS shapes_a, b.input_shapes AS shapes_b,
         [a.rng_torch, a.rng_cuda, a.rng_numpy, a.rng_python] AS rng_a,
@@ -49,10 +58,12 @@ CREATE OR REPLACE MACRO paired_batches(run_a, run_b, from_step) AS TABLE
 -- Runs A and B side by side: their params rows matched by step, rank, name and kind.
 CREATE OR REPLACE MACRO paired_params(run_a, run_b, from_step) AS TABLE
     SELECT a.step, a.epoch, a.rank, a.name, coalesce(a.kind, 'param') AS kind, a."group" AS grp,
-        a.fingerprint IS NOT NULL AND b.fingerprint IS NOT NULL AS w_known,
+        fp_comparable(a.fingerprint, b.fingerprint) AS w_known,
         a.fingerprint IS DISTINCT FROM b.fingerprint AS w_differ,
-        a.grad_fingerprint IS NOT NULL AND b.grad_fingerprint IS NOT NULL AS g_known,
+        fp_comparable(a.grad_fingerprint, b.grad_fingerprint) AS g_known,
         a.grad_fingerprint IS DISTINCT FROM b.grad_fingerprint AS g_differ,
+        a.fingerprint IS NOT NULL AND b.fingerprint IS NOT NULL
+            AND NOT fp_comparable(a.fingerprint, b.fingerprint) AS w_incomparable,
         abs(a.norm - b.norm) AS norm_gap, abs(a.grad_norm - b.grad_norm) AS grad_gap,
         abs(a.update_norm - b.update_norm) AS update_gap,
         abs(a.norm - b.norm) / greatest(abs(a.norm), 1e-30) AS rel_gap,
@@ -93,3 +104,8 @@ CREATE OR REPLACE MACRO logit_gaps(run_a, run_b, tol, lo, hi) AS TABLE
         min(sample_idx) FILTER (WHERE NOT lists_within_tol(la, lb, tol)) AS first_sample
     FROM paired_predictions(run_a, run_b, lo, hi)
     GROUP BY step, rank, batch_idx;
+
+-- A logit by its 0-based class index, as numpy and torch count (DuckDB lists count from 1, and
+-- logits[0] is NULL): SELECT logit(logits, 0) AS logit0, logit(logits, 1) AS logit1,
+-- prediction AS winner FROM predictions keeps a notebook's own column names.
+CREATE OR REPLACE MACRO logit(logits, class_index) AS logits[class_index + 1];

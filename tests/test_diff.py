@@ -164,3 +164,29 @@ def test_bad_tolerance_and_json_export(con):
     data = diff_runs(con, "base", "lr").to_dict()
     text = json.dumps(data, default=str)
     assert json.loads(text)["first_layer"] == "weights" and isinstance(data["layers"], list)
+
+
+def test_after_a_batch_order_divergence_samples_are_compared_by_key(con):
+    r = diff_runs(con, "base", "shuffle")
+    both = r.samples.filter(pl.col("only_in").is_null())
+    assert both.height > 0 and (both["keys_a"] == both["keys_b"]).all()  # the same sample on both sides
+    assert set(r.samples["only_in"].drop_nulls()) == {"A", "B"}  # and the samples only one run fed
+    by_position = lakelog.query(
+        "prediction_diff", con=con, run_a="base", run_b="shuffle", from_step=CAUSE_STEP
+    )
+    assert not (by_position["keys_a"] == by_position["keys_b"]).all()
+
+
+def test_tensors_that_differ_list_parameters_before_optimizer_state(con):
+    tensors = lakelog.query("param_diff", con=con, run_a="base", run_b="lr", step=CAUSE_STEP + 1)
+    differing = tensors.filter(~pl.col("equal"))  # one step after the LR change, momentum differs too
+    kinds = differing["kind"].to_list()
+    assert kinds.index("optim:momentum_buffer") > max(i for i, k in enumerate(kinds) if k == "param")
+
+
+def test_user_column_names_with_the_zero_based_logit_macro(con):
+    rows = con.execute(
+        "SELECT logit(logits, 0) AS logit0, logit(logits, 1) AS logit1, prediction AS winner, logits "
+        "FROM predictions WHERE run = 'base' LIMIT 3"
+    ).fetchall()
+    assert rows and all([l0, l1] == logits and winner == int(l1 > l0) for l0, l1, winner, logits in rows)

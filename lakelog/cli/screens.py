@@ -123,6 +123,8 @@ def render_diff(r: DiffResult, out: Console) -> None:
     _batch_lines(r, out)
     if not r.samples.is_empty():
         cols = ["step", "batch_idx", "sample_idx", "keys_a", "label_a", "pred_a", "pred_b", "max_abs_diff"]
+        if r.samples["only_in"].is_not_null().any() or r.layer("batch_order")["status"] == "differs":
+            cols = [*cols[:3], "sample_idx_b", "only_in", *cols[3:]]  # matched by key, not by position
         print_frame(
             r.samples,
             out,

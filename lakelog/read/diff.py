@@ -41,7 +41,8 @@ class DiffResult:
     - ``batch``: the batch_order_mismatch row at the first batch-order divergence (kind, overlap,
       first_pos, same_as_a_step, repeat_of_b_step, ids_a, ids_b); ``batch_kinds``: per kind, its
       first step and number of batches.
-    - ``samples``: prediction_diff at the first predictions divergence (the differing samples).
+    - ``samples``: prediction_diff at the first predictions divergence (the differing samples), matched
+      by their key columns once the batch order differs (``only_in`` names a sample one run lacks).
     - ``params``: param_diff at the first weights divergence (differing tensors first).
     - ``group_drift``: one row per parameter group: first_drift_step, drift_rank, max_rel_gap and the
       last step's rel_gap / equal_numel_frac; ``group_drift_steps``: the full per-step frame.
@@ -308,9 +309,11 @@ def diff_runs(
         at = mismatch.filter((pl.col("step") == order["first_step"][0]) & (pl.col("kind") != "same")).head(1)
         result.batch = at.to_dicts()[0] if at.height else None
     pred = layers.filter((pl.col("layer") == "predictions") & (pl.col("status") == "differs"))
-    if not pred.is_empty():
+    if not pred.is_empty():  # once the order differs, position i holds unrelated samples: match by key
+        at = int(pred["first_step"][0])
+        by_key = not order.is_empty() and int(order["first_step"][0]) <= at
         result.samples = query(
-            "prediction_diff", con=con, from_step=int(pred["first_step"][0]), tol=float(tol), **pair
+            "prediction_diff", con=con, from_step=at, tol=float(tol), by_key=by_key, **pair
         )
     weights = layers.filter((pl.col("layer") == "weights") & (pl.col("status") == "differs"))
     if not weights.is_empty():
