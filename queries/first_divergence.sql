@@ -9,6 +9,7 @@
 -- 'buffer', e.g. BatchNorm running statistics), weights (params.fingerprint of kind 'param': the
 -- weights after that step's update), optimizer (params.fingerprint of kind 'optim:*').
 -- status: differs | same | not captured (neither run has it) | missing in A | missing in B |
+-- not comparable (fingerprints of different algorithms: x3 on CPU, v1 on accelerators) |
 -- no overlap (both have it, at no common step). n_a / n_b: units (batches, steps) in each run,
 -- n_compared: units present in both, n_differing: compared units that differ (for predictions:
 -- batches whose logits are not bit-identical). last_equal_step: the last compared step before
@@ -135,7 +136,11 @@ judged AS (
     LEFT JOIN counts b ON b.layer = l.layer AND b.run = $run_b
 )
 SELECT layer, CASE WHEN first_step IS NOT NULL THEN 'differs' WHEN n_a = 0 AND n_b = 0 THEN 'not captured'
-        WHEN n_b = 0 THEN 'missing in B' WHEN n_a = 0 THEN 'missing in A' WHEN n_compared = 0 THEN 'no overlap'
+        WHEN n_b = 0 THEN 'missing in B' WHEN n_a = 0 THEN 'missing in A'
+        WHEN n_compared = 0 AND EXISTS (SELECT 1 FROM pj WHERE pj.w_incomparable
+                                        AND (pj.family = judged.layer OR judged.layer = 'gradients'))
+            THEN 'not comparable'
+        WHEN n_compared = 0 THEN 'no overlap'
         ELSE 'same' END AS status,
     first_step, epoch, batch_idx, n_a, n_b, n_compared, n_differing,
     detail || CASE WHEN first_step - last_equal_step > 1 THEN format('; between step {} and {} (last equal logged step {})',
