@@ -1,7 +1,7 @@
 -- name: determinism_params
 -- Where two runs' tensors first differ, one row per kind of evidence: initial_weights (fingerprints of
 -- kinds initial:param / initial:buffer at each run's earliest capture, written by run.watch or
--- lakelog.determinism.log_initial_state), gradients (grad_fingerprint of kind param) and update (the
+-- lakelog.write.determinism.log_initial_state), gradients (grad_fingerprint of kind param) and update (the
 -- fingerprint of kind param: the weights after that step's optimizer update). Only steps both runs
 -- captured are compared; a tensor one run lacks counts as different. names: the tensors that differ at
 -- first_step (at most 20, by name); n_names: how many differ there.

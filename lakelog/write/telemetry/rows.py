@@ -1,7 +1,7 @@
 """Arrow rows of one telemetry capture: the params, scalars and holdout tables, built on the writer thread.
 
 Why it exists: the training thread only queues device work and starts the host copies (the hooks in
-lakelog/telemetry_watcher.py); turning the copied statistics, fingerprints, update norms, labels and
+``watcher.py``); turning the copied statistics, fingerprints, update norms, labels and
 holdout logits into the Arrow tables of the ``params``, ``scalars`` and ``holdout`` tables happens
 here, inside ``run.submit``, where waiting on the copies costs training nothing.
 """

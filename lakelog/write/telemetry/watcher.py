@@ -1,10 +1,10 @@
 """``Watcher``: the optimizer hooks of one ``watch`` call, and what they queue at a captured step.
 
 Why it exists: this is the code that runs on the training thread at every optimizer step, so it is
-kept apart from option checking (lakelog/telemetry.py) and row building (lakelog/telemetry_rows.py).
+kept apart from option checking (``options.py``) and row building (``rows.py``).
 On steps that are not captured the hooks only advance a counter; at a captured step they queue the
 batched summaries and fingerprints into a ``Pack``, start its copies and hand the capture to the
-writer thread. Step numbering is described in lakelog/telemetry.py.
+writer thread. Step numbering is described in ``watch.py``.
 """
 
 from __future__ import annotations
