@@ -23,12 +23,12 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 BATCH = 256
 CLASSES = 2
@@ -57,7 +57,7 @@ def _digests(
     ``ID_SEPARATOR``; here pyarrow joins each batch's strings in C (checked against records on the
     first batch). ``shared`` reuses the labels/keys digests of a run that fed the same batches.
     """
-    from lakelog import records  # imports torch; only the data generation needs it
+    from lakelog.write import records  # imports torch; only the data generation needs it
 
     n_batches = len(steps)
     offsets = pa.array(np.arange(0, n_batches * BATCH + 1, BATCH, dtype=np.int32))
@@ -95,7 +95,7 @@ def _digests(
     return rows, shared
 
 
-def _write(folder: Path, data: pa.Table, encodings: tuple[list[str], list[str]]) -> Path:
+def _write(folder: Path, data: pa.Table, encodings: Any) -> Path:
     """A part file as lakelog's PartWriter writes it (file name, zstd level, per-column encodings)."""
     from lakelog.lake.layout import part_file_name
     from lakelog.write.writer import PartWriter
@@ -103,14 +103,7 @@ def _write(folder: Path, data: pa.Table, encodings: tuple[list[str], list[str]])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / part_file_name(0)
     level = PartWriter.__init__.__kwdefaults__["compression_level"]
-    pq.write_table(
-        data,
-        path,
-        compression="zstd",
-        compression_level=level,
-        use_dictionary=encodings[0],
-        use_byte_stream_split=encodings[1],
-    )
+    path.write_bytes(encodings.encode(data, "zstd", level).to_pybytes())  # a writer.TableFormat
     return path
 
 
@@ -120,7 +113,7 @@ def generate(root: Path, csv_dir: Path, rows: int) -> dict[str, int]:
     Run b's logits move by SHIFT from three quarters of the steps on; before that its part files
     hold exactly run a's rows, so they are copies of a's files (as the writer would produce them).
     """
-    from lakelog.write.writer import _encodings
+    from lakelog.write.partfiles import TableFormat
 
     n_batches = rows // BATCH
     per_epoch = n_batches // EPOCHS
@@ -186,7 +179,7 @@ def generate(root: Path, csv_dir: Path, rows: int) -> dict[str, int]:
                     )
                     digests, shared = _digests(logits, labels, keys, steps, batch_idx, shared)
                     for name, data in (("predictions", predictions), ("pred_digests", pa.table(digests))):
-                        encodings.setdefault(name, _encodings(data))
+                        encodings.setdefault(name, TableFormat.choose(data))
                         copied[name] = _write(
                             root / run / name / f"epoch={epoch}" / "rank=0", data, encodings[name]
                         )

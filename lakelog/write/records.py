@@ -233,6 +233,7 @@ def predictions_job(
         return {"predictions": rows, "pred_digests": digest}
 
     build.rows = n  # what a failure would cost, for the writer's counts
+    build.step = step  # every row it builds has this step
     return build
 
 
@@ -404,4 +405,5 @@ def batch_job(
         return {"batches": row}
 
     build.rows = 1
+    build.step = step
     return build

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -33,7 +34,7 @@ from lakelog.errors import InvalidArgumentError, WriterFailedError
 from lakelog.lake import lifecycle
 from lakelog.lake.layout import Lake, part_file_name, partition_dir
 from lakelog.write.background import Worker
-from lakelog.write.partfiles import Buffer, TableFormat, rows_len, steps_max
+from lakelog.write.partfiles import Buffer, TableFormat, rows_len, step_range
 
 log = logging.getLogger("lakelog")
 
@@ -44,6 +45,17 @@ BuildRows = Callable[[], Mapping[str, Rows | None]]
 ON_ERROR = ("warn", "raise")
 WARN_EVERY_S = 300.0
 """The lake-not-writable warning is repeated at most this often while the problem lasts."""
+
+
+def _split_before(data: pa.Table, before: int) -> tuple[pa.Table, pa.Table]:
+    """(rows with step >= before, rows with step < before). Rows arrive in step order, so the held-back
+    rows are usually a suffix: two zero-copy slices; otherwise a filter."""
+    steps = data["step"].to_numpy()
+    if steps.size < 2 or bool((steps[1:] >= steps[:-1]).all()):
+        cut = int(np.searchsorted(steps, before, side="left"))
+        return data.slice(cut), data.slice(0, cut)
+    mask = pc.less(data["step"], before)
+    return data.filter(pc.invert(mask)), data.filter(mask)
 
 
 class PartWriter:
@@ -166,10 +178,11 @@ class PartWriter:
         except BaseException as exc:
             self._drop(table, nrows, exc)
             return
+        step = getattr(build, "step", None)  # a builder of one step's rows says so: no scan of its column
         for name, rows in built.items():
             if rows is not None:
                 try:
-                    self._add(name, epoch, rows)
+                    self._add(name, epoch, rows, None if step is None else (step, step))
                 except Exception as exc:
                     self._drop(name, rows_len(rows), exc)
 
@@ -191,13 +204,13 @@ class PartWriter:
             buf.add_scalars(step, names, values, row[6])
             self._maybe_write("scalars", epoch, buf)
 
-    def _add(self, table: str, epoch: int, rows: Rows) -> None:
-        step = steps_max(rows)
-        if step is not None and (self._newest is None or step > self._newest):
-            self._newest = step
+    def _add(self, table: str, epoch: int, rows: Rows, steps: tuple[int, int] | None = None) -> None:
+        steps = step_range(rows) if steps is None else steps
+        if steps is not None and (self._newest is None or steps[1] > self._newest):
+            self._newest = steps[1]
         buf = self._buffer(table, epoch, rows_len(rows))
         if buf is not None:
-            buf.add(rows)
+            buf.add(rows, steps)
             self._maybe_write(table, epoch, buf)
 
     def _buffer(self, table: str, epoch: int, n: int) -> Buffer | None:
@@ -292,8 +305,7 @@ class PartWriter:
             return True
         keep = None
         if before is not None and buf.max_step is not None and buf.max_step >= before:
-            mask = pc.less(data["step"], before)
-            keep, data = data.filter(pc.invert(mask)), data.filter(mask)
+            keep, data = _split_before(data, before)
         if not data.num_rows:
             buf.replace(keep)
             return True
