@@ -1,5 +1,5 @@
-"""What ``compare-dumps`` tells and writes: the summary, the ``dump_diffs`` table, a JSON report and the
-seeds' six panels as one altair chart (a self-contained HTML page and a PNG, both made offline).
+"""What ``compare-dumps`` tells and writes: the summary, the ``dump_diffs`` table, a JSON report and
+six panels as one altair chart (a self-contained HTML page and a PNG, both made offline).
 
 Every file is written to a temporary name in its folder and renamed, like every other lakelog file.
 """
@@ -108,7 +108,7 @@ def _clean(value: Any) -> Any:
 
 
 def report(result: DumpComparison) -> dict[str, Any]:
-    """Per step, per tensor: the JSON report the seeds' ``detailed_comparison.json`` was."""
+    """Per step, per tensor: the JSON report (``dump_comparison.json``), NaN and infinity as null."""
     tensors = result.diffs.drop("run_a", "run_b").partition_by("step", as_dict=True, include_key=False)
     steps = []
     for row in result.steps.to_dicts():
@@ -152,7 +152,7 @@ def _page(result: DumpComparison, chart: alt.VConcatChart, page_type: type) -> A
 
 
 def dump_chart(result: DumpComparison) -> alt.VConcatChart:
-    """The seeds' six panels: weight L2, cosine, loss of both, loss difference, accuracy of both, its difference."""
+    """Six panels: weight L2, cosine, loss of both, loss difference, accuracy of both, its difference."""
     import altair as alt
 
     rows = result.steps.to_dicts()

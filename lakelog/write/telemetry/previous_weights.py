@@ -68,8 +68,8 @@ class Previous:
 
     ``device``: a copy next to the weights (fastest, doubles their memory); ``cpu``: a copy in host
     memory (pinned, filled without blocking when the weights are on an accelerator); ``disk``: a
-    safetensors file written tensor by tensor, so no second copy of the model is ever held (the
-    seed's choice; it waits for the device at each capture); None: no update norms.
+    safetensors file written tensor by tensor, so no second copy of the model is ever held (it
+    waits for the device at each capture); None: no update norms.
     """
 
     def __init__(self, where: str | None, path: Path | None = None) -> None:
