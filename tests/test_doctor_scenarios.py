@@ -228,7 +228,7 @@ def test_a_linear_warmup_from_zero_keeps_the_expected_ratio(tmp_path):
 
 def test_a_tiny_dataset_is_not_short_of_updates(tmp_path):
     x, y = classes_data(20, 4, 2)
-    fit(tmp_path, "tiny", mlp(4, 8, 2), (x, y), batch=4, epochs=30, lr=0.1)
+    fit(tmp_path, "tiny", mlp(4, 8, 2), (x, y), batch=4, epochs=12, lr=0.1, every=4)
     found = assert_healthy(tmp_path, "tiny")
     assert (
         found["updates_per_epoch"].status == "note"
@@ -269,12 +269,12 @@ def test_a_nan_loss_is_the_first_non_finite_value(tmp_path):
 
 def test_not_learning_is_found_on_train_or_holdout_accuracy(tmp_path):
     x, y = classes_data(512, 8, 4)
-    fit(tmp_path, "stuck", mlp(8, 16, 4), (x, y), batch=16, epochs=2, lr=1e-7)
+    fit(tmp_path, "stuck", mlp(8, 16, 4), (x, y), batch=32, epochs=2, lr=1e-7, every=4)
     check = statuses(tmp_path, "stuck")["not_learning"]
     assert check.status == "warn" and "at chance" in check.summary and "acc" in check.summary
     # only a holdout accuracy logged (no train accuracy, no predictions)
     fit(
-        tmp_path, "stuck_val", mlp(8, 16, 4), (x, y), batch=16, epochs=8, lr=1e-7, holdout=classes_data(128, 8, 4),
+        tmp_path, "stuck_val", mlp(8, 16, 4), (x, y), batch=32, epochs=5, lr=1e-7, holdout=classes_data(128, 8, 4),
         log_predictions=False, train_acc=False, names={"holdout": "val/acc"},
     )  # fmt: skip
     check = statuses(tmp_path, "stuck_val")["not_learning"]
