@@ -24,7 +24,8 @@ import pyarrow.dataset as pads
 import pytest
 
 import lakelog
-from lakelog.lake.compact import STAGING_DIR, compact
+from lakelog.lake.compact import compact
+from lakelog.lake.compact_protocol import STAGING_DIR
 from lakelog.read.scan import locate, scan_lake
 
 WRITER = textwrap.dedent(

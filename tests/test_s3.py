@@ -207,6 +207,7 @@ def test_interrupted_compaction_on_s3_is_read_once_and_finished(
 ) -> None:
     """A compaction committed (manifest written) but not cleaned up: readers use the manifest."""
     from lakelog.lake import compact as lake_compact
+    from lakelog.lake import compact_protocol
     from lakelog.lake.layout import Lake
 
     root = "s3://lake/interrupted"
@@ -217,7 +218,7 @@ def test_interrupted_compaction_on_s3_is_read_once_and_finished(
     expected = lakelog.connect(root).execute("SELECT count(*), sum(step) FROM scalars").fetchone()
     lake = Lake.open(root)
     with monkeypatch.context() as patch:
-        patch.setattr(lake_compact, "_finish", lambda *args: None)  # stop right after the commit point
+        patch.setattr(compact_protocol, "finish", lambda *args: None)  # stop right after the commit point
         lake_compact.compact(root)
     assert any(k.endswith(".json") for k in _objects(s3_env, "interrupted/a/_compact/"))
     assert lakelog.connect(root).execute("SELECT count(*), sum(step) FROM scalars").fetchone() == expected

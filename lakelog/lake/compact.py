@@ -9,20 +9,8 @@ Which partitions: every partition of a finished or crashed run, and the older ep
 (a live writer appends to its latest epoch). Parts a crash left uncommitted (``lake.lifecycle``:
 a flush sequence after the rank's committed one) are never merged, so a resume still finds them.
 
-The protocol keeps every row visible exactly once to lakelog's readers at any moment, and after a
-``kill -9`` of ``compact`` at any point:
-
-1. the merged data is written under ``<run>/_compact/<id>/<table>/epoch=<e>/rank=<r>/`` (outside the
-   table folders, which is all readers list), as a whole file (atomic rename; one PUT on S3);
-2. the **commit**: ``<run>/_compact/<id>.json`` names the parts it replaces and the merged files;
-3. the merged files move into the partition (a rename locally, copy then delete on S3), the parts
-   they replace are deleted, then the manifest and the staging folder.
-
-A reader that finds a manifest (``visible_files``) leaves its parts out and reads the merged file
-from wherever it is now; without a manifest, staged data is ignored. The next ``compact`` finishes
-every committed manifest (step 3) and deletes staged data nobody committed. Engines that know
-nothing of manifests (plain DuckDB, polars or pyarrow over the folders) see every row exactly once
-whenever no compaction is half done: after ``compact`` returns, or after the next one recovers.
+The merge is safe for concurrent readers and for ``kill -9`` at any point: see
+``lake.compact_protocol`` (the staging, manifest and recovery steps) for how.
 """
 
 from __future__ import annotations
@@ -34,7 +22,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,24 +30,19 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lakelog.errors import InvalidArgumentError, LakelogError, RunNotFoundError
+from lakelog.errors import InvalidArgumentError, RunNotFoundError
+from lakelog.lake import compact_protocol as protocol
 from lakelog.lake import files as lake_files
 from lakelog.lake.checks import positive_int
-from lakelog.lake.layout import PART_SUFFIX, RUN_FILE, TABLES, TEMP_SUFFIX, Lake, join_path, part_seq
+from lakelog.lake.layout import PART_SUFFIX, RUN_FILE, TABLES, Lake, join_path, part_seq
 from lakelog.lake.lifecycle import (
-    describe_holder,
-    holder_alive,
-    hostname,
-    process_start,
     read_commit,
-    read_json,
     run_state,
 )
 from lakelog.lake.progress import bar, note
 
 log = logging.getLogger("lakelog")
 
-STAGING_DIR = "_compact"
 MAX_FILE_BYTES = 1 << 30
 """A merged file holds at most about this many bytes of Arrow data (1 GiB); larger partitions split."""
 ROW_GROUP_ROWS = 1 << 20
@@ -71,117 +54,6 @@ _PARTITION = re.compile(r"^(epoch|rank)=(-?\d+)$")
 def _is_partition(name: str, key: str) -> bool:
     match = _PARTITION.match(name)
     return bool(match and match.group(1) == key)
-
-
-def _manifests(lake: Lake, run_dir: str) -> list[tuple[str, dict[str, Any]]]:
-    folder = _join(lake, run_dir, STAGING_DIR)
-    out = []
-    try:
-        infos = lake.fs.get_file_info(pafs.FileSelector(folder))
-    except OSError:
-        return out
-    for info in sorted(infos, key=lambda i: i.path):
-        if info.type != pafs.FileType.File or not info.base_name.endswith(".json"):
-            continue
-        manifest = _read_manifest(lake, info.path)
-        if manifest is not None:
-            out.append((info.path, manifest))
-    return out
-
-
-def pending(lake: Lake, run_dir: str) -> list[tuple[str, dict[str, Any]]]:
-    """The committed compactions of a run whose clean-up has not finished: (manifest path, manifest)."""
-    return _manifests(lake, run_dir)
-
-
-def _read_manifest(lake: Lake, path: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(lake.read_text(path))
-    except (OSError, ValueError):
-        return None
-    keys = {"id": str, "table": str, "partition": str, "merged": list, "replaces": list}
-    if not isinstance(data, dict) or any(not isinstance(data.get(k), t) for k, t in keys.items()):
-        return None
-    return data
-
-
-def _join(lake: Lake, *parts: str) -> str:
-    return join_path(lake.local, *parts)
-
-
-def visible_files(lake: Lake, run_dir: str, files: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Apply the run's committed manifests to a listing: replaced parts out, merged files in (once)."""
-    out = {table: list(paths) for table, paths in files.items()}
-    for _, manifest in _manifests(lake, run_dir):
-        table, partition = manifest["table"], manifest["partition"]
-        replaced = {_join(lake, run_dir, partition, name) for name in manifest["replaces"]}
-        paths = [p for p in out.get(table, []) if p not in replaced]
-        for name in manifest["merged"]:
-            final = _join(lake, run_dir, partition, name)
-            staged = _join(lake, run_dir, STAGING_DIR, manifest["id"], partition, name)
-            if final in paths:
-                continue
-            if lake.exists(final):
-                paths.append(final)
-            elif lake.exists(staged):
-                paths.append(staged)
-        out[table] = paths
-    return out
-
-
-def _delete(lake: Lake, path: str) -> None:
-    try:
-        lake.fs.delete_file(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        if lake.exists(path):
-            raise OSError(f"cannot delete {path}: {exc}") from exc
-
-
-def _delete_dir(lake: Lake, path: str) -> None:
-    try:
-        lake.fs.delete_dir(path)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        if lake.exists(path):
-            raise
-
-
-def _finish(lake: Lake, run_dir: str, manifest_path: str, manifest: dict[str, Any]) -> None:
-    """Step 3 of the protocol, idempotent: publish the merged files, delete the parts, then the manifest."""
-    partition = manifest["partition"]
-    for name in manifest["merged"]:
-        final = _join(lake, run_dir, partition, name)
-        staged = _join(lake, run_dir, STAGING_DIR, manifest["id"], partition, name)
-        if lake.exists(final):
-            continue
-        if lake.local:
-            os.replace(staged, final)
-        else:
-            lake.fs.copy_file(staged, final)
-    for name in manifest["replaces"]:
-        _delete(lake, _join(lake, run_dir, partition, name))
-    _delete(lake, manifest_path)
-    _delete_dir(lake, _join(lake, run_dir, STAGING_DIR, manifest["id"]))
-
-
-def recover(lake: Lake, run_dir: str) -> int:
-    """Finish every committed compaction of a run and delete staged data nobody committed; the count finished."""
-    folder = _join(lake, run_dir, STAGING_DIR)
-    if not lake.exists(folder):
-        return 0
-    manifests = _manifests(lake, run_dir)
-    for path, manifest in manifests:
-        _finish(lake, run_dir, path, manifest)
-    committed = {m["id"] for _, m in manifests}
-    for info in lake.fs.get_file_info(pafs.FileSelector(folder)):
-        if info.type == pafs.FileType.Directory and info.base_name not in committed:
-            _delete_dir(lake, info.path)
-        elif info.type == pafs.FileType.File and info.base_name.endswith(TEMP_SUFFIX):
-            _delete(lake, info.path)
-    return len(manifests)
 
 
 @dataclass
@@ -216,7 +88,7 @@ def _partitions(lake: Lake, run_dir: str) -> list[tuple[str, int, int, list[pafs
     """(table, epoch, rank, part infos) of every partition folder of a run."""
     out = []
     for table in TABLES:
-        base = _join(lake, run_dir, table)
+        base = join_path(lake.local, run_dir, table)
         try:
             infos = lake.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
         except OSError:
@@ -298,14 +170,18 @@ def _merge_partition(
     pieces = max(1, -(-data.nbytes // max_bytes))
     step = -(-data.num_rows // pieces) if data.num_rows else 1
     merged = [f"part-{seq:06d}-compact-{cid}-{i:03d}{PART_SUFFIX}" for i in range(pieces)]
-    staging = _join(lake, run_dir, STAGING_DIR, cid, table, f"epoch={epoch}", f"rank={rank}")
+    staging = join_path(
+        lake.local, run_dir, protocol.STAGING_DIR, cid, table, f"epoch={epoch}", f"rank={rank}"
+    )
     lake.makedirs(staging)
     for i, name in enumerate(merged):
-        result.bytes_written += _write_parquet(lake, _join(lake, staging, name), data.slice(i * step, step))
+        result.bytes_written += _write_parquet(
+            lake, join_path(lake.local, staging, name), data.slice(i * step, step)
+        )
     manifest = {"id": cid, "table": table, "partition": partition, "merged": merged, "replaces": names}
-    manifest_path = _join(lake, run_dir, STAGING_DIR, f"{cid}.json")
+    manifest_path = join_path(lake.local, run_dir, protocol.STAGING_DIR, f"{cid}.json")
     lake.write_bytes_atomic(manifest_path, json.dumps(manifest).encode())  # the commit point
-    _finish(lake, run_dir, manifest_path, manifest)
+    protocol.finish(lake, run_dir, manifest_path, manifest)
     result.rows += data.num_rows
     return len(parts) - len(names) + len(merged)
 
@@ -337,48 +213,6 @@ def _plan(lake: Lake, name: str, run_dir: str, result: CompactResult) -> list[tu
             continue
         work.append((run_dir, table, epoch, rank, parts))
     return work
-
-
-@contextlib.contextmanager
-def _claim(lake: Lake, run_dir: str) -> Iterator[None]:
-    """Hold ``<run>/_compact/lock`` while compacting a run, so two compactions never merge the same parts.
-
-    A lock left by a killed ``compact`` (its process gone) is taken over. Object stores have no
-    exclusive create: there, run one ``compact`` per run at a time. The staging folder is removed
-    when empty, so the run folder's mtime tells readers that its files changed.
-    """
-    folder = _join(lake, run_dir, STAGING_DIR)
-    lock = _join(lake, folder, "lock")
-    if lake.local:
-        os.makedirs(folder, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = read_json(lock)
-                if holder is not None and holder_alive(holder):
-                    raise LakelogError(
-                        f"{run_dir} is being compacted by {describe_holder(holder)}; wait for it to finish"
-                    ) from None
-                os.unlink(lock)  # a killed compact's lock
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(
-                    {"pid": os.getpid(), "host": hostname(), "pid_start": process_start(os.getpid())}, f
-                )
-            break
-    try:
-        yield
-    finally:
-        if lake.local:
-            with contextlib.suppress(OSError):
-                os.unlink(lock)
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
-        else:
-            with contextlib.suppress(OSError):
-                if not lake.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-                    lake.fs.delete_dir(folder)
 
 
 def compact(
@@ -419,8 +253,8 @@ def compact(
         work = []
         for name in names:
             run_dir = lake.join(name)
-            locks.enter_context(_claim(lake, run_dir))
-            result.recovered += recover(lake, run_dir)
+            locks.enter_context(protocol.claim(lake, run_dir))
+            result.recovered += protocol.recover(lake, run_dir)
             work.extend(_plan(lake, name, run_dir, result))
         with bar(len(work), desc="compacting", unit="partition", show=show_progress) as line:
             for run_dir, table, epoch, rank, parts in work:

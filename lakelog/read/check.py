@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lakelog.lake import compact as lake_compact
+from lakelog.lake import compact_protocol as lake_compact
 from lakelog.lake.layout import TABLES, TEMP_SUFFIX
 from lakelog.lake.progress import progress
 from lakelog.read.scan import Problem, Scan, list_run, locate, read_runs

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from lakelog.errors import InvalidArgumentError, RunNotFoundError
-from lakelog.lake import compact as lake_compact
+from lakelog.lake import compact_protocol as lake_compact
 from lakelog.lake.layout import PART_SUFFIX, RUN_FILE, TABLES, Lake
 from lakelog.lake.lifecycle import COMMITS_DIR, WRITERS_DIR, RunState, run_state
 

@@ -174,8 +174,14 @@ def _local_view(con: duckdb.DuckDBPyConnection, table: str, scan: Scan, live: Li
         listing = f"getvariable('lakelog_files_{table}')"
     select = ", ".join(f'"{c}"' for c in columns)
     source = f"SELECT {select}, {run_of_file(table)} AS run FROM read_parquet({listing}, {options})"
-    con.execute(f"CREATE OR REPLACE VIEW {table} AS {_cut(source, scan)}")
+    con.execute(f"CREATE OR REPLACE VIEW {table} AS {_with_contract(con, table, _cut(source, scan))}")
     return True
+
+
+def _with_contract(con: duckdb.DuckDBPyConnection, table: str, source: str) -> str:
+    """``source`` with every documented column of ``table``: one its files lack reads as NULL."""
+    con.register(f"_{table}_empty", empty_table(table))
+    return f"SELECT * FROM ({source}) UNION ALL BY NAME SELECT * FROM _{table}_empty"
 
 
 def _read_remote(fs: pafs.FileSystem, path: str, run: str) -> pa.Table:
@@ -207,7 +213,8 @@ def _remote_view(con: duckdb.DuckDBPyConnection, table: str, scan: Scan) -> bool
     if not parts:
         return False
     con.register(f"_{table}_arrow", pa.concat_tables(parts, promote_options="permissive"))
-    con.execute(f"CREATE OR REPLACE VIEW {table} AS {_cut(f'SELECT * FROM _{table}_arrow', scan)}")
+    source = _cut(f"SELECT * FROM _{table}_arrow", scan)
+    con.execute(f"CREATE OR REPLACE VIEW {table} AS {_with_contract(con, table, source)}")
     return True
 
 
