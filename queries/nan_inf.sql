@@ -3,10 +3,12 @@
 -- the first step it held a non-finite value, earliest first; within one step in the order things
 -- are computed: logits (predictions), per-sample loss (predictions.loss), logged scalars (the loss),
 -- gradients (params.grad_absmax not finite: the largest |element|, which a finite tensor never
--- overflows), weights and buffers (params nan_count / inf_count). Norms come last, as source
--- 'derived norms': the telemetry's scalars grad_norm*, weight_norm*, update_norm*, update_ratio* and
--- the optimizer state's norm (the only summary logged for it): a norm of finite values can overflow,
--- so a non-finite norm is not an origin.
+-- overflows), weights and buffers (params nan_count / inf_count), optimizer state (its norm, the
+-- one summary logged for it: accumulated in float64, it is finite for finite values, so Adam's
+-- exp_avg_sq overflowing to Inf while the gradients are finite is found). Scalars that are norms
+-- (grad_norm*, weight_norm*, update_norm*, update_ratio*, as the telemetry or clip_grad_norm_
+-- log them) come last, as source 'derived norms': a norm of finite values can overflow, so it is
+-- not an origin.
 -- is_first marks where to look (a derived norm only when nothing else is non-finite). Written with
 -- NOT isfinite(...) (not isnan), which also finds NaN in Parquet files whose statistics leave NaN out.
 -- param run: the run to check
@@ -50,8 +52,8 @@ tensors AS (
     WHERE run = $run AND coalesce(kind, 'param') IN ('param', 'buffer') AND (nan_count > 0 OR inf_count > 0)
 ),
 optim AS (
-    SELECT step, 'derived norms' AS source, 9 AS ord, name || ' (' || kind || ')' AS name, 1 AS count,
-        format('{} norm = {}', kind, norm) AS detail
+    SELECT step, 'optimizer' AS source, 7 AS ord, name || ' (' || kind || ')' AS name, 1 AS count,
+        format('norm = {}', norm) AS detail
     FROM params
     WHERE run = $run AND starts_with(kind, 'optim:') AND NOT isfinite(norm)
 ),

@@ -435,3 +435,24 @@ def test_large_but_steady_gradients_and_late_unfreezing_are_not_problems(tmp_pat
     assert grads.evidence["max_norm"].min() > 1000  # large, on every step
     assert grads.status == "pass", grads.summary
     assert found["frozen_layers"].status in ("pass", "note"), found["frozen_layers"].summary
+
+
+def test_adam_state_overflowing_before_any_weight_is_the_origin(tmp_path):
+    """Gradients of ~1e21 are finite, their squares are not: Adam's exp_avg_sq is the first Inf."""
+    model = nn.Linear(4, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.ones(8, 4)
+    with lakelog.init(tmp_path, name="adam_inf") as run:
+        run.watch(model, opt, every=1)
+        for step in range(3):
+            loss = (model(x) * 1e21).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run.log({"loss": float(loss.detach())}, step=step)
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the update of inf state is 0
+    check = statuses(tmp_path, "adam_inf")["nan_inf"]
+    assert check.status == "error", check.summary
+    assert "first NaN/Inf at step 0 in optimizer: bias (optim:exp_avg_sq) (norm = inf)" in check.summary
+    first = check.evidence.filter(check.evidence["step"] == 0)
+    assert set(first["name"]) == {"bias (optim:exp_avg_sq)", "weight (optim:exp_avg_sq)"}  # nothing else yet

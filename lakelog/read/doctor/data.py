@@ -12,6 +12,7 @@ _ORIGIN = {
     "gradients": "the backward pass (the logits and loss before it were finite as logged)",
     "weights": "the optimizer step (the update made them non-finite)",
     "buffers": "a buffer (e.g. BatchNorm running statistics)",
+    "optimizer": "the optimizer state (e.g. Adam's squared gradients overflowing float32)",
 }
 
 
