@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: a ResNet-50 built from torch layers (no download) and a timer.
+"""Shared by the benchmarks: a ResNet-50 built from torch layers (no download) and timers.
 
 25.6M parameters in 161 tensors, the shapes of torchvision's resnet50, so every benchmark measures
 the same "about 100 MB a model" the seeds describe.
@@ -70,3 +70,28 @@ def timed(
         sync()
         times.append(time.perf_counter() - start)
     return min(times), statistics.median(times)
+
+
+def interleaved(
+    ways: dict[str, Callable[[], object]],
+    rounds: int,
+    sync: Callable[[], None] = lambda: None,
+    after: dict[str, Callable[[], object]] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds of each of ``ways`` per round, the ways taking turns within every round (the order
+    reversed every other round), so a machine that gets busier or quieter in between affects them
+    alike. One untimed warm-up round first. ``after[name]`` runs untimed after that way each time
+    (e.g. flushing the writer thread, so its work does not land in the next way's time)."""
+    after = after or {}
+    names = list(ways)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds + 1):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            ways[name]()
+            sync()
+            if r:
+                times[name].append(time.perf_counter() - start)
+            if name in after:
+                after[name]()
+    return times
