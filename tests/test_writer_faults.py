@@ -188,6 +188,11 @@ def test_a_table_folder_that_cannot_be_written_leaves_the_other_tables_complete(
     assert (_rows(folder, "scalars"), _rows(folder, "batches")) == (40, 20)
     assert _info(folder)["dropped"] == {"predictions": 80}
     assert _info(folder)["status"] == "finished"
+    commit = json.loads((folder / "_commits" / "rank=0.json").read_text())
+    assert commit["final"] and commit["step"] == 19 and commit["dropped"] == {"predictions": 80}
+    assert lakelog.connect(tmp_path).execute("SELECT count(*) FROM scalars").fetchone() == (
+        40,
+    )  # none hidden
     assert not _temp_files(folder)
     lake_warnings = [r for r in caplog.records if "cannot write to the lake" in r.getMessage()]
     assert len(lake_warnings) == 1 and str(tmp_path) in lake_warnings[0].getMessage()

@@ -247,6 +247,9 @@ class PartWriter:
             if buf.rows:
                 self._drop(table, buf.rows, self._io_error or OSError("not written"))
         self._buffers.clear()
+        if self._last_commit != (self._newest, True):  # what is on disk is all there will be: say so
+            self._dirty = True
+            self._commit(self._newest if self._newest is not None else self._committed, final=True)
         if self._io_error is not None:
             log.warning(
                 "lakelog: run %s: the lake %s was still not writable at finish (%s); rows not written: %s",
