@@ -1,14 +1,13 @@
-"""Run the same training twice and say where, and why, the two runs first differ.
+"""Say where, and why, two runs of the same training first differ: the determinism report.
 
-The checks follow the order of the users' determinism guide: environment, sample ids (file order),
-input tensors (transforms), RNG states, initial weights, forward outputs, loss, gradients, update.
-Each check asks the lake one question (``queries/determinism_*.sql``); the first difference comes with
-its likely cause and fix, taken from that guide. Importing this module does not import torch:
-only ``check_determinism(fn)``, which trains, loads the write side.
+The checks follow the order in which non-determinism enters a run: environment, sample ids (file
+order), input tensors (transforms), RNG states, initial weights, forward outputs, loss, gradients,
+update. Each check asks the lake one question (``queries/internal/determinism_*.sql``); the first
+difference comes with its likely cause and fix.
 
-This module reads the lake only (no torch); ``lakelog.write.determinism.checker`` runs the training.
-The verdicts with their causes and fixes come from ``causes``, the report's data and text from
-``findings``.
+This module reads the lake only (no torch); ``lakelog.check_determinism`` trains the two runs and then
+calls ``determinism_report``. The verdicts with their causes and fixes come from ``causes``, the
+report's data and text from ``findings``.
 """
 
 from __future__ import annotations
