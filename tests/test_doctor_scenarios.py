@@ -290,8 +290,11 @@ def test_early_layers_vanishing_in_the_single_default_group(tmp_path):
     fit(tmp_path, "sigmoid20", model, (x, y), batch=32, epochs=1, lr=0.01)
     found = statuses(tmp_path, "sigmoid20")
     grads = found["gradients"]
-    assert grads.status == "warn" and "group_0: early layers vanish: 0.weight" in grads.summary
-    assert "of 38.weight" in grads.summary  # the last of the 20 Linear layers
+    assert (
+        grads.status == "warn"
+        and "group_0: early layers vanish: its first weights (from 0.weight" in grads.summary
+    )
+    assert "(to 38.weight" in grads.summary  # the last of the 20 Linear layers
     frozen = found["frozen_layers"]
     assert "no optimizer param group" not in frozen.summary and "in the optimizer" not in frozen.summary
 

@@ -42,9 +42,12 @@ def _early_late(ctx: Context, tensors: pl.DataFrame) -> list[tuple[str, dict, di
         ratio = early / late
         if ratio < ctx.expect["vanish_ratio"]:
             below = next(
-                r["name"]
-                for r in reversed(rows)
-                if r["median_grad_rms"] / late < ctx.expect["vanish_ratio"] and r is not rows[-1]
+                (
+                    r["name"]
+                    for r in reversed(rows[:-1])
+                    if r["median_grad_rms"] / late < ctx.expect["vanish_ratio"]
+                ),
+                rows[0]["name"],
             )
             out.append((group, rows[0], rows[-1], ratio, below))
     return out
@@ -69,9 +72,9 @@ def gradients(ctx: Context) -> Verdict:
     for group, first, last, ratio, below in layered:
         status = max(status, "warn", key=("pass", "warn", "error").index)
         parts.append(
-            f"{group}: early layers vanish: {first['name']} gets {fmt(ratio)}x the gradient RMS of "
-            f"{last['name']} ({fmt(first['median_grad_rms'])} vs {fmt(last['median_grad_rms'])}); "
-            f"the last layer under {fmt(ctx.expect['vanish_ratio'])}x: {below}"
+            f"{group}: early layers vanish: its first weights (from {first['name']}, gradient RMS "
+            f"{fmt(first['median_grad_rms'])}) get {fmt(ratio)}x the gradient of its last (to {last['name']}, "
+            f"{fmt(last['median_grad_rms'])}); under {fmt(ctx.expect['vanish_ratio'])}x up to {below}"
         )
     if parts:
         evidence = tensors if layered and status == "warn" else df
