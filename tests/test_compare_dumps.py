@@ -279,3 +279,38 @@ def test_cli(lake, tmp_path):
         and result.output.startswith("lakelog: error: run ")
         and result.output.count("\n") == 1
     )
+
+
+def test_cli_exits_non_zero_and_says_what_it_skipped(lake, tmp_path):
+    shutil.copytree(lake / "b", tmp_path / "b")
+    (tmp_path / "b" / "dumps" / "step=8" / "model.safetensors").write_bytes(b"\x10\x00\x00")  # truncated
+    shutil.rmtree(tmp_path / "b" / "dumps" / "step=9")  # a step only A dumped
+    result = CliRunner().invoke(
+        compare_dumps_command,
+        [str(lake / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "cmp"), "--no-progress"],
+    )
+    assert result.exit_code == 1, result.output
+    said = result.output.splitlines()[-1]
+    assert said.startswith("lakelog: compare-dumps: not everything was compared: ")
+    assert "1 unreadable dump(s) at step(s) 8" in said and "1 step(s) only a dumped (9)" in said
+    whole = CliRunner().invoke(
+        compare_dumps_command,
+        [str(lake / "a"), str(lake / "b"), "-o", str(tmp_path / "cmp2"), "--no-progress"],
+    )
+    assert whole.exit_code == 0 and "not everything" not in whole.output
+
+
+def test_single_series_panels_are_neutral_and_carry_no_legend(lake):
+    from lakelog.read.dumps.compare_report import NEUTRAL, RUN_COLORS, dump_chart
+
+    spec = dump_chart(compare_dumps(lake / "a", lake / "b", progress=False)).to_dict()
+    panels = [p for row in spec["vconcat"] for p in row["hconcat"]]
+    by_title = {p["title"]: p for p in panels}
+    for title in ("Weight divergence", "Weight similarity", "Loss difference", "Accuracy difference"):
+        panel = by_title[title]
+        assert "color" not in panel["encoding"] and panel["mark"]["color"] == NEUTRAL, title
+        assert panel["mark"]["point"]["color"] == NEUTRAL
+    for title in ("Loss of both runs", "Accuracy of both runs"):
+        colour = by_title[title]["encoding"]["color"]
+        assert colour["scale"] == {"domain": ["a", "b"], "range": RUN_COLORS}
+        assert by_title[title]["encoding"]["strokeDash"]["legend"] is None  # one legend, not two

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import itertools
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -204,3 +206,126 @@ def test_the_vega_bundle_is_built_once_and_cached_on_disk(pair_report, bundle_ca
     export.javascript_bundle.cache_clear()
     assert export.javascript_bundle().startswith("/* from the cache */")
     export.javascript_bundle.cache_clear()
+
+
+# -- a page read top to bottom ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sweep_report(tmp_path_factory: pytest.TempPathFactory):
+    root = build_sweep(tmp_path_factory.mktemp("sweep") / "sweep")
+    return build_report(
+        [root], tmp_path_factory.mktemp("sweep-report") / "sweep.html", sweep_metric="final_acc"
+    )
+
+
+def _sections(text: str) -> list[tuple[str, str]]:
+    """(heading, what follows it up to the next h2) for every h2 of the page."""
+    parts = re.split(r"<h2 [^>]*>(.*?)</h2>", text.split("<body>", 1)[1])
+    return list(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def _specs(report) -> list[dict]:
+    text = report.path.read_text(encoding="utf-8")
+    blob = re.search(r'<script type="application/json" id="lakelog-specs">(.*?)</script>', text, re.S).group(
+        1
+    )
+    return json.loads(blob.replace("<\\/", "</"))
+
+
+def _colours(spec, found: dict[str, str]) -> dict[str, str]:
+    """value -> colour of every run-coloured encoding of a spec (a value coloured twice must agree)."""
+    if isinstance(spec, dict):
+        colour = spec.get("color")
+        if isinstance(colour, dict) and colour.get("field") in ("run", "label") and "scale" in colour:
+            scale = colour["scale"]
+            if "range" in scale and isinstance(scale["range"], list):
+                for value, rgb in zip(scale["domain"], scale["range"], strict=False):
+                    assert found.setdefault(value, rgb) == rgb, (value, rgb, found[value])
+        for value in spec.values():
+            _colours(value, found)
+    elif isinstance(spec, list):
+        for item in spec:
+            _colours(item, found)
+    return found
+
+
+def test_two_runs_are_a_comparison_with_no_empty_section(pair_report) -> None:
+    text = pair_report.path.read_text(encoding="utf-8")
+    sections = _sections(text)
+    headings = [h for h, _ in sections]
+    assert headings[:3] == ["Runs", "Training curves", "Where cand parts from base"]
+    assert "Sweep" not in headings and "Not drawn" not in headings  # two runs, everything drawn
+    for heading, body in sections:
+        assert re.search(r'class="chart"|<table|<p class=', body), f"section {heading!r} is empty"
+    assert "max_health_runs" not in text.replace("max_health_runs= in Python", "")
+
+
+def test_a_sweep_report_colours_each_run_once_and_reads_as_columns(sweep_report) -> None:
+    text = sweep_report.path.read_text(encoding="utf-8")
+    headings = [h for h, _ in _sections(text)]
+    assert "Sweep" in headings and "Holdout" in headings
+    assert "loss per epoch" not in sweep_report.charts  # drawn once, as the sweep curves per config
+    assert sweep_report.charts.count("sweep curves") == 1
+    runs_table = _sections(text)[0][1]
+    assert '<table class="sortable">' in runs_table
+    for column in ("config.lr", "config.hidden", "summary.final_acc"):
+        assert f"<th>{column}</th>" in runs_table
+    specs = _specs(sweep_report)
+    colours = {}
+    for spec in specs:
+        _colours(spec, colours)
+    runs = ["lr0.01-h16", "lr0.01-h4", "lr0.3-h16", "lr0.3-h4"]
+    assert all(run in colours for run in runs)
+    labels = {"hidden=16 lr=0.01": "lr0.01-h16", "hidden=4 lr=0.3": "lr0.3-h4"}
+    for label, run in labels.items():  # a config label takes its run's colour
+        assert colours[label] == colours[run]
+    assert len({colours[run] for run in runs}) == 4
+    for name, spec in zip(sweep_report.charts, specs, strict=True):
+        widths = [v for v in re.findall(r'"width": (\d+)', json.dumps(spec))]
+        if name in ("curves", "sweep curves", "holdout accuracy"):
+            assert min(int(w) for w in widths) >= 1000, (name, widths)  # full width, not half the page
+    times = json.dumps(specs[sweep_report.charts.index("training time")])
+    assert '"running"' not in times and '"legend": null' in times  # nothing runs: no "running" entry
+
+
+def test_parallel_coordinate_labels_do_not_overlap(sweep_report) -> None:
+    spec = _specs(sweep_report)[sweep_report.charts.index("hyperparameters")]
+    ticks = [layer for layer in spec["layer"] if layer.get("mark", {}).get("type") == "text"]
+    assert len(ticks) == 2  # the halo and the text
+    data = ticks[1]["data"]
+    rows = data["values"] if "values" in data else spec["datasets"][data["name"]]
+    by_key: dict[str, list[float]] = {}
+    for row in rows:
+        by_key.setdefault(row["key"], []).append(row["norm"])
+    for key, norms in by_key.items():
+        norms.sort()
+        assert all(b - a >= 0.07 for a, b in itertools.pairwise(norms)), (key, norms)
+    assert spec["layer"][1]["encoding"]["x"]["axis"]["labelLimit"] > 100
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+def test_sweep_page_renders_and_its_tables_sort_in_chromium(sweep_report, tmp_path: Path) -> None:
+    page = tmp_path / "sorted.html"
+    clicker = (
+        "<script>(function(){var th=[].slice.call(document.querySelectorAll('table.sortable th'))"
+        ".filter(function(h){return h.textContent==='summary.final_acc';})[0];th.click();th.click();"
+        "var runs=[].slice.call(document.querySelectorAll('table.sortable tr')).slice(1)"
+        ".map(function(r){return r.children[0].textContent;});"
+        "document.body.setAttribute('data-sorted', runs.join(','));})();</script></body>"
+    )
+    head, tail = sweep_report.path.read_text(encoding="utf-8").rsplit("</body>", 1)  # the bundle has one too
+    page.write_text(head + clicker + tail, encoding="utf-8")
+    result = _chromium(tmp_path, page, "--enable-logging=stderr", "--v=0", "--dump-dom")
+    assert result.returncode == 0, result.stderr[-2000:]
+    body = re.search(r"<body [^>]*data-charts[^>]*>", result.stdout).group(0)
+    assert f'data-charts-rendered="{len(sweep_report.charts)}"' in body and 'data-chart-errors="0"' in body
+    console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+    assert console == [], console
+    order = re.search(r'data-sorted="([^"]*)"', result.stdout).group(1).split(",")
+    table = _sections(sweep_report.path.read_text(encoding="utf-8"))[0][1]
+    header = re.findall(r"<th>(.*?)</th>", table)
+    rows = [
+        re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr class='[^']*'>(.*?)</tr>", table)
+    ]
+    column = header.index("summary.final_acc")
+    expected = [r[0] for r in sorted(rows, key=lambda r: -float(r[column]))]
+    assert order == expected  # clicked twice: descending by the number, not by its text

@@ -7,6 +7,7 @@ A library error is one line on stderr and exit code 2 (``lakelog.cli.base``).
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import click
@@ -61,6 +62,10 @@ def compare_dumps_command(
     six-panel chart (weights L2 and cosine, loss and accuracy of both runs and their differences)
     as HTML and PNG; prints a summary and the first step where any tensor differs.
 
+    Exit code 0 when every step and tensor the runs share was compared (same or not), 1 when something
+    was skipped (an unreadable dump, a step only one run dumped, a tensor of another shape: stderr
+    says what), 2 on an error.
+
     \b
     Examples:
       lakelog compare-dumps runs/baseline runs/candidate
@@ -75,6 +80,10 @@ def compare_dumps_command(
     for line in result.summary_lines():
         click.echo(line)
     click.echo(f"wrote {', '.join(str(p) for p in result.files.values())}")
+    skipped = result.skipped()
+    if skipped:
+        click.echo(f"lakelog: compare-dumps: not everything was compared: {'; '.join(skipped)}", err=True)
+        sys.exit(1)
 
 
 @click.command("import-dumps", cls=LakelogCommand)

@@ -50,6 +50,13 @@ from lakelog.cli.base import LakelogCommand
     show_default=True,
     help="Most points per series (steps are bucketed in SQL beyond that).",
 )
+@click.option(
+    "--max-health-runs",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="How many runs get a health section (the best by the sweep metric first).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal only].")
 def report_command(
     runs: tuple[str, ...],
@@ -60,14 +67,17 @@ def report_command(
     sweep_metric: str | None,
     title: str | None,
     max_points: int,
+    max_health_runs: int,
     progress: bool | None,
 ) -> None:
     """One self-contained HTML page about RUNS: curves, where two runs part, a sweep, each run's health.
 
     RUNS are run folders, lake roots (every run in them: a sweep), or run names under --root. The page
-    holds its own copy of vega/vega-lite/vega-embed, so it opens with no network. Two runs get the
-    divergence chart and the diff findings; three or more (or differing configs) get the sweep charts;
-    every run gets its health charts and the doctor findings.
+    holds its own copy of vega/vega-lite/vega-embed, so it opens with no network. A section appears only
+    when it has something to show: the runs (one sortable column per config and summary value), the
+    curves, for two runs where they part and the diff findings, for three or more (or two with
+    --sweep-metric) the sweep charts, the holdout, and the health of the --max-health-runs best runs
+    with the doctor findings. A run has one colour in every chart.
 
     \b
     Examples:
@@ -86,6 +96,7 @@ def report_command(
         sweep_metric=sweep_metric,
         title=title,
         max_points=max_points,
+        max_health_runs=max_health_runs,
         show_progress=progress,
     )
     click.echo(f"wrote {result.path} ({len(result.charts)} charts)")

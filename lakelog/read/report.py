@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,11 +23,13 @@ import altair as alt
 import duckdb
 
 from lakelog.errors import InvalidArgumentError
+from lakelog.lake.checks import positive_int
 from lakelog.lake.layout import RUN_FILE
 from lakelog.lake.progress import progress
 from lakelog.read import plots, querylib
-from lakelog.read.plots._common import NoDataError
+from lakelog.read.plots._common import NoDataError, label_of
 from lakelog.read.plots.export import Page, save_png
+from lakelog.read.plots.style import paint_runs, palette, widen
 
 PREFERRED_METRICS = (
     "holdout/acc",
@@ -41,6 +45,8 @@ PREFERRED_METRICS = (
 )
 _NOT_METRICS = {"duration_s", "last_step", "last_epoch"}
 _TELEMETRY_SCALARS = {"grad_norm", "weight_norm", "update_norm", "update_ratio", "batch_size"}
+EXTRA_WIDTH = 420
+"""Pixels added to every chart's width in the report, so a chart spans the page (640 -> 1060)."""
 
 
 @dataclass
@@ -125,20 +131,76 @@ def _sweep_metric(summaries: list[dict[str, Any]]) -> str | None:
 
 
 class _Builder:
-    def __init__(self, con: duckdb.DuckDBPyConnection, page: Page, report: Report) -> None:
+    """Assembles the page: charts painted with one colour per run and widened, sections dropped when empty."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, page: Page, report: Report, runs: list[str]) -> None:
         self.con, self.page, self.report = con, page, report
         self.charts: list[tuple[str, dict[str, Any]]] = []
+        labels = label_of(con, runs) if len(runs) > 1 else {}
+        self.domains = {"run": runs, "label": [labels.get(run, run) for run in runs]}
+        self.colours = palette(len(runs))
 
     def chart(self, name: str, make: Callable[[], alt.TopLevelMixin]) -> bool:
-        try:
-            chart = make()
-        except NoDataError as exc:
-            self.report.skipped.append((name, str(exc)))
-            return False
-        index = self.page.chart(chart, name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                chart = make()
+            except NoDataError as exc:
+                self.report.skipped.append((name, str(exc)))
+                return False
+        spec = widen(paint_runs(chart.to_dict(), self.domains, self.colours), EXTRA_WIDTH)
+        index = self.page.chart(spec, name)
         self.charts.append((name, self.page.specs[index]))  # validated once; the PNGs reuse the spec
         self.report.charts.append(name)
+        for warning in caught:
+            self.page.paragraph(f"note: {warning.message}")
         return True
+
+    @contextmanager
+    def section(self, text: str, level: int = 2) -> Iterator[None]:
+        """A heading that stays only if something (a chart, a table, a note) follows it."""
+        start = len(self.page.parts)
+        self.page.heading(text, level)
+        yield
+        if len(self.page.parts) == start + 1:
+            del self.page.parts[start]
+
+
+def _leaves(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _leaves(item, f"{prefix}.{key}", out)
+    else:
+        out[prefix] = (
+            value if isinstance(value, int | float | str | bool) or value is None else json.dumps(value)
+        )
+
+
+def run_rows(overview: Any) -> list[dict[str, Any]]:
+    """One row per run: its columns, then one column per config leaf and per summary value (sortable)."""
+    rows = []
+    for row in overview.to_dicts():
+        config, summary = json.loads(row.pop("config") or "{}"), json.loads(row.pop("summary") or "{}")
+        flat: dict[str, Any] = {}
+        _leaves(config if isinstance(config, dict) else {"value": config}, "config", flat)
+        shown = {
+            k: v for k, v in (summary if isinstance(summary, dict) else {}).items() if k not in _NOT_METRICS
+        }
+        _leaves(shown, "summary", flat)
+        rows.append({**row, **{k: v for k, v in flat.items() if k not in ("config", "summary")}})
+    keys = sorted({k for r in rows for k in r if k.startswith(("config.", "summary."))})
+    return [
+        {
+            **{k: v for k, v in r.items() if not k.startswith(("config.", "summary."))},
+            **{k: r.get(k) for k in keys},
+        }
+        for r in rows
+    ]
+
+
+def is_sweep(runs: list[str], sweep_metric: str | None) -> bool:
+    """Three or more runs are a sweep; two are a comparison, unless a sweep metric is asked for."""
+    return len(runs) >= 3 or (len(runs) == 2 and sweep_metric is not None)
 
 
 def build_report(
@@ -154,9 +216,17 @@ def build_report(
     max_health_runs: int = 2,
     show_progress: bool | None = None,
 ) -> Report:
-    """Write the report page for ``targets`` (run folders, lake roots, or run names under ``root``)."""
+    """Write the report page for ``targets`` (run folders, lake roots, or run names under ``root``).
+
+    Sections, each only when it has something to show: the runs (one sortable column per config and
+    summary value), training curves, where two runs part (two runs), the sweep (three or more runs, or
+    two with ``sweep_metric``), the holdout, the health of the ``max_health_runs`` best runs
+    (``--max-health-runs``), and the charts not drawn with the reason. Every chart colours a run the
+    same way and spans the page. Raises InvalidArgumentError for an unknown target or an empty lake.
+    """
     from lakelog.read.views import connect
 
+    max_health_runs = positive_int(max_health_runs, "max_health_runs")
     con = connect(resolve_targets(targets, root))
     overview = querylib.query("internal.plot_runs_overview", con=con)
     runs = overview["run"].to_list()
@@ -171,82 +241,78 @@ def build_report(
         title or f"lakelog report: {', '.join(runs[:4])}{' …' if len(runs) > 4 else ''}",
         f"{len(runs)} run(s) · generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} · lakelog",
     )
-    build = _Builder(con, page, report)
+    build = _Builder(con, page, report, runs)
     summaries = [json.loads(s or "{}") for s in overview["summary"].to_list()]
+    sweep = is_sweep(runs, sweep_metric)
 
-    page.heading("Runs")
-    rows = overview.drop("summary", "config").to_dicts()
-    for row, config, summary in zip(rows, overview["config"].to_list(), summaries, strict=True):
-        row["config"] = config
-        row["summary"] = ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in summary.items()
-            if k not in _NOT_METRICS
-        )
-    page.table(rows, status_key="status")
+    with build.section("Runs"):
+        page.table(run_rows(overview), status_key="status", sortable=True)
 
-    names = querylib.query("internal.plot_scalar_names", con=con)["name"].unique().to_list()
+    scalars = querylib.query("internal.plot_scalar_names", con=con)
+    names = scalars["name"].unique().to_list()
+    per_epoch = int(scalars["n_epochs"].max() or 0) > 1
     chosen = list(metrics) if metrics else _auto_metrics(names)
-    page.heading("Training curves")
-    if chosen:
-        build.chart("curves", lambda: plots.metric_curves(con, chosen, max_points=max_points))
-        if int(querylib.query("internal.plot_scalar_names", con=con)["n_epochs"].max() or 0) > 1:
-            build.chart("loss per epoch", lambda: plots.epoch_history(con, chosen[0]))
-    else:
-        page.paragraph("No plain scalars (loss, acc…) were logged.")
+    with build.section("Training curves"):
+        if chosen:
+            build.chart("curves", lambda: plots.metric_curves(con, chosen, max_points=max_points))
+            if per_epoch and not sweep:  # a sweep draws it once, labelled by config
+                build.chart("loss per epoch", lambda: plots.epoch_history(con, chosen[0]))
+        else:
+            page.paragraph("No plain scalars (loss, acc…) were logged.")
 
     if len(runs) == 2:
         a, b = runs
-        page.heading(f"Where {b} parts from {a}")
-        build.chart("divergence", lambda: plots.divergence(con, a, b, max_points=max_points))
-        page.heading("diff findings", 3)
-        layers, notes = diff_findings(con, a, b)
-        page.table(layers, status_key="status")
-        for note in notes:
-            page.paragraph(note)
+        with build.section(f"Where {b} parts from {a}"):
+            build.chart("divergence", lambda: plots.divergence(con, a, b, max_points=max_points))
+            layers, notes = diff_findings(con, a, b)
+            with build.section("diff findings", 3):
+                page.table(layers, status_key="status")
+                for note in notes:
+                    page.paragraph(note)
 
-    configs = set(overview["config"].to_list())
     ranked, why = runs, "first"
-    if len(runs) >= 3 or len(configs) > 1:
+    if sweep:
         metric = sweep_metric or _sweep_metric(summaries)
-        if metric and "leaderboard" in querylib.library():
-            board = querylib.query(
-                "leaderboard", con=con, metric=metric, descending=not plots.lower_is_better(metric)
-            )
-            ranked, why = board["run"].to_list(), f"best (by {metric})"
-        page.heading("Sweep")
-        build.chart("sweep curves", lambda: plots.sweep_curves(con, chosen[0] if chosen else "loss"))
         if metric:
-            build.chart("leaderboard", lambda: plots.leaderboard(con, metric))
-            if len(configs) > 1:
-                build.chart("hyperparameters", lambda: plots.parallel_coordinates(con, metric))
-        build.chart("training time", lambda: plots.training_time(con))
+            board = querylib.query("leaderboard", con=con, metric=metric)
+            ranked, why = board["run"].to_list(), f"best (by {metric})"
+        with build.section("Sweep"):
+            curve = chosen[0] if chosen else "loss"
+            build.chart(
+                "sweep curves", lambda: plots.sweep_curves(con, curve, per="epoch" if per_epoch else "step")
+            )
+            if metric:
+                build.chart("leaderboard", lambda: plots.leaderboard(con, metric))
+                if len(set(overview["config"].to_list())) > 1:
+                    build.chart("hyperparameters", lambda: plots.parallel_coordinates(con, metric))
+            build.chart("training time", lambda: plots.training_time(con))
 
-    page.heading("Holdout")
-    build.chart("holdout accuracy", lambda: plots.holdout_accuracy(con, max_points=max_points))
+    with build.section("Holdout"):
+        build.chart("holdout accuracy", lambda: plots.holdout_accuracy(con, max_points=max_points))
+
     health = ranked[:max_health_runs]
-    if len(runs) > len(health):
-        page.paragraph(
-            f"Health of the {why} {len(health)} of {len(runs)} runs; report the others on their own "
-            "(or raise max_health_runs)."
-        )
-    for run in progress(health, desc="report", unit="run", show=show_progress):
-        page.heading(f"Health: {run}")
-        build.chart(f"{run}: group norms", lambda run=run: plots.group_norms(con, run, max_points=max_points))
-        build.chart(
-            f"{run}: learning rates", lambda run=run: plots.learning_rates(con, run, max_points=max_points)
-        )
-        build.chart(f"{run}: holdout samples", lambda run=run: plots.holdout_heatmap(con, run))
-        build.chart(
-            f"{run}: label balance", lambda run=run: plots.label_balance(con, run, max_points=max_points)
-        )
-        findings = doctor_findings(con, run)
-        if findings:
-            page.heading("doctor findings", 3)
-            page.table(findings, status_key="status")
+    for number, run in enumerate(progress(health, desc="report", unit="run", show=show_progress)):
+        with build.section(f"Health: {run}"):
+            if number == 0 and len(runs) > len(health):
+                page.paragraph(
+                    f"Health of the {why} {len(health)} of {len(runs)} runs; report the others on their own, "
+                    "or raise --max-health-runs (max_health_runs= in Python)."
+                )
+            build.chart(
+                f"{run}: group norms", lambda run=run: plots.group_norms(con, run, max_points=max_points)
+            )
+            build.chart(
+                f"{run}: learning rates",
+                lambda run=run: plots.learning_rates(con, run, max_points=max_points),
+            )
+            build.chart(f"{run}: holdout samples", lambda run=run: plots.holdout_heatmap(con, run))
+            build.chart(
+                f"{run}: label balance", lambda run=run: plots.label_balance(con, run, max_points=max_points)
+            )
+            with build.section("doctor findings", 3):
+                page.table(doctor_findings(con, run), status_key="status")
 
-    if report.skipped:
-        page.heading("Not drawn")
+    with build.section("Not drawn"):
         page.table([{"chart": name, "why": why} for name, why in report.skipped])
     report.path = page.save(output)
     if png_dir is not None:

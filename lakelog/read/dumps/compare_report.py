@@ -151,6 +151,13 @@ def _page(result: DumpComparison, chart: alt.VConcatChart, page_type: type) -> A
     return page
 
 
+RUN_COLORS = ["#4c78a8", "#f58518"]
+"""Run A and run B in the panels that show both."""
+
+NEUTRAL = "#555555"
+"""The panels of one series (L2, cosine, differences): no run's colour."""
+
+
 def dump_chart(result: DumpComparison) -> alt.VConcatChart:
     """Six panels: weight L2, cosine, loss of both, loss difference, accuracy of both, its difference."""
     import altair as alt
@@ -190,14 +197,18 @@ def dump_chart(result: DumpComparison) -> alt.VConcatChart:
             "tooltip": ["step:Q", "value:Q"],
         }
         if by_run:
-            encoding["color"] = alt.Color("run:N", title="run")
+            encoding["color"] = alt.Color(
+                "run:N", title="run", scale=alt.Scale(domain=[a, b], range=RUN_COLORS)
+            )
             encoding["strokeDash"] = alt.StrokeDash(
-                "run:N", title="run"
+                "run:N", legend=None
             )  # equal runs overlap: keep both visible
             encoding["tooltip"] = ["run:N", "step:Q", "value:Q"]
+        # one series (a distance, a difference): a neutral colour, never run A's, and no legend
+        mark = {} if by_run else {"color": NEUTRAL, "point": alt.OverlayMarkDef(color=NEUTRAL)}
         return (
             alt.Chart(alt.Data(values=values))
-            .mark_line(point=True)
+            .mark_line(**{"point": True, **mark})
             .encode(**encoding)
             .properties(title=title, width=_WIDTH, height=_HEIGHT)
         )
@@ -223,6 +234,6 @@ def dump_chart(result: DumpComparison) -> alt.VConcatChart:
             panel(absolute("acc_diff"), "Accuracy difference", "accuracy |a - b|", zero=True),
         ),
     )
-    return chart.properties(
+    return chart.resolve_legend(color="shared", strokeDash="shared").properties(
         title=f"{a} vs {b}: weights (filter {result.summary.get('filter', 'all')!r}), loss, accuracy"
     )

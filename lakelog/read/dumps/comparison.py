@@ -126,6 +126,28 @@ class DumpComparison:
     def summary_lines(self) -> list[str]:
         return summary_lines(self)
 
+    def skipped(self) -> list[str]:
+        """What was left out of the comparison, one phrase each (empty when everything common was compared):
+        unreadable dumps, steps only one run dumped, tensors not compared, unfinished dump folders."""
+        s = self.summary
+        out = []
+        if s["errors"]:
+            steps = sorted({e["step"] for e in s["errors"]})
+            out.append(f"{len(s['errors'])} unreadable dump(s) at step(s) {_steps(steps)}")
+        for key, run in (("steps_only_in_a", s["run_a"]), ("steps_only_in_b", s["run_b"])):
+            if s[key]:
+                out.append(f"{len(s[key])} step(s) only {run} dumped ({_steps(s[key])})")
+        uncompared = [m for m in s["mismatches"] if m["kind"] != "dtype"]
+        if uncompared:
+            names = ", ".join(m["name"] for m in uncompared[:3]) + (" …" if len(uncompared) > 3 else "")
+            out.append(
+                f"{len(uncompared)} tensor(s) not compared (only in one run or another shape: {names})"
+            )
+        for key, run in (("incomplete_a", s["run_a"]), ("incomplete_b", s["run_b"])):
+            if s[key]:
+                out.append(f"{len(s[key])} unfinished dump folder(s) of {run}")
+        return out
+
 
 class Comparer:
     """Compares the tensors of two dumps of one step, pair by pair, and collects the rows and mismatches."""

@@ -16,6 +16,7 @@ import duckdb
 import polars as pl
 
 from lakelog.errors import InvalidArgumentError, LakelogError, RunNotFoundError
+from lakelog.lake.checks import did_you_mean
 from lakelog.read.querylib import query
 
 Source = Any
@@ -24,6 +25,8 @@ Source = Any
 WIDTH = 640
 HEIGHT = 260
 DEFAULT_MAX_POINTS = 2000
+STEP_AXIS = {"tickMinStep": 1, "format": ",d"}
+"""Axis options of a step axis: whole steps only (no 0.5 ticks on a short run)."""
 
 
 class NoDataError(LakelogError, LookupError):
@@ -58,7 +61,8 @@ def check_runs(con: duckdb.DuckDBPyConnection, runs: str | Iterable[str] | None)
     missing = [n for n in names if n not in known]
     if missing:
         raise RunNotFoundError(
-            f"runs: no run named {', '.join(map(repr, missing))}; known runs: {', '.join(known) or 'none'}"
+            f"runs: no run named {', '.join(map(repr, missing))}{did_you_mean(missing[0], known)}; "
+            f"known runs: {', '.join(known) or 'none'}"
         )
     return names
 

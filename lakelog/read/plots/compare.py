@@ -12,6 +12,7 @@ from lakelog.lake.checks import non_negative_number
 from lakelog.read import querylib
 from lakelog.read.plots._common import (
     DEFAULT_MAX_POINTS,
+    STEP_AXIS,
     WIDTH,
     Source,
     check_max_points,
@@ -152,7 +153,9 @@ def divergence(
             axis=alt.Axis(tickCount=3, format=".2~g"),
         )
         last = index == len(layer_names) - 1
-        x = alt.X("step:Q", title="step" if last else None, axis=alt.Axis(labels=last, ticks=last))
+        x = alt.X(
+            "step:Q", title="step" if last else None, axis=alt.Axis(labels=last, ticks=last, **STEP_AXIS)
+        )
         tooltip = [
             alt.Tooltip("layer:N"),
             alt.Tooltip("step:Q", format=",.0f"),

@@ -11,6 +11,7 @@ import polars as pl
 from lakelog.read.plots._common import (
     DEFAULT_MAX_POINTS,
     HEIGHT,
+    STEP_AXIS,
     WIDTH,
     Source,
     check_max_points,
@@ -58,7 +59,7 @@ def metric_curves(
         alt.Chart(data(frame))
         .mark_line(strokeWidth=1.6)
         .encode(
-            x=alt.X("step:Q", title="step"),
+            x=alt.X("step:Q", title="step", axis=alt.Axis(**STEP_AXIS)),
             y=alt.Y(
                 "value:Q",
                 title=names[0] if len(names) == 1 else None,

@@ -28,8 +28,11 @@ h3 { font-size: 15px; margin-top: 24px; } .meta { color: #666; font-size: 13px; 
 table { border-collapse: collapse; font-size: 12.5px; margin: 8px 0 16px; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; max-width: 560px; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.sortable th { cursor: pointer; user-select: none; } table.sortable th:hover { background: #e8e8e8; }
+th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descending"]::after { content: " \\25BC"; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
 tr.bad td { background: #fdecea; } tr.warn td { background: #fff6e0; } tr.good td { background: #eef7ee; }
-.chart { margin: 12px 0 20px; } .chart-error { color: #b00020; font-family: monospace; white-space: pre-wrap; }
+.chart { margin: 12px 0 20px; width: 100%; overflow-x: auto; } .chart-error { color: #b00020; font-family: monospace; white-space: pre-wrap; }
 .note { color: #666; font-size: 13px; } code { background: #f4f4f4; padding: 1px 4px; }
 """
 
@@ -43,6 +46,28 @@ _RUNNER = """
     if (rendered + errors.length === specs.length) body.setAttribute('data-charts-done', 'true');
   }
   window.addEventListener('error', function (e) { errors.push(String(e.message)); done(); });
+  document.querySelectorAll('table.sortable').forEach(function (table) {
+    var heads = table.querySelectorAll('th');
+    heads.forEach(function (th, column) {
+      th.addEventListener('click', function () {
+        var down = th.getAttribute('aria-sort') === 'ascending';
+        heads.forEach(function (h) { h.removeAttribute('aria-sort'); });
+        th.setAttribute('aria-sort', down ? 'descending' : 'ascending');
+        var rows = Array.prototype.slice.call(table.querySelectorAll('tr')).slice(1);
+        function key(row) {
+          var td = row.children[column];
+          var v = td ? td.getAttribute('data-value') : null;
+          return v !== null && v !== '' ? parseFloat(v) : (td ? td.textContent : '');
+        }
+        rows.sort(function (a, b) {
+          var x = key(a), y = key(b), c = (typeof x === 'number' && typeof y === 'number') ? x - y
+            : String(x).localeCompare(String(y), undefined, {numeric: true});
+          return down ? -c : c;
+        });
+        rows.forEach(function (row) { row.parentNode.appendChild(row); });
+      });
+    });
+  });
   specs.forEach(function (spec, i) {
     var target = document.getElementById('chart-' + i);
     vegaEmbed(target, spec, {renderer: 'svg', actions: {export: true, source: false, compiled: false, editor: false}})
@@ -75,22 +100,34 @@ class Page:
     def paragraph(self, text: str, css: str = "note") -> None:
         self.parts.append(f'<p class="{css}">{html.escape(text)}</p>')
 
-    def chart(self, chart: alt.TopLevelMixin, name: str) -> int:
-        """Add a chart; its spec is validated now (``to_dict``), so a bad chart fails here, not in the browser."""
+    def chart(self, chart: alt.TopLevelMixin | dict[str, Any], name: str) -> int:
+        """Add a chart (or its Vega-Lite spec); ``to_dict`` validates it now, so a bad chart fails here."""
         index = len(self.specs)
-        self.specs.append(chart.to_dict())
+        self.specs.append(chart if isinstance(chart, dict) else chart.to_dict())
         self.chart_titles.append(name)
         self.parts.append(f'<div class="chart" id="chart-{index}" data-name="{html.escape(name)}"></div>')
         return index
 
     def table(
-        self, rows: list[dict[str, Any]], *, status_key: str | None = None, caption: str | None = None
+        self,
+        rows: list[dict[str, Any]],
+        *,
+        status_key: str | None = None,
+        caption: str | None = None,
+        sortable: bool = False,
     ) -> None:
-        """A plain HTML table; rows whose ``status_key`` reads bad/warn/good are tinted accordingly."""
+        """A plain HTML table; rows whose ``status_key`` reads bad/warn/good are tinted accordingly.
+
+        ``sortable`` tables sort by a column when its header is clicked (numbers as numbers).
+        """
         if not rows:
             return
         columns = list(dict.fromkeys(key for row in rows for key in row))
-        out = ["<table>"]
+        out = [
+            '<div class="table-wrap"><table class="sortable">'
+            if sortable
+            else '<div class="table-wrap"><table>'
+        ]
         if caption:
             out.append(f"<caption class='note'>{html.escape(caption)}</caption>")
         out.append("<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in columns) + "</tr>")
@@ -100,9 +137,13 @@ class Page:
             for c in columns:
                 value = row.get(c)
                 numeric = isinstance(value, int | float) and not isinstance(value, bool)
-                cells.append(f"<td class='num'>{_fmt(value)}</td>" if numeric else f"<td>{_fmt(value)}</td>")
+                cells.append(
+                    f"<td class='num' data-value='{value!r}'>{_fmt(value)}</td>"
+                    if numeric
+                    else f"<td>{_fmt(value)}</td>"
+                )
             out.append(f"<tr class='{css}'>" + "".join(cells) + "</tr>")
-        out.append("</table>")
+        out.append("</table></div>")
         self.parts.append("".join(out))
 
     def html(self) -> str:

@@ -11,6 +11,7 @@ from lakelog.errors import InvalidArgumentError
 from lakelog.read.plots._common import (
     DEFAULT_MAX_POINTS,
     HEIGHT,
+    STEP_AXIS,
     WIDTH,
     Source,
     check_max_points,
@@ -32,8 +33,22 @@ PANELS = {
 HEALTHY_RATIO = 1e-3
 
 
-def _group_color() -> alt.Color:
-    return alt.Color("group:N", title="group", legend=alt.Legend(orient="right"))
+DARK2 = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+WHOLE_MODEL = "(all)"
+
+
+def _group_color(groups: list[str]) -> alt.Color:
+    """Parameter groups in the dark2 colours (tableau's mean runs elsewhere on a page), by name order, so a
+    group has the same colour in every chart of a run; the whole model is grey."""
+    named = sorted(g for g in set(groups) if g != WHOLE_MODEL)
+    domain = named + ([WHOLE_MODEL] if WHOLE_MODEL in groups else [])
+    colours = [DARK2[i % (len(DARK2) - 1)] for i in range(len(named))] + ["#888888"] * (WHOLE_MODEL in groups)
+    return alt.Color(
+        "group:N",
+        title="group",
+        scale=alt.Scale(domain=domain, range=colours),
+        legend=alt.Legend(orient="right"),
+    )
 
 
 def group_norms(
@@ -66,7 +81,7 @@ def group_norms(
     present = [m for m in metrics if m in set(frame["metric"].to_list())]
     for index, metric in enumerate(present):
         base = alt.Chart().transform_filter(alt.datum.metric == metric)
-        x = alt.X("step:Q", title="step" if index == len(present) - 1 else None)
+        x = alt.X("step:Q", title="step" if index == len(present) - 1 else None, axis=alt.Axis(**STEP_AXIS))
         y = alt.Y(
             "plot_value:Q",
             title=f"{PANELS[metric]} (log)",
@@ -78,13 +93,14 @@ def group_norms(
             alt.Tooltip("value:Q", title=PANELS[metric], format=".4g"),
             alt.Tooltip("n:Q", title="steps averaged"),
         ]
-        layers = [base.mark_line(strokeWidth=1.6).encode(x=x, y=y, color=_group_color(), tooltip=tooltip)]
+        colour = _group_color(frame["group"].to_list())
+        layers = [base.mark_line(strokeWidth=1.6).encode(x=x, y=y, color=colour, tooltip=tooltip)]
         if frame.filter(
             (pl.col("metric") == metric) & pl.col("at_floor")
         ).height:  # no empty layers: vega warns
             layers.append(
                 base.mark_point(shape="triangle-down", filled=True, size=40)
-                .encode(x=x, y=y, color=_group_color(), tooltip=tooltip)
+                .encode(x=x, y=y, color=colour, tooltip=tooltip)
                 .transform_filter(alt.datum.at_floor)
             )
         if metric == "update_ratio":
@@ -122,7 +138,7 @@ def learning_rates(
         missing=f"run {name!r} has no lr/<group> scalars (run.watch(model, optimizer) logs them)",
     )
     frame = log_floor(frame.rename({"series": "group"}))
-    x = alt.X("step:Q", title="step")
+    x = alt.X("step:Q", title="step", axis=alt.Axis(**STEP_AXIS))
     y = alt.Y(
         "plot_value:Q", title="learning rate (log)", scale=alt.Scale(type="log", nice=False, padding=10)
     )
@@ -134,14 +150,14 @@ def learning_rates(
     line = (
         alt.Chart()
         .mark_line(strokeWidth=2, interpolate="step-after")
-        .encode(x=x, y=y, color=_group_color(), tooltip=tooltip)
+        .encode(x=x, y=y, color=_group_color(frame["group"].to_list()), tooltip=tooltip)
     )
     layers = [line]
     if frame["at_floor"].any():  # no empty layers: vega warns about their infinite extent
         layers.append(
             alt.Chart()
             .mark_point(shape="triangle-down", filled=True, size=40)
-            .encode(x=x, y=y, color=_group_color(), tooltip=tooltip)
+            .encode(x=x, y=y, color=_group_color(frame["group"].to_list()), tooltip=tooltip)
             .transform_filter(alt.datum.at_floor)
         )
     return alt.layer(*layers, data=data(frame)).properties(
@@ -171,7 +187,7 @@ def holdout_accuracy(
         alt.Chart(data(frame))
         .mark_line(point=alt.OverlayMarkDef(size=14), strokeWidth=1.8)
         .encode(
-            x=alt.X("step:Q", title="step"),
+            x=alt.X("step:Q", title="step", axis=alt.Axis(**STEP_AXIS)),
             y=alt.Y(
                 "value:Q", title="holdout accuracy", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])
             ),
@@ -221,7 +237,7 @@ def holdout_heatmap(
         alt.Chart(data(frame))
         .mark_rect()
         .encode(
-            x=alt.X("step:Q", title="step", scale=alt.Scale(nice=False)),
+            x=alt.X("step:Q", title="step", axis=alt.Axis(**STEP_AXIS), scale=alt.Scale(nice=False)),
             x2="step_end:Q",
             y=alt.Y("sample:N", title="holdout sample", sort=order, axis=alt.Axis(labelFontSize=9)),
             color=alt.Color(
@@ -266,7 +282,7 @@ def label_balance(
         alt.Chart()
         .mark_line(strokeWidth=1.5)
         .encode(
-            x=alt.X("step:Q", title="step"),
+            x=alt.X("step:Q", title="step", axis=alt.Axis(**STEP_AXIS)),
             y=alt.Y("pct:Q", title="share of batch (%)", scale=alt.Scale(domain=[0, 100])),
             color=alt.Color("label:N", title="label"),
             tooltip=[

@@ -12,6 +12,7 @@ from lakelog.lake.checks import positive_int
 from lakelog.read.plots._common import (
     DEFAULT_MAX_POINTS,
     HEIGHT,
+    STEP_AXIS,
     WIDTH,
     NoDataError,
     Source,
@@ -25,6 +26,9 @@ from lakelog.read.plots._common import (
 )
 from lakelog.read.plots.curves import epoch_history
 
+STATE_COLOURS = {"finished": "#4c78a8", "running": "#bab0ac"}
+AXIS_SPACING = 150
+"""Pixels per parallel-coordinates axis: room for its name and its values."""
 _LOWER_IS_BETTER = ("loss", "err", "fpr", "perplexity", "time", "duration", "mse", "mae")
 
 
@@ -79,7 +83,7 @@ def sweep_curves(
         alt.Chart(data(frame))
         .mark_line(strokeWidth=1.4)
         .encode(
-            x=alt.X("step:Q", title="step"),
+            x=alt.X("step:Q", title="step", axis=alt.Axis(**STEP_AXIS)),
             y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
             color=alt.Color("label:N", title="config", legend=alt.Legend(symbolLimit=40, labelLimit=320)),
             opacity=alt.condition(pick, alt.value(1.0), alt.value(0.12)),
@@ -134,7 +138,8 @@ def leaderboard(
         .encode(
             x=alt.X("value:Q", title=metric),
             y=y,
-            color=alt.condition(alt.datum.best, alt.value("#f58518"), alt.value("#4c78a8")),
+            # each run in its own colour (the report pins it across charts); the best is ranked 1 on top
+            color=alt.Color("label:N", title="config", legend=None),
             tooltip=[
                 alt.Tooltip("rank:Q"),
                 alt.Tooltip("run:N"),
@@ -193,6 +198,7 @@ def parallel_coordinates(
             labelAngle=0,
             labelFontSize=12,
             labelFontWeight="bold",
+            labelLimit=AXIS_SPACING - 12,
             orient="bottom",
             domain=False,
             ticks=False,
@@ -218,14 +224,13 @@ def parallel_coordinates(
         )
     )
     axes = alt.Chart(data(pl.DataFrame({"key": keys}))).mark_rule(color="#999").encode(x=x)
-    text = (
-        alt.Chart(data(ticks))
-        .mark_text(fontSize=10, color="#333", align="right", dx=-5)
-        .encode(x=x, y=y, text="raw:N")
-    )
-    return alt.layer(axes, lines, text).properties(
+    # the values along each axis, left of it, on a white halo so the lines never cross out a label
+    labels = alt.Chart(data(ticks)).encode(x=x, y=y, text="raw:N")
+    halo = labels.mark_text(fontSize=10, align="right", dx=-5, stroke="white", strokeWidth=3, opacity=0.9)
+    text = labels.mark_text(fontSize=10, color="#222", align="right", dx=-5)
+    return alt.layer(axes, lines, halo, text).properties(
         view=alt.ViewBackground(stroke=None),
-        width=max(WIDTH - 140, 110 * len(keys)),
+        width=max(WIDTH - 140, AXIS_SPACING * len(keys)),
         height=HEIGHT,
         title=title(
             f"hyperparameters vs {metric}",
@@ -234,8 +239,10 @@ def parallel_coordinates(
     )
 
 
-def _axis_ticks(frame: pl.DataFrame, most: int = 8) -> pl.DataFrame:
-    """The values to write along each axis: all of them when there are few, else the lowest and highest."""
+def _axis_ticks(frame: pl.DataFrame, most: int = 8, gap: float = 0.07) -> pl.DataFrame:
+    """The values to write along each axis: all of them when there are few, else the lowest and highest;
+    a value closer than ``gap`` (of the axis height) to the one written below it is left out, so
+    labels never overlap (the tooltip still has every value)."""
     distinct = frame.select("key", "raw", "norm").unique().sort("key", "norm")
     counts = distinct.group_by("key").agg(pl.len().alias("n_values"))
     distinct = distinct.join(counts, on="key")
@@ -244,31 +251,49 @@ def _axis_ticks(frame: pl.DataFrame, most: int = 8) -> pl.DataFrame:
         (pl.col("norm") == pl.col("norm").min().over("key"))
         | (pl.col("norm") == pl.col("norm").max().over("key"))
     )
-    return pl.concat([few, ends]).unique(["key", "norm"]).select("key", "raw", "norm")
+    kept = []
+    for (key,), part in (
+        pl.concat([few, ends])
+        .unique(["key", "norm"])
+        .sort("key", "norm")
+        .group_by("key", maintain_order=True)
+    ):
+        last = None
+        for row in part.iter_rows(named=True):
+            if last is None or row["norm"] - last >= gap:
+                kept.append({"key": key, "raw": row["raw"], "norm": row["norm"]})
+                last = row["norm"]
+    return pl.DataFrame(kept, schema={"key": pl.String, "raw": pl.String, "norm": pl.Float64})
 
 
 def training_time(source: Source, runs: str | Sequence[str] | None = None) -> alt.Chart:
     """Training time per configuration (run.json's duration_s), longest first."""
     con = connection(source)
     chosen = check_runs(con, runs)
-    frame = fetch(con, "internal.plot_run_times", runs=chosen, missing="no run has a duration or timed scalars yet")
+    frame = fetch(
+        con, "internal.plot_run_times", runs=chosen, missing="no run has a duration or timed scalars yet"
+    )
     frame = _with_labels(con, frame.filter(pl.col("duration_s").is_not_null()), chosen).drop("config")
     if frame.is_empty():
         raise InvalidArgumentError("runs: none of the runs has a duration yet (finish them first)")
     frame = frame.with_columns(
         pl.when(pl.col("finished")).then(pl.lit("finished")).otherwise(pl.lit("running")).alias("state")
     )
+    states = [state for state in ("finished", "running") if state in frame["state"].to_list()]
+    # a legend only when runs are in both states: "running" is not listed when nothing runs
+    colour = alt.Color(
+        "state:N",
+        title=None,
+        scale=alt.Scale(domain=states, range=[STATE_COLOURS[state] for state in states]),
+        legend=alt.Legend() if len(states) > 1 else None,
+    )
     return (
         alt.Chart(data(frame))
         .mark_bar()
         .encode(
-            x=alt.X("duration_s:Q", title="training time (s)"),
+            x=alt.X("duration_s:Q", title="training time (s)", axis=alt.Axis(tickCount=8, labelOverlap=True)),
             y=alt.Y("label:N", title=None, sort="-x", axis=alt.Axis(labelLimit=360)),
-            color=alt.Color(
-                "state:N",
-                title=None,
-                scale=alt.Scale(domain=["finished", "running"], range=["#4c78a8", "#bab0ac"]),
-            ),
+            color=colour,
             tooltip=[
                 alt.Tooltip("run:N"),
                 alt.Tooltip("label:N", title="config"),
