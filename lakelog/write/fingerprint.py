@@ -40,7 +40,7 @@ import functools
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -53,6 +53,7 @@ from lakelog.write import fingerprint_v1 as v1
 __all__ = [
     "ALGORITHMS",
     "algorithm_for",
+    "algorithm_prefix",
     "combine_hex",
     "fingerprint",
     "fingerprint_algorithm",
@@ -323,6 +324,13 @@ def _split_hex(h: object) -> tuple[str, str]:
     return algo, digits
 
 
+def algorithm_prefix(fingerprints: Iterable[str | None]) -> str:
+    """The prefix a digest of these fingerprints carries: ``x3:``, none for ``v1`` (and for none at
+    all), ``v1+x3:`` for a mix; so digests of differently hashed tensors read as not comparable."""
+    algos = sorted({fingerprint_algorithm(fp) for fp in fingerprints if fp is not None})
+    return "" if algos in ([], ["v1"]) else "+".join(algos) + ":"
+
+
 def combine_hex(hexes: Sequence[str]) -> str:
     """One fingerprint for an ordered group of fingerprints (e.g. a batch's input tensors).
 
@@ -333,8 +341,7 @@ def combine_hex(hexes: Sequence[str]) -> str:
     if isinstance(hexes, str):
         raise InvalidArgumentError("combine_hex expects a sequence of hex strings, not a single str")
     parts = [_split_hex(h) for h in hexes]
-    algos = sorted({a for a, _ in parts})
-    prefix = "" if algos in ([], ["v1"]) else "+".join(algos) + ":"
+    prefix = algorithm_prefix(hexes)
     joined = ",".join(d if a == "v1" else f"{a}:{d}" for a, d in parts)
     text = f"lakelog-combine-v{VERSION}|{len(parts)}|" + joined
     return prefix + xxhash.xxh3_128_hexdigest(text.encode())

@@ -369,11 +369,14 @@ def batch_job(
 ) -> Callable[[], dict[str, dict[str, list]]]:
     """Validate one batch's ids and inputs; the input fingerprint is computed where the inputs live."""
     batch_idx = optional_non_negative_int(batch_idx, "batch_idx")
-    from lakelog.write.fingerprint import fingerprint_many
+    from lakelog.write.fingerprint import algorithm_for, fingerprint_many
 
     host_ids = _ids_array(sample_ids)
     named = _input_tensors(inputs)
     pending_fp = HostCopy(fingerprint_many([t for _, t in named])) if named else None
+    # The digest carries the algorithms of its parts (x3 on CPU, v1 elsewhere), as fingerprints do.
+    algos = sorted({algorithm_for(t) for _, t in named})
+    fp_prefix = "" if algos in ([], ["v1"]) else "+".join(algos) + ":"
     shapes = (
         ";".join(f"{name}:{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for name, t in named) or None
     )
@@ -386,7 +389,7 @@ def batch_job(
         input_fp = None
         if pending_fp is not None:
             words = pending_fp.numpy()
-            input_fp = _digest(np.ascontiguousarray(words).tobytes() + (shapes or "").encode())
+            input_fp = fp_prefix + _digest(np.ascontiguousarray(words).tobytes() + (shapes or "").encode())
         row = {
             "step": [step],
             "batch_idx": [batch_idx],
