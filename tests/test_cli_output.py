@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
 
 from lakelog.cli import COMMANDS, cli
+from lakelog.lake.progress import busy
 
 WIDE_SQL = (
     "SELECT run, 'first value that is rather long' AS a_long_column_name_one, "
@@ -188,3 +190,20 @@ def test_the_sql_and_python_directions_agree(root):
     for metric in ("loss", "acc", "duration_s", "grad_norm", "update_ratio", "last_step"):
         board = querylib.query("leaderboard", root=root, metric=metric)
         assert board["higher_is_better"][0] is (not lower_is_better(metric)), metric
+
+
+def test_long_work_shows_its_elapsed_time_and_quick_work_shows_nothing(capsys):
+    with busy("diff: comparing the runs", show=True, after=0.05):
+        time.sleep(0.8)
+    shown = capsys.readouterr().err
+    assert "diff: comparing the runs" in shown and "00:0" in shown
+    with busy("quick", show=True, after=2.0):
+        time.sleep(0.01)
+    with busy("hidden", show=False, after=0.0):
+        time.sleep(0.3)
+    assert capsys.readouterr().err == ""
+
+
+def test_diff_and_check_determinism_offer_progress():
+    for command in ("diff", "check-determinism"):
+        assert "--progress / --no-progress" in run(command, "--help").output

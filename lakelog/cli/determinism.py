@@ -22,6 +22,7 @@ from lakelog.lake.checker_env import MODE as ENV_MODE
 from lakelog.lake.checker_env import ROOT as ENV_ROOT
 from lakelog.lake.checker_env import RUN_NAME as ENV_RUN_NAME
 from lakelog.lake.layout import RUN_FILE
+from lakelog.lake.progress import busy
 from lakelog.read.determinism.report import RUN_NAMES, determinism_report
 
 
@@ -76,6 +77,9 @@ def _run_script(
     "--show-output", is_flag=True, help="Stream the script's output (by default shown only if it fails)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--progress/--no-progress", default=None, help="Elapsed time while each run trains [default: terminal]."
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def check_determinism_command(
     steps: int,
@@ -84,6 +88,7 @@ def check_determinism_command(
     timeout: float | None,
     show_output: bool,
     as_json: bool,
+    progress: bool | None,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND twice (a training script that calls lakelog.init) and report the first difference.
@@ -95,15 +100,18 @@ def check_determinism_command(
     Example: lakelog check-determinism --steps 20 -- python train.py --config cfg.yaml
     """
     root = os.path.abspath(root) if root else tempfile.mkdtemp(prefix="lakelog-determinism-")
+    ticking = False if show_output else progress  # the script's own output owns the terminal then
     for i, name in enumerate(RUN_NAMES, 1):
         if not as_json:
-            click.echo(f"run {i}/2 ({name}) …", err=True, nl=False)
-        took = _run_script(
-            list(command), root=root, name=name, steps=steps, timeout=timeout, show=show_output
-        )
+            click.echo(f"run {i}/2 ({name}): training {steps} steps …", err=True)
+        with busy(f"run {i}/2 ({name})", show=ticking):
+            took = _run_script(
+                list(command), root=root, name=name, steps=steps, timeout=timeout, show=show_output
+            )
         if not as_json:
-            click.echo(f" done in {took:.1f} s", err=True)
-    report = determinism_report(root, *RUN_NAMES, loss_name=loss_name)
+            click.echo(f"run {i}/2 ({name}) done in {took:.1f} s", err=True)
+    with busy("comparing the two runs", show=ticking):
+        report = determinism_report(root, *RUN_NAMES, loss_name=loss_name)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
