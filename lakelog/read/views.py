@@ -125,22 +125,22 @@ class LiveFiles:
         for entry in scan.runs:
             before = signature(entry)
             self._cache.append((before, list_run(entry, scan, check_files=check_files)))
+        self.connecting = True
 
     def _live(self, entry: RunEntry) -> bool:
         status = entry.state.status if entry.state is not None else (entry.info or {}).get("status")
         return status == "running"
 
     def files(self, table: str) -> list[str]:
+        """The files of ``table`` now (while ``connect`` creates the views: as it listed them)."""
         with self._lock:
-            out: list[str] = []
-            for i, entry in enumerate(self.scan.runs):
-                cached, files = self._cache[i]
-                now = signature(entry)
-                if now != cached or self._live(entry):
-                    files = list_run(entry, self.scan, check_files=self.check_files)
-                    self._cache[i] = (now, files)
-                out.extend(files.get(table, ()))
-            return out
+            if not self.connecting:
+                for i, entry in enumerate(self.scan.runs):
+                    cached, _ = self._cache[i]
+                    now = signature(entry)
+                    if now != cached or self._live(entry):
+                        self._cache[i] = (now, list_run(entry, self.scan, check_files=self.check_files))
+            return self.listed(table)
 
     def listed(self, table: str) -> list[str]:
         """The files of ``table`` as listed last (no new listing)."""
@@ -157,23 +157,15 @@ def _local_view(con: duckdb.DuckDBPyConnection, table: str, scan: Scan, live: Li
         "filename = true, hive_partitioning = true, hive_types = {'epoch': 'BIGINT', 'rank': 'BIGINT'}, "
         f"union_by_name = {str(union).lower()}"
     )
-    con.execute(f"SET VARIABLE lakelog_files_{table} = $files", {"files": files})
-    probe = f"SELECT * EXCLUDE (filename) FROM read_parquet(getvariable('lakelog_files_{table}'), {options})"
-    con.execute(f"CREATE OR REPLACE VIEW {table} AS {probe}")
-    columns = [
-        row[0]
-        for row in con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE table_name = $t ORDER BY column_index",
-            {"t": table},
-        ).fetchall()
-    ]
-    if live is not None:  # a fixed column list keeps the view valid when later parts add columns
+    if live is not None:  # the file list is taken again at each query
         listing = f"lakelog_files('{table}')"
         options += ", allow_empty = true"
     else:
+        con.execute(f"SET VARIABLE lakelog_files_{table} = $files", {"files": files})
         listing = f"getvariable('lakelog_files_{table}')"
-    select = ", ".join(f'"{c}"' for c in columns)
-    source = f"SELECT {select}, {run_of_file(table)} AS run FROM read_parquet({listing}, {options})"
+    source = (
+        f"SELECT * EXCLUDE (filename), {run_of_file(table)} AS run FROM read_parquet({listing}, {options})"
+    )
     con.execute(f"CREATE OR REPLACE VIEW {table} AS {_with_contract(con, table, _cut(source, scan))}")
     return True
 
@@ -259,12 +251,17 @@ def connect(
             }
         )
         con.register("_lakelog_cuts", cuts)
-    for table in TABLES:
-        made = _local_view(con, table, scan, live) if local else _remote_view(con, table, scan)
-        if not made:
-            con.register(f"_{table}_empty", empty_table(table))
-            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _{table}_empty")
+    for table in TABLES:  # empty views first: creating a macro binds the views it uses, cheap on these
+        con.register(f"_{table}_empty", empty_table(table))
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _{table}_empty")
     macros.install(con)  # the query library's shared macros (queries/_*.sql), before any lock
+    for table in TABLES:  # a macro binds its views again at each use, so it reads these
+        if local:
+            _local_view(con, table, scan, live)
+        else:
+            _remote_view(con, table, scan)
+    if live is not None:  # from now on each query lists again what may have changed
+        live.connecting = False
     if read_only:
         sandbox.lock(con, [p for table in TABLES for p in scan.files[table]] if local else [])
     return con
