@@ -451,6 +451,7 @@ run.finish()
 """
 
 
+@pytest.mark.slow  # two training processes
 def test_cli_runs_the_script_twice_and_reports(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(SCRIPT.format(seeding="torch.manual_seed(0)")))

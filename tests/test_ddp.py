@@ -22,6 +22,8 @@ import lakelog
 WORLD = 2
 STEPS = N // BATCH // WORLD
 
+pytestmark = pytest.mark.slow  # every test reads a lake two torch.distributed processes wrote
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from lakelog.cli import cli
 from lakelog.read.diff import diff_runs
 
 
+@pytest.mark.slow  # trains the demo's two runs end to end
 def test_demo_trains_two_runs_and_finds_the_shuffle_bug(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "--root", str(tmp_path), "--epochs", "3"])
     assert result.exit_code == 0, result.output

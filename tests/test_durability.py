@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pyarrow.parquet as pq
+import pytest
 
 import lakelog
 
@@ -28,6 +29,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a child process killed mid-run
 def test_sigkill_leaves_only_readable_part_files(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     flushed = 0
@@ -47,6 +49,7 @@ def test_sigkill_leaves_only_readable_part_files(tmp_path):
     assert con.execute("SELECT status FROM runs").fetchone() == ("crashed",)  # its writer is gone
 
 
+@pytest.mark.slow  # a child interpreter
 def test_interpreter_exit_writes_what_is_buffered(tmp_path):
     script = textwrap.dedent(
         """
@@ -62,6 +65,7 @@ def test_interpreter_exit_writes_what_is_buffered(tmp_path):
     assert con.execute("SELECT status FROM runs").fetchone() == ("exited",)
 
 
+@pytest.mark.slow  # a child interpreter
 def test_a_run_dropped_without_finish_is_still_written_at_exit(tmp_path):
     script = textwrap.dedent(
         """

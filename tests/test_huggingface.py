@@ -16,6 +16,7 @@ from lakelog.write.fingerprint import fingerprint_hex
 
 STEPS = 4
 LAYER = "transformer.h.0.attn.c_attn.weight"
+pytestmark = pytest.mark.slow  # every test trains with the transformers Trainer
 
 
 def _model() -> torch.nn.Module:

@@ -141,6 +141,7 @@ def test_report_renders_in_headless_chromium_without_errors(pair_report, tmp_pat
         assert not_white > 0.03 * image.width * image.height
 
 
+@pytest.mark.slow  # trains a sweep, renders every chart
 def test_sweep_report_and_cli(tmp_path: Path) -> None:
     root = build_sweep(tmp_path / "sweep")
     out = tmp_path / "sweep.html"
