@@ -22,6 +22,7 @@ from lakelog.errors import InvalidArgumentError
 from lakelog.lake import schemas
 from lakelog.lake.checks import optional_non_negative_int
 from lakelog.write.hostcopy import HostCopy, as_host, resolve
+from lakelog.write.keytypes import check_key_types
 
 RESERVED = set(schemas.PREDICTIONS.names) | {"epoch", "rank", "run"}
 ID_SEPARATOR = "\x1f"
@@ -76,25 +77,6 @@ def _key_column(name: str, value: Any, n: int) -> HostCopy | np.ndarray | list:
             )
         return value.astype(str).tolist() if value.dtype.kind in "USO" else value.astype(np.int64)
     return _uniform_list(value, f"keys[{name!r}]")
-
-
-def _key_kind(column: HostCopy | np.ndarray | list) -> str:
-    return "str" if isinstance(column, list) else "int"
-
-
-def _check_key_types(host_keys: Mapping[str, Any], key_types: dict[str, str]) -> None:
-    """Refuse a key column whose type differs from its first batch's; record the types of new ones."""
-    kinds = {name: _key_kind(column) for name, column in host_keys.items()}
-    for name, kind in kinds.items():
-        fixed = key_types.get(name)
-        if fixed is not None and fixed != kind:
-            words = {"str": "strings", "int": "integers"}
-            raise InvalidArgumentError(
-                f"keys[{name!r}]: this run stores {name!r} as {words[fixed]} (fixed by its first batch for "
-                f"the whole run); got {words[kind]}: convert them (e.g. str(id)) or use another key name"
-            )
-    for name, kind in kinds.items():
-        key_types.setdefault(name, kind)
 
 
 def _uniform_list(values: Sequence, arg: str) -> list[str] | np.ndarray:
@@ -196,7 +178,7 @@ def predictions_job(
         )
     host_keys = {name: _key_column(name, value, n) for name, value in (keys or {}).items()}
     if key_types is not None and host_keys:
-        _check_key_types(host_keys, key_types)
+        check_key_types({name: isinstance(column, list) for name, column in host_keys.items()}, key_types)
 
     def build() -> dict[str, dict[str, Any]]:
         values = resolve(host_logits).reshape(n, classes)
@@ -234,6 +216,7 @@ def predictions_job(
 
     build.rows = n  # what a failure would cost, for the writer's counts
     build.step = step  # every row it builds has this step
+    build.nbytes = 4 * n * (classes + 4)  # the host copies it holds, about
     return build
 
 
@@ -409,4 +392,5 @@ def batch_job(
 
     build.rows = 1
     build.step = step
+    build.nbytes = 0
     return build

@@ -43,6 +43,8 @@ Rows = pa.Table | Mapping[str, Any]
 list columns, Arrow arrays) that are merged and converted in bulk when the part file is written."""
 BuildRows = Callable[[], Mapping[str, Rows | None]]
 ON_ERROR = ("warn", "raise")
+WAKE_BYTES = 1 << 20
+"""Queued builders holding less than this many bytes are taken in batches (see ``PartWriter.submit``)."""
 WARN_EVERY_S = 300.0
 """The lake-not-writable warning is repeated at most this often while the problem lasts."""
 
@@ -119,7 +121,7 @@ class PartWriter:
             "lakelog-writer",
             self._handle,
             max_items=max_pending,
-            wake_at=min(512, max_pending),
+            wake_at=min(64, max_pending),
             on_flush=self._flush_all,
             on_close=self._close_all,
             tick=self._periodic,
@@ -128,10 +130,14 @@ class PartWriter:
 
     # -- training thread ---------------------------------------------------------------------
     def submit(self, epoch: int, build: BuildRows, *, table: str = "unknown", rows: int = 0) -> None:
-        """Queue a row builder; ``table`` and ``rows`` say what is lost if it fails (for the counts)."""
+        """Queue a row builder; ``table`` and ``rows`` say what is lost if it fails (for the counts).
+
+        A builder that declares its size (``build.nbytes``: the host copies it holds) below
+        ``WAKE_BYTES`` waits for ``wake_at`` others before the thread is woken: a wake-up per small
+        batch costs the writer more than the batch itself. Others wake it at once."""
         if self._first_error is not None and self.on_error == "raise":
             self.check()
-        self._worker.put((epoch, build, table, rows))
+        self._worker.put((epoch, build, table, rows), wake=getattr(build, "nbytes", WAKE_BYTES) >= WAKE_BYTES)
 
     def submit_scalars(self, row: tuple) -> None:
         """Queue one ``log`` call's row; cheap: the writer thread is not woken for it."""
