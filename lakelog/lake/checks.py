@@ -16,33 +16,30 @@ INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 
 
-def _as_int(value: Any, arg: str, expected: str) -> int:
+def _int_at_least(value: Any, arg: str, low: int, expected: str) -> int:
+    """The slow path of the int checks: numpy integers, bools, other types, out-of-range values."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidArgumentError(f"{arg}: expected {expected}, got {type(value).__name__} {value!r}")
     number = int(value)
     if not INT64_MIN <= number <= INT64_MAX:
         raise InvalidArgumentError(f"{arg}: expected {expected} that fits in int64, got {number}")
+    if number < low:
+        raise InvalidArgumentError(f"{arg}: expected {expected}, got {number}")
     return number
 
 
 def positive_int(value: Any, arg: str) -> int:
     """``value`` as an int ≥ 1 (numpy integers accepted; bools refused)."""
-    if type(value) is int and 1 <= value <= INT64_MAX:  # the common case first
+    if type(value) is int and 1 <= value <= INT64_MAX:  # the common case, without a call
         return value
-    number = _as_int(value, arg, "a positive int")
-    if number < 1:
-        raise InvalidArgumentError(f"{arg}: expected a positive int, got {number}")
-    return number
+    return _int_at_least(value, arg, 1, "a positive int")
 
 
 def non_negative_int(value: Any, arg: str) -> int:
     """``value`` as an int ≥ 0 (numpy integers accepted; bools refused); runs on every log call."""
-    if type(value) is int and 0 <= value <= INT64_MAX:  # the common case first
+    if type(value) is int and 0 <= value <= INT64_MAX:  # the common case, without a call
         return value
-    number = _as_int(value, arg, "a non-negative int")
-    if number < 0:
-        raise InvalidArgumentError(f"{arg}: expected a non-negative int, got {number}")
-    return number
+    return _int_at_least(value, arg, 0, "a non-negative int")
 
 
 def optional_positive_int(value: Any, arg: str) -> int | None:
