@@ -77,6 +77,16 @@ BAD_CALLS = [
         lambda r: r.log_predictions(torch.ones(2, 3), step=1, loss=["a", "b"]),
         r"loss: expected 2 per-sample numbers",
     ),
+    (
+        lambda r: r.log_predictions(
+            torch.ones(2, 3), step=1, keys={"n": np.array([2**64 - 1, 1], dtype=np.uint64)}
+        ),
+        r"keys\['n'\]: expected integers that fit in int64, got 18446744073709551615",
+    ),
+    (
+        lambda r: r.log_predictions(torch.ones(2, 3), step=1, labels=np.array([2**63, 0], dtype=np.uint64)),
+        r"labels: expected integers that fit in int64",
+    ),
     (lambda r: r.log({"loss": 1.0}, step=0), None),  # the same step again: allowed
 ]
 

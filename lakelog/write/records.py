@@ -75,8 +75,22 @@ def _key_column(name: str, value: Any, n: int) -> HostCopy | np.ndarray | list:
             raise InvalidArgumentError(
                 f"keys[{name!r}]: expected integer or string ids, got dtype {value.dtype}"
             )
-        return value.astype(str).tolist() if value.dtype.kind in "USO" else value.astype(np.int64)
+        if value.dtype.kind in "USO":
+            return value.astype(str).tolist()
+        return _int64(value, f"keys[{name!r}]")
     return _uniform_list(value, f"keys[{name!r}]")
+
+
+def _int64(values: np.ndarray, arg: str) -> np.ndarray:
+    """An integer array as int64; unsigned values beyond int64 are refused instead of wrapping around."""
+    if (
+        values.dtype.kind == "u"
+        and values.dtype.itemsize == 8
+        and values.size
+        and int(values.max()) > 2**63 - 1
+    ):
+        raise InvalidArgumentError(f"{arg}: expected integers that fit in int64, got {int(values.max())}")
+    return values.astype(np.int64)
 
 
 def _uniform_list(values: Sequence, arg: str) -> list[str] | np.ndarray:
@@ -154,7 +168,7 @@ def predictions_job(
                 raise InvalidArgumentError(
                     f"labels: expected integer class indices, got values of dtype {array.dtype}"
                 )
-            host_labels = array.astype(np.int64)
+            host_labels = _int64(array, "labels")
 
     host_loss = None
     if loss is not None:
