@@ -20,6 +20,7 @@ Columns are ``summaries.RAW``: norm, sum, min, max, absmax, nan_count, inf_count
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -51,18 +52,43 @@ def _small(xs: list[torch.Tensor], out: np.ndarray, full: bool, minmax: bool) ->
         _small_rows(xs, out, full, minmax)
 
 
+class _Scratch(threading.local):
+    """Buffers reused from capture to capture (one set per thread). Fresh large buffers would be new
+    pages to fault in at every capture, which on a busy machine costs more than the arithmetic."""
+
+    def __init__(self) -> None:
+        self.flat = torch.empty(0, dtype=F64)
+        self.tmp = np.empty(0)
+        self.segments: dict[bytes, np.ndarray] = {}
+
+    def get(self, counts: np.ndarray, n: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        if self.flat.numel() < n:
+            self.flat = torch.empty(n + n // 4, dtype=F64)
+            self.tmp = np.empty(n + n // 4)
+        key = counts.tobytes()
+        seg = self.segments.get(key)
+        if seg is None:  # each element's tensor index, per layout of tensors (a model has a few)
+            if len(self.segments) >= 16:
+                self.segments.clear()
+            seg = self.segments[key] = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+        return self.flat[:n], self.tmp[:n], seg
+
+
+_scratch = _Scratch()
+
+
 def _small_rows(xs: list[torch.Tensor], out: np.ndarray, full: bool, minmax: bool) -> None:
     counts = np.fromiter((x.numel() for x in xs), dtype=np.int64, count=len(xs))
     ends = np.cumsum(counts)
     starts = ends - counts
-    flat = torch.empty(int(ends[-1]), dtype=F64)
+    flat, tmp, seg = _scratch.get(counts, int(ends[-1]))
     torch.cat([x.reshape(-1) for x in xs], out=flat)  # each tensor cast straight into the buffer
     a = flat.numpy()
-    out[:, NORM] = np.sqrt(np.add.reduceat(a * a, starts))
+    out[:, NORM] = np.sqrt(np.add.reduceat(np.multiply(a, a, out=tmp), starts))
     bad = np.flatnonzero(~np.isfinite(out[:, NORM]))  # a NaN or Inf in the tensor (float64: no overflow)
     if not full:
-        if minmax:
-            out[:, ABSMAX] = np.maximum.reduceat(np.abs(a), starts)  # NaN propagates, as in the norm
+        if minmax:  # NaN propagates, as in the norm
+            out[:, ABSMAX] = np.maximum.reduceat(np.abs(a, out=tmp), starts)
         return
     out[:, SUM] = np.add.reduceat(a, starts)
     out[:, MIN] = np.minimum.reduceat(a, starts)
@@ -70,8 +96,10 @@ def _small_rows(xs: list[torch.Tensor], out: np.ndarray, full: bool, minmax: boo
     out[:, NANS] = 0.0
     out[:, INFS] = 0.0
     mean = out[:, SUM] / counts
-    dev = a - np.repeat(mean, counts)
-    out[:, VAR] = np.where(counts > 1, np.add.reduceat(dev * dev, starts) / (counts - 1), math.nan)
+    dev = np.subtract(a, np.take(mean, seg, out=tmp), out=tmp)  # two-pass variance, in the scratch
+    out[:, VAR] = np.where(
+        counts > 1, np.add.reduceat(np.multiply(dev, dev, out=tmp), starts) / (counts - 1), math.nan
+    )
     for j in bad.tolist():
         part = a[starts[j] : ends[j]]
         out[j, NANS], out[j, INFS] = _counts(part)
