@@ -191,3 +191,23 @@ def test_cuda_statistics_equal_the_cpu_path_without_a_sync() -> None:
             np.testing.assert_allclose(cols[col][valid[col]], cpu_cols[col][valid[col]], rtol=1e-4)
     big = torch.full((SMALL + 100,), 1.8e26, device="cuda")
     assert math.isfinite(float(tensor_stats([big], full=False)[0][0, 0]))
+
+
+def test_accelerator_path_computes_the_same_columns_on_cpu_tensors() -> None:
+    """The queued, sync-free path accelerators take is plain torch ops: run on CPU tensors, it must give
+    the CPU path's columns (so its math is checked on machines without a GPU too)."""
+    from lakelog.write.telemetry.summaries import _dense_block
+
+    ts = [t for t in tensors() if t.dtype != torch.int64 and t.dim() > 0]
+    for kw in ({"full": True}, {"full": False}, {"full": False, "minmax": False}):
+        full, minmax = kw["full"], kw.get("minmax", True)
+        raw = _dense_block(ts, full, minmax).numpy()
+        cols, valid = finish_stats(raw, ["real"] * len(ts), [t.numel() for t in ts], **kw)
+        cpu_cols, cpu_valid = columns(ts, **kw)
+        for col in cols:
+            assert (valid[col] == cpu_valid[col]).all(), (kw, col)
+            np.testing.assert_allclose(
+                cols[col][valid[col]], cpu_cols[col][valid[col]], rtol=1e-5, err_msg=col
+            )
+    big = torch.full((SMALL + 100,), 1.8e26)
+    assert math.isfinite(float(_dense_block([big], False, True)[0, 0]))
