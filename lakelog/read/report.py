@@ -23,7 +23,7 @@ import altair as alt
 import duckdb
 
 from lakelog.errors import InvalidArgumentError
-from lakelog.lake.checks import positive_int
+from lakelog.lake.checks import did_you_mean, positive_int
 from lakelog.lake.layout import RUN_FILE
 from lakelog.lake.progress import progress
 from lakelog.read import plots, querylib
@@ -75,8 +75,13 @@ def resolve_targets(
         if candidate and os.path.isfile(os.path.join(candidate, RUN_FILE)):
             resolved.append(candidate)
             continue
+        known = (
+            sorted(n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n, RUN_FILE)))
+            if root is not None and os.path.isdir(root)
+            else []
+        )
         where = (
-            f" nor a run in {os.fspath(root)!r}"
+            f" nor a run in {os.fspath(root)!r}{did_you_mean(text, known)}"
             if root is not None
             else " (pass --root to name runs by name)"
         )
