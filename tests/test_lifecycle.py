@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import UTC, datetime
 
 import duckdb
 import pytest
@@ -295,3 +296,21 @@ def test_resume_bad_input(tmp_path, caplog):
     assert _counts(tmp_path / "new", "scalars") == dict.fromkeys(range(6), 1)  # nothing written was lost
     info = json.loads((tmp_path / "new" / "run.json").read_text())
     assert info["status"] == "finished" and info["resumes"][0]["after_step"] == 4
+
+
+def test_overwrite_is_refused_while_another_jobs_rank_is_live_but_not_for_peers(tmp_path):
+    with lakelog.init(tmp_path, name="ddp") as run:
+        run.log({"loss": 1.0}, step=0)
+    path = lifecycle.claim_path(str(tmp_path / "ddp"), 1)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    live = {"pid": os.getpid(), "host": lifecycle.hostname(), "heartbeat": time.time()}
+    with open(path, "w") as f:  # rank 1 of a job that started an hour ago, still running
+        json.dump({**live, "started": "2026-01-01T00:00:00+00:00"}, f)
+    with pytest.raises(RunInUseError, match=r"cannot overwrite it while rank 1 is being written by pid"):
+        lakelog.init(tmp_path, name="ddp", mode="overwrite")
+    assert _counts(tmp_path / "ddp", "scalars") == {0: 1}  # nothing removed
+    with open(path, "w") as f:  # rank 1 of this job, started with it
+        json.dump({**live, "started": datetime.now(UTC).isoformat()}, f)
+    with lakelog.init(tmp_path, name="ddp", mode="overwrite") as run:
+        run.log({"loss": 0.5}, step=0)
+    assert _counts(tmp_path / "ddp", "scalars") == {0: 1}

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ from lakelog.write.claim import Claim
 from lakelog.write.env import environment
 
 log = logging.getLogger("lakelog")
+_PROCESS_START = time.monotonic()  # about when this process started (this module loads with lakelog.write)
 
 
 def utc_now() -> str:
@@ -177,13 +179,19 @@ def _open_claimed(
     return opened
 
 
+PEERS_WITHIN_S = 120.0
+"""Writers of other ranks that claimed the run less than this before this process started are taken
+for peers of this job (DDP ranks start together), not for another job's live writers."""
+
+
 def _remove_run(lake: Lake, run_dir: str, rank: int) -> None:
-    """Everything of the old run but the claims: refused while another rank's writer is live."""
+    """Everything of the old run but the claims; refused while another job's writer of a rank is live."""
     if not lake.local:
         lake.fs.delete_dir(run_dir)
         return
     state = lifecycle.run_state(lake, os.path.basename(run_dir), {})
-    others = {r: c for r, c in state.writers.items() if r != rank}
+    since = time.time() - (time.monotonic() - _PROCESS_START) - PEERS_WITHIN_S
+    others = {r: c for r, c in state.writers.items() if r != rank and _claimed_at(c) < since}
     if others:
         r, holder = next(iter(others.items()))
         raise RunInUseError(
@@ -197,6 +205,13 @@ def _remove_run(lake: Lake, run_dir: str, rank: int) -> None:
             shutil.rmtree(entry.path)
         else:
             os.unlink(entry.path)
+
+
+def _claimed_at(claim: dict[str, Any]) -> float:
+    try:
+        return datetime.fromisoformat(str(claim.get("started"))).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _continue_after_commit(
