@@ -4,7 +4,9 @@
 -- where the group's learning rate (the scalar lr/<group>, when logged) is not 0, how many had
 -- update_norm = 0 while grad_norm > 0. too_small is true when, on every such step, the gradient
 -- times 10 x the LR is below the weights' rounding step (|max weight| x the dtype's epsilon): then
--- the update rounds away (a vanishing gradient), whatever the optimizer does.
+-- the update rounds away (a vanishing gradient, or a bias right before a normalization layer, whose
+-- gradient is zero but for rounding), whatever the optimizer does. A tensor that moved on some
+-- captures is in the optimizer and stepped: its zero updates are rounding.
 -- status: frozen (every such step) | partly frozen (some) | no gradient (never a non-zero gradient
 -- nor update: requires_grad off or unused, often on purpose) | lr 0 (the group's LR is 0 on every
 -- captured step) | ok. Falls back to the scalars update_norm/<group> and grad_norm/<group> when
@@ -16,7 +18,7 @@ lr AS (
     FROM scalars WHERE run = $run AND starts_with(name, 'lr/')
 ),
 p AS (
-    SELECT step, name, coalesce("group", '(no group)') AS grp, grad_norm, update_norm, grad_absmax, absmax,
+    SELECT step, name, coalesce("group", '(no group)') AS grp, grad_norm, update_norm, grad_absmax, absmax, shape,
         CASE dtype WHEN 'float64' THEN 2.2e-16 WHEN 'bfloat16' THEN 7.8e-3 WHEN 'float16' THEN 9.8e-4
                    ELSE 1.2e-7 END AS eps
     FROM params WHERE run = $run AND coalesce(kind, 'param') = 'param' AND update_norm IS NOT NULL
@@ -24,7 +26,7 @@ p AS (
 s AS (
     SELECT u.step, substr(u.name, length('update_norm/') + 1) AS name,
         substr(u.name, length('update_norm/') + 1) AS grp, g.value AS grad_norm, u.value AS update_norm,
-        NULL::DOUBLE AS grad_absmax, NULL::DOUBLE AS absmax, 1.2e-7 AS eps
+        NULL::DOUBLE AS grad_absmax, NULL::DOUBLE AS absmax, NULL::VARCHAR AS shape, 1.2e-7 AS eps
     FROM scalars u
     LEFT JOIN scalars g ON g.run = u.run AND g.step = u.step
         AND g.name = 'grad_norm/' || substr(u.name, length('update_norm/') + 1)
@@ -36,7 +38,8 @@ rows_ AS (
     LEFT JOIN lr l ON l.step = r.step AND l.grp = r.grp
 ),
 per AS (
-    SELECT name, grp, any_value(source) AS source, count(*) FILTER (WHERE coalesce(lr, 1) <> 0) AS n_steps,
+    SELECT name, grp, any_value(source) AS source, any_value(shape) AS shape,
+        count(*) FILTER (WHERE coalesce(lr, 1) <> 0) AS n_steps,
         count(*) FILTER (WHERE lr = 0) AS n_lr_zero,
         count(*) FILTER (WHERE update_norm = 0 AND grad_norm > 0 AND coalesce(lr, 1) <> 0) AS n_frozen,
         count(*) FILTER (WHERE coalesce(grad_norm, 0) = 0 AND update_norm = 0) AS n_still,
@@ -53,7 +56,7 @@ SELECT name, grp AS "group",
          WHEN n_frozen > 0 THEN 'partly frozen'
          WHEN n_still = n_captures THEN 'no gradient'
          ELSE 'ok' END AS status,
-    n_steps, n_frozen, first_frozen_step, coalesce(too_small, false) AS too_small, max_lr, max_grad_norm,
+    shape, n_steps, n_frozen, first_frozen_step, coalesce(too_small, false) AS too_small, max_lr, max_grad_norm,
     max_update_norm, n_lr_zero, source
 FROM per
 ORDER BY CASE status WHEN 'frozen' THEN 0 WHEN 'partly frozen' THEN 1 WHEN 'no gradient' THEN 2

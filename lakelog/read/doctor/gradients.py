@@ -135,14 +135,21 @@ def frozen_layers(ctx: Context) -> Verdict:
     parts: list[str] = []
     status = "pass"
     frozen = df.filter(pl.col("status").is_in(["frozen", "partly frozen"])) if not df.is_empty() else df
+    rounding: list[str] = []
     if not frozen.is_empty():
-        small = frozen.filter(pl.col("too_small"))
-        stuck = frozen.filter(~pl.col("too_small"))
+        matrix = pl.col("shape").fill_null("[]").str.count_matches(",") >= 1
+        # moved on some captures: in the optimizer and stepped, so its zero updates are rounding
+        rounding = frozen.filter((pl.col("status") == "partly frozen") | (pl.col("too_small") & ~matrix))[
+            "name"
+        ]
+        rounding = rounding.to_list()
+        small = frozen.filter((pl.col("status") == "frozen") & pl.col("too_small") & matrix)
+        stuck = frozen.filter((pl.col("status") == "frozen") & ~pl.col("too_small"))
         if not small.is_empty():
             status = "warn"
             parts.append(
-                f"{small.height} tensor(s) get gradients too small to change their weights (a vanishing "
-                f"gradient, see 'gradients'; from step {small['first_frozen_step'].min()}): "
+                f"{small.height} weight(s) get gradients too small to change them (a vanishing gradient, see "
+                f"'gradients'; from step {small['first_frozen_step'].min()}): "
                 + name_list(small["name"].to_list())
             )
         if not stuck.is_empty():
@@ -156,9 +163,10 @@ def frozen_layers(ctx: Context) -> Verdict:
                 )
             other = [n for n in names if n not in outside]
             if other:
+                first = stuck.filter(pl.col("name").is_in(other))["first_frozen_step"].min()
                 parts.append(
-                    f"{len(other)} tensor(s) got gradients but did not move (first at step "
-                    f"{stuck.filter(pl.col('name').is_in(other))['first_frozen_step'].min()}): {name_list(other)}; "
+                    f"{len(other)} tensor(s) got gradients but never moved (first at step {first}): "
+                    f"{name_list(other)}; "
                     + (
                         "are they in the optimizer, with a non-zero LR?"
                         if not outside
@@ -184,6 +192,11 @@ def frozen_layers(ctx: Context) -> Verdict:
     if parts:
         return Verdict(status, "; ".join(parts), df, "frozen_layers")
     notes = []
+    if rounding:
+        notes.append(
+            f"{len(rounding)} tensor(s) get gradients so small that their update rounds away on some steps "
+            f"(e.g. a bias right before a normalization layer): {name_list(rounding)}"
+        )
     if unsure:
         notes.append(
             f"{len(unsure)} tensor(s) have requires_grad=False but sit in an optimizer group with a non-zero LR "
