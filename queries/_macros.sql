@@ -55,19 +55,24 @@ CREATE OR REPLACE MACRO paired_batches(run_a, run_b, from_step) AS TABLE
     JOIN batches b ON a.step = b.step AND a.rank = b.rank AND a.batch_idx IS NOT DISTINCT FROM b.batch_idx
     WHERE a.run = run_a AND b.run = run_b AND a.step >= from_step AND b.step >= from_step;
 
+-- The comparison columns of a params row of A (a) against one of B (b), for paired_params and the
+-- queries that pair params rows themselves (first_divergence reads only some captures).
+CREATE OR REPLACE MACRO param_pair(a, b) AS {
+    'step': a.step, 'epoch': a.epoch, 'rank': a.rank, 'name': a.name, 'kind': coalesce(a.kind, 'param'),
+    'grp': a."group", 'w_known': fp_comparable(a.fingerprint, b.fingerprint),
+    'w_differ': a.fingerprint IS DISTINCT FROM b.fingerprint,
+    'g_known': fp_comparable(a.grad_fingerprint, b.grad_fingerprint),
+    'g_differ': a.grad_fingerprint IS DISTINCT FROM b.grad_fingerprint,
+    'w_incomparable': a.fingerprint IS NOT NULL AND b.fingerprint IS NOT NULL
+        AND NOT fp_comparable(a.fingerprint, b.fingerprint),
+    'norm_gap': abs(a.norm - b.norm), 'grad_gap': abs(a.grad_norm - b.grad_norm),
+    'update_gap': abs(a.update_norm - b.update_norm),
+    'rel_gap': abs(a.norm - b.norm) / greatest(abs(a.norm), 1e-30),
+    'grad_rel_gap': abs(a.grad_norm - b.grad_norm) / greatest(abs(a.grad_norm), 1e-30)};
+
 -- Runs A and B side by side: their params rows matched by step, rank, name and kind.
 CREATE OR REPLACE MACRO paired_params(run_a, run_b, from_step) AS TABLE
-    SELECT a.step, a.epoch, a.rank, a.name, coalesce(a.kind, 'param') AS kind, a."group" AS grp,
-        fp_comparable(a.fingerprint, b.fingerprint) AS w_known,
-        a.fingerprint IS DISTINCT FROM b.fingerprint AS w_differ,
-        fp_comparable(a.grad_fingerprint, b.grad_fingerprint) AS g_known,
-        a.grad_fingerprint IS DISTINCT FROM b.grad_fingerprint AS g_differ,
-        a.fingerprint IS NOT NULL AND b.fingerprint IS NOT NULL
-            AND NOT fp_comparable(a.fingerprint, b.fingerprint) AS w_incomparable,
-        abs(a.norm - b.norm) AS norm_gap, abs(a.grad_norm - b.grad_norm) AS grad_gap,
-        abs(a.update_norm - b.update_norm) AS update_gap,
-        abs(a.norm - b.norm) / greatest(abs(a.norm), 1e-30) AS rel_gap,
-        abs(a.grad_norm - b.grad_norm) / greatest(abs(a.grad_norm), 1e-30) AS grad_rel_gap
+    SELECT unnest(param_pair(a, b))
     FROM params a
     JOIN params b ON a.step = b.step AND a.rank = b.rank AND a.name = b.name
      AND coalesce(a.kind, 'param') = coalesce(b.kind, 'param')
@@ -109,3 +114,12 @@ CREATE OR REPLACE MACRO logit_gaps(run_a, run_b, tol, lo, hi) AS TABLE
 -- logits[0] is NULL): SELECT logit(logits, 0) AS logit0, logit(logits, 1) AS logit1,
 -- prediction AS winner FROM predictions keeps a notebook's own column names.
 CREATE OR REPLACE MACRO logit(logits, class_index) AS logits[class_index + 1];
+
+-- Runs A and B side by side: the per-capture param digests, matched by step, rank and capture kind.
+CREATE OR REPLACE MACRO paired_param_digests(run_a, run_b, from_step) AS TABLE
+    SELECT a.step, a.epoch, a.rank, a.capture,
+        a.weights_digest AS wa, b.weights_digest AS wb, a.grads_digest AS ga, b.grads_digest AS gb,
+        a.buffers_digest AS ba, b.buffers_digest AS bb, a.optim_digest AS oa, b.optim_digest AS ob
+    FROM param_digests a
+    JOIN param_digests b ON a.step = b.step AND a.rank = b.rank AND a.capture = b.capture
+    WHERE a.run = run_a AND b.run = run_b AND a.step >= from_step AND b.step >= from_step;

@@ -29,7 +29,31 @@ bj AS (
         list_filter(['torch', 'cuda', 'numpy', 'python'], lambda g, i: rng_a[i] <> rng_b[i]) AS rng_differ
     FROM paired_batches($run_a, $run_b, $from_step)
 ),
-pj AS (SELECT *, param_family(kind) AS family FROM paired_params($run_a, $run_b, $from_step)),
+-- params: with param_digests (one row per capture) in both runs, the tensors are read only at the first
+-- capture where each family's digest differs; older runs are compared tensor by tensor
+dgj AS (SELECT * FROM paired_param_digests($run_a, $run_b, $from_step)),
+dg AS (
+    SELECT 'weights' AS family, step, epoch, rank, fp_comparable(wa, wb) AS known, wa IS DISTINCT FROM wb AS differs
+    FROM dgj WHERE capture = 'step'
+    UNION ALL SELECT 'gradients', step, epoch, rank, fp_comparable(ga, gb), ga IS DISTINCT FROM gb FROM dgj WHERE capture = 'step'
+    UNION ALL SELECT 'buffers', step, epoch, rank, fp_comparable(ba, bb), ba IS DISTINCT FROM bb FROM dgj WHERE capture = 'step'
+    UNION ALL SELECT 'optimizer', step, epoch, rank, fp_comparable(oa, ob), oa IS DISTINCT FROM ob FROM dgj WHERE capture = 'step'
+    UNION ALL SELECT 'initial_weights', step, epoch, rank, fp_comparable(wa, wb),
+        wa IS DISTINCT FROM wb OR ba IS DISTINCT FROM bb FROM dgj WHERE capture = 'initial'
+),
+dg_steps AS (SELECT DISTINCT min(step) FILTER (WHERE known AND differs) AS step FROM dg GROUP BY family),
+pj_steps AS (SELECT CASE WHEN count(*) > 0 THEN coalesce(list(DISTINCT step) FILTER (WHERE step IS NOT NULL), [])
+                    END AS steps FROM dg_steps),
+p_at AS (
+    SELECT * FROM params WHERE run IN ($run_a, $run_b) AND step >= $from_step
+       AND ((SELECT steps FROM pj_steps) IS NULL OR step IN (SELECT unnest(steps) FROM pj_steps))
+),
+pj AS (
+    SELECT unnest(param_pair(a, b)), param_family(a.kind) AS family
+    FROM (SELECT * FROM p_at WHERE run = $run_a) a
+    JOIN (SELECT * FROM p_at WHERE run = $run_b) b ON a.step = b.step AND a.rank = b.rank AND a.name = b.name
+     AND coalesce(a.kind, 'param') = coalesce(b.kind, 'param')
+),
 per_step AS (
     SELECT step, min(epoch) AS epoch, family, count(*) FILTER (WHERE known) AS n,
         count(*) FILTER (WHERE known AND differ) AS n_diff,
@@ -64,6 +88,16 @@ c2 AS (
     SEMI JOIN dj d ON d.k > 16 AND g.step = d.step AND g.rank = d.rank AND g.batch_idx IS NOT DISTINCT FROM d.batch_idx
 ),
 hit AS (SELECT * FROM c1 WHERE n_diff > 0 OR $tol = 0 UNION ALL SELECT * FROM c2 WHERE n_diff > 0),
+units_p AS (
+    SELECT family, step, epoch, n > 0 AS known, n_diff > 0 AS differs, CASE family
+        WHEN 'initial_weights' THEN format('{} of {} tensors differ before training: {}', n_diff, n, name_list(names, n_diff))
+        WHEN 'buffers' THEN format('{} of {} buffers differ: {}', n_diff, n, name_list(names, n_diff))
+        WHEN 'gradients' THEN format('{} of {} gradients differ: {}', n_diff, n, name_list(names, n_diff))
+        WHEN 'optimizer' THEN format('{} of {} optimizer tensors differ: {}', n_diff, n, name_list(names, n_diff))
+        ELSE format('{} of {} parameters differ (groups: {}): {}', n_diff, n, array_to_string(groups, ', '),
+                    name_list(names, n_diff)) END AS detail
+    FROM per_step
+),
 -- one row per compared unit (a batch, a step) and layer: known (both runs hold it), differs, detail
 units AS (
     SELECT 'rng' AS layer, step, epoch, rank, batch_idx, len(list_filter(rng_a, lambda x: x IS NOT NULL)) > 0
@@ -96,14 +130,10 @@ units AS (
         format('{} A {:.6g} vs B {:.6g}', $loss_name, va, vb)
     FROM paired_scalar($run_a, $run_b, $loss_name, $from_step)
     UNION ALL
-    SELECT family, step, epoch, 0, NULL, n > 0, n_diff > 0, CASE family
-        WHEN 'initial_weights' THEN format('{} of {} tensors differ before training: {}', n_diff, n, name_list(names, n_diff))
-        WHEN 'buffers' THEN format('{} of {} buffers differ: {}', n_diff, n, name_list(names, n_diff))
-        WHEN 'gradients' THEN format('{} of {} gradients differ: {}', n_diff, n, name_list(names, n_diff))
-        WHEN 'optimizer' THEN format('{} of {} optimizer tensors differ: {}', n_diff, n, name_list(names, n_diff))
-        ELSE format('{} of {} parameters differ (groups: {}): {}', n_diff, n, array_to_string(groups, ', '),
-                    name_list(names, n_diff)) END
-    FROM per_step
+    SELECT family, step, epoch, 0, NULL, known, differs, detail FROM units_p WHERE NOT EXISTS (SELECT 1 FROM dgj)
+    UNION ALL
+    SELECT d.family, d.step, d.epoch, d.rank, NULL, d.known, d.differs, u.detail
+    FROM dg d LEFT JOIN units_p u ON u.family = d.family AND u.step = d.step
 ),
 firsts AS (
     SELECT layer, count(*) FILTER (WHERE known) AS n_compared, min(step) FILTER (WHERE known) AS first_known,
@@ -117,10 +147,17 @@ counts AS (
     UNION ALL SELECT run, 'rng', count(coalesce(rng_torch, rng_cuda, rng_numpy, rng_python)) FROM batches WHERE run IN ($run_a, $run_b) AND step >= $from_step GROUP BY run
     UNION ALL SELECT run, 'predictions', count(*) FROM pred_digests WHERE run IN ($run_a, $run_b) AND step >= $from_step GROUP BY run
     UNION ALL SELECT run, 'loss', count(*) FROM scalars WHERE run IN ($run_a, $run_b) AND name = $loss_name AND step >= $from_step GROUP BY run
-    UNION ALL SELECT run, param_family(kind), count(DISTINCT step) FROM params
-        WHERE run IN ($run_a, $run_b) AND step >= $from_step AND fingerprint IS NOT NULL GROUP BY run, param_family(kind)
-    UNION ALL SELECT run, 'gradients', count(DISTINCT step) FROM params
-        WHERE run IN ($run_a, $run_b) AND step >= $from_step AND grad_fingerprint IS NOT NULL GROUP BY run
+    UNION ALL SELECT run, param_family(kind), count(DISTINCT step) FROM params WHERE run IN ($run_a, $run_b)
+        AND step >= $from_step AND fingerprint IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dgj) GROUP BY run, param_family(kind)
+    UNION ALL SELECT run, 'gradients', count(DISTINCT step) FROM params WHERE run IN ($run_a, $run_b)
+        AND step >= $from_step AND grad_fingerprint IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dgj) GROUP BY run
+    UNION ALL SELECT run, unnest(['weights', 'gradients', 'buffers', 'optimizer', 'initial_weights']), unnest([
+        count(DISTINCT step) FILTER (WHERE capture = 'step' AND weights_digest IS NOT NULL),
+        count(DISTINCT step) FILTER (WHERE capture = 'step' AND grads_digest IS NOT NULL),
+        count(DISTINCT step) FILTER (WHERE capture = 'step' AND buffers_digest IS NOT NULL),
+        count(DISTINCT step) FILTER (WHERE capture = 'step' AND optim_digest IS NOT NULL),
+        count(DISTINCT step) FILTER (WHERE capture = 'initial' AND weights_digest IS NOT NULL)])
+    FROM param_digests WHERE run IN ($run_a, $run_b) AND step >= $from_step AND EXISTS (SELECT 1 FROM dgj) GROUP BY run
 ),
 judged AS (
     SELECT l.layer, layer_rank(l.layer) AS ord, coalesce(a.n, 0) AS n_a, coalesce(b.n, 0) AS n_b,
@@ -137,8 +174,11 @@ judged AS (
 )
 SELECT layer, CASE WHEN first_step IS NOT NULL THEN 'differs' WHEN n_a = 0 AND n_b = 0 THEN 'not captured'
         WHEN n_b = 0 THEN 'missing in B' WHEN n_a = 0 THEN 'missing in A'
-        WHEN n_compared = 0 AND EXISTS (SELECT 1 FROM pj WHERE pj.w_incomparable
-                                        AND (pj.family = judged.layer OR judged.layer = 'gradients'))
+        WHEN n_compared = 0 AND (EXISTS (SELECT 1 FROM pj WHERE pj.w_incomparable
+                                         AND (pj.family = judged.layer OR judged.layer = 'gradients'))
+                                 OR layer IN ('initial_weights', 'gradients', 'buffers', 'weights', 'optimizer')
+                                 AND EXISTS (SELECT 1 FROM dgj WHERE wa IS NOT NULL AND wb IS NOT NULL
+                                             AND NOT fp_comparable(wa, wb)))
             THEN 'not comparable'
         WHEN n_compared = 0 THEN 'no overlap'
         ELSE 'same' END AS status,

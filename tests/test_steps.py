@@ -7,6 +7,7 @@ step, and ``diff`` of a run with one input changed at step 12 must name the inpu
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,19 @@ def test_dense_logging_places_the_cause_at_its_step(tmp_path: Path) -> None:
     assert "weights (between step 11 and 15)" in note and note.endswith(
         "placed at their step: inputs, predictions, loss"
     )
+
+
+def test_param_digests_find_the_same_first_capture_as_the_tensors(tmp_path: Path) -> None:
+    train(tmp_path, "a", order="after")
+    train(tmp_path, "b", order="after", change_at=CHANGED)
+    con = lakelog.connect(tmp_path)
+    captures = con.execute(
+        "SELECT run, capture, count(*) FROM param_digests GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    assert captures == [("a", "initial", 1), ("a", "step", STEPS), ("b", "initial", 1), ("b", "step", STEPS)]
+    with_digests = lakelog.query("first_divergence", con=con, run_a="a", run_b="b")
+    for run in ("a", "b"):
+        shutil.rmtree(tmp_path / run / "param_digests")  # a lake written before the digests existed
+    tensor_by_tensor = lakelog.query("first_divergence", con=lakelog.connect(tmp_path), run_a="a", run_b="b")
+    assert with_digests.equals(tensor_by_tensor)
+    assert with_digests.filter(with_digests["layer"] == "weights")["first_step"].to_list() == [CHANGED]

@@ -133,6 +133,20 @@ DUMP_INDEX = pa.schema(
     ]
 )
 
+PARAM_DIGESTS = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("capture", pa.string()),
+        ("n_tensors", pa.int64()),
+        ("weights_digest", pa.string()),
+        ("grads_digest", pa.string()),
+        ("buffers_digest", pa.string()),
+        ("optim_digest", pa.string()),
+    ]
+)
+"""One row per ``run.watch`` capture (``capture``: step, initial or resume): an exact digest of each family's
+tensor names and fingerprints, so a diff finds the first differing capture without reading every tensor row."""
+
 SCHEMAS: dict[str, pa.Schema] = {
     "predictions": PREDICTIONS,
     "scalars": SCALARS,
@@ -140,6 +154,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "params": PARAMS,
     "holdout": HOLDOUT,
     "pred_digests": PRED_DIGESTS,
+    "param_digests": PARAM_DIGESTS,
     "dump_index": DUMP_INDEX,
     "workers": WORKERS,
 }

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from lakelog.lake import schemas
+from lakelog.write.fingerprint import algorithm_prefix
 from lakelog.write.telemetry import groups as groups_mod
 from lakelog.write.telemetry import holdout as holdout_mod
 from lakelog.write.telemetry.pack import Pack
@@ -94,8 +96,16 @@ def _table(
     return pa.table(data, schema=schemas.PARAMS)
 
 
+def _digest(names: list[str], fingerprints: list[str | None]) -> str | None:
+    """One exact digest of a family's tensors (names and fingerprints, in order); None without fingerprints."""
+    if not names or all(fp is None for fp in fingerprints):
+        return None
+    text = "\n".join(f"{n}\t{fp}" for n, fp in zip(names, fingerprints, strict=True))
+    return algorithm_prefix(fingerprints) + xxhash.xxh3_128_hexdigest(text.encode())  # x3: as its parts
+
+
 def build_rows(layout: groups_mod.Layout, c: Capture) -> dict[str, pa.Table | None]:
-    """Writer thread: the capture's params, scalars and holdout rows."""
+    """Writer thread: the capture's params, param_digests (one row), scalars and holdout rows."""
     pack = c.pack
     assert c.params is not None and c.buffers is not None and c.meta is not None
     n_p, n_b = c.params.n, c.buffers.n
@@ -115,46 +125,60 @@ def build_rows(layout: groups_mod.Layout, c: Capture) -> dict[str, pa.Table | No
             ratio = update / wcols[0]["norm"]
         extra["update_ratio"] = (ratio, known & (wcols[0]["norm"] != 0))
     groups = [e.group for e in layout.params]
+    names, buffer_names = [e.name for e in layout.params], [e.name for e in layout.buffers]
+    w_fps, b_fps = c.params.fingerprints(pack), c.buffers.fingerprints(pack)
     tables = [
         _table(
-            c.step,
-            [e.name for e in layout.params],
-            [pre + "param"] * n_p,
-            groups,
-            c.meta[:n_p],
-            c.params.numels,
-            wcols,
-            c.params.fingerprints(pack),
-            extra,
+            c.step, names, [pre + "param"] * n_p, groups, c.meta[:n_p], c.params.numels, wcols, w_fps, extra
         ),
         _table(
             c.step,
-            [e.name for e in layout.buffers],
+            buffer_names,
             [pre + "buffer"] * n_b,
             [e.group for e in layout.buffers],
             c.meta[n_p:],
             c.buffers.numels,
             c.buffers.columns(pack),
-            c.buffers.fingerprints(pack),
+            b_fps,
             {},
         ),
     ]
+    optim_names: list[str] = []
+    o_fps: list[str | None] = []
     if c.optim is not None and c.optim_rows:
         idx = [i for i, _, _, _ in c.optim_rows]
+        kinds = [pre + k for _, k, _, _ in c.optim_rows]
+        optim_names = [f"{layout.params[i].name} ({k})" for i, k in zip(idx, kinds, strict=True)]
+        o_fps = c.optim.fingerprints(pack)
         tables.append(
             _table(
                 c.step,
                 [layout.params[i].name for i in idx],
-                [pre + k for _, k, _, _ in c.optim_rows],
+                kinds,
                 [groups[i] for i in idx],
                 [(s, d) for _, _, s, d in c.optim_rows],
                 c.optim.numels,
                 c.optim.columns(pack),
-                c.optim.fingerprints(pack),
+                o_fps,
                 {},
             )
         )
     out: dict[str, pa.Table | None] = {"params": pa.concat_tables(tables)}
+    digests = {
+        "weights_digest": _digest(names, w_fps),
+        "grads_digest": _digest(names, extra["grad_fingerprint"]) if "grad_fingerprint" in extra else None,
+        "buffers_digest": _digest(buffer_names, b_fps),
+        "optim_digest": _digest(optim_names, o_fps),
+    }
+    out["param_digests"] = pa.table(
+        {
+            "step": pa.array([c.step], pa.int64()),
+            "capture": pa.array([pre.rstrip(":") or "step"], pa.string()),
+            "n_tensors": pa.array([n_p + n_b + len(optim_names)], pa.int64()),
+            **{k: pa.array([v], pa.string()) for k, v in digests.items()},
+        },
+        schema=schemas.PARAM_DIGESTS,
+    )
     scalars: list[tuple[str, float | None]] = []
     if not pre:
         scalars += groups_mod.norm_scalars(groups, wcols[0]["norm"], gcols, update, known)
