@@ -7,6 +7,7 @@ batch 8, 2 epochs = 16 steps) and built once per test session.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import lakelog
+from lakelog.lake import checker_env
+from lakelog.write.context import current_run, set_current, take_pending_seeding
+from lakelog.write.determinism import restore_state, save_state
 
 N_SAMPLES = 64
 BATCH = 8
@@ -357,6 +361,42 @@ class Lake:
             else:
                 self.built[name] = train(self.root, name, **_recipe(name))
         return self.root
+
+
+GLOBAL_ENV = (
+    *checker_env.DETERMINISM_ENV,
+    checker_env.ROOT,
+    checker_env.RUN_NAME,
+    checker_env.MODE,
+    checker_env.MAX_STEPS,
+)
+"""Variables that seeding and the determinism checker set for the whole process."""
+
+
+@pytest.fixture
+def restore_global_state():
+    """Seeding and the checker change process-wide state other tests rely on: RNG states, determinism
+    flags, variables, stashed seeding and the current run are put back as they were."""
+    saved = save_state()
+    flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    env = {k: os.environ.get(k) for k in GLOBAL_ENV}
+    run = current_run()
+    yield
+    restore_state(saved)
+    torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    take_pending_seeding()
+    set_current(run)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import sys
 import textwrap
@@ -31,8 +30,6 @@ from lakelog.write.determinism import (
     dataloader_generator,
     log_initial_state,
     record_workers,
-    restore_state,
-    save_state,
     seed_everything,
     seed_worker,
     should_stop,
@@ -45,28 +42,12 @@ _listing_calls = itertools.count()
 
 
 @pytest.fixture(autouse=True)
-def _restore_global_state():
-    """Seeding changes process-wide state other tests rely on: put RNGs, flags and variables back."""
-    saved = save_state()
-    flags = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
-    )
-    env = {k: os.environ.get(k) for k in ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")}
+def _one_thread(restore_global_state):
+    """Global state put back after each test (conftest.py); one torch thread: tiny tensors run faster."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-    restore_state(saved)
-    torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
-    for key, value in env.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 class Files(Dataset):

@@ -33,41 +33,7 @@ from lakelog.write.determinism import (
 from lakelog.write.determinism import rng as determinism
 from lakelog.write.fingerprint import fingerprint_hex
 
-ENV = (
-    "CUBLAS_WORKSPACE_CONFIG",
-    "PYTHONHASHSEED",
-    "LAKELOG_ROOT",
-    "LAKELOG_RUN_NAME",
-    "LAKELOG_MODE",
-    "LAKELOG_MAX_STEPS",
-)
-
-
-@pytest.fixture(autouse=True)
-def _restore_global_state():
-    """Put RNG states, determinism flags, variables and the current run back as they were."""
-    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
-    flags = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
-    )
-    env = {k: os.environ.get(k) for k in ENV}
-    run = current_run()
-    yield
-    torch.set_rng_state(rng[0])
-    np.random.set_state(rng[1])
-    random.setstate(rng[2])
-    torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
-    for key, value in env.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    pending_seeding()
-    set_current(run)
+pytestmark = pytest.mark.usefixtures("restore_global_state")  # see conftest.py
 
 
 def draws() -> tuple:
