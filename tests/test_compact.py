@@ -82,7 +82,7 @@ def _answers(root: Path) -> dict[str, object]:
     out["batches content"] = con.execute(
         "SELECT sum(hash(step, sample_ids, ids_hash)) FROM batches"
     ).fetchone()
-    out["columns"] = {t: con.execute(f"SELECT * FROM {t} LIMIT 0").pl().schema for t in TABLES}
+    out["columns"] = {t: con.sql(f"SELECT * FROM {t} LIMIT 0").pl().schema for t in TABLES}
     for name, params in (
         ("run_list", {}),
         ("rank_sample_overlap", {"run": "ddp"}),

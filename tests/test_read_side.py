@@ -132,3 +132,60 @@ def test_read_only_connect_cannot_be_unlocked(tmp_path):
     full = lakelog.connect(tmp_path)  # the default: the caller's own full DuckDB
     full.execute(f"COPY (SELECT 1) TO '{tmp_path / 'out.csv'}'")
     assert (tmp_path / "out.csv").exists()
+
+
+def test_one_scan_per_table_and_a_filter_on_run_or_rank_skips_other_files(tmp_path):
+    import duckdb
+    import pytest
+
+    for name in ("a", "b"):
+        for rank in (0, 1):
+            with lakelog.init(tmp_path, name=name, rank=rank, world_size=2) as run:
+                for step in range(3):
+                    run.log({"loss": float(step)}, step=step)
+                    run.flush()
+    # scramble the data pages of every part of run b, rank 1 (magic bytes and footer intact: only a
+    # reader that opens the pages notices)
+    for part in (tmp_path / "b" / "scalars" / "epoch=0" / "rank=1").glob("*.parquet"):
+        _scramble_pages(part)
+    con = lakelog.connect(tmp_path)
+    plan = con.execute("EXPLAIN SELECT count(*) FROM scalars").fetchall()[0][1]
+    assert plan.count("READ_PARQUET") == 1  # one scan over both runs, not a view per run
+    assert con.execute("SELECT count(*) FROM scalars WHERE run = 'a'").fetchone() == (6,)
+    assert con.execute("SELECT count(*) FROM scalars WHERE rank = 0").fetchone() == (6,)
+    assert con.execute("SELECT count(*) FROM scalars WHERE run = 'b' AND rank = 0").fetchone() == (3,)
+    with pytest.raises(duckdb.Error):  # the damage is there for a query that reads it
+        con.execute("SELECT sum(step) FROM scalars WHERE run = 'b'").fetchall()
+
+
+def _scramble_pages(part):
+    """Flip the bytes of a part file's first column chunk, leaving its magic bytes and footer whole."""
+    import pyarrow.parquet as pq
+
+    chunk = pq.read_metadata(part).row_group(0).column(0)
+    data = bytearray(part.read_bytes())
+    start = chunk.data_page_offset
+    for i in range(start, start + chunk.total_compressed_size):
+        data[i] ^= 0xFF
+    part.write_bytes(bytes(data))
+
+
+def test_a_corrupt_footer_behind_valid_magic_bytes_is_left_out_with_a_warning(tmp_path, caplog):
+    import logging
+
+    for name in ("a", "b"):
+        with lakelog.init(tmp_path, name=name) as run:
+            for step in range(3):
+                run.log({"loss": float(step)}, step=step)
+                run.flush()
+    part = sorted((tmp_path / "b" / "scalars").rglob("*.parquet"))[0]
+    data = bytearray(part.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little")
+    for i in range(len(data) - 8 - footer, len(data) - 8):  # the footer's bytes, magic kept
+        data[i] ^= 0x5A
+    part.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="lakelog"):
+        con = lakelog.connect(tmp_path)
+        counts = dict(con.execute("SELECT run, count(*) FROM scalars GROUP BY run").fetchall())
+    assert counts == {"a": 3, "b": 2}
+    assert any(str(part) in r.getMessage() and "corrupt footer" in r.getMessage() for r in caplog.records)

@@ -126,6 +126,7 @@ class LiveFiles:
             before = signature(entry)
             self._cache.append((before, list_run(entry, scan, check_files=check_files)))
         self.connecting = True
+        self.excluded: set[str] = set()
 
     def _live(self, entry: RunEntry) -> bool:
         status = entry.state.status if entry.state is not None else (entry.info or {}).get("status")
@@ -143,8 +144,8 @@ class LiveFiles:
             return self.listed(table)
 
     def listed(self, table: str) -> list[str]:
-        """The files of ``table`` as listed last (no new listing)."""
-        return [p for _, files in self._cache for p in files.get(table, ())]
+        """The files of ``table`` as listed last (no new listing), less those found undecodable."""
+        return [p for _, files in self._cache for p in files.get(table, ()) if p not in self.excluded]
 
 
 def _local_view(con: duckdb.DuckDBPyConnection, table: str, scan: Scan, live: LiveFiles | None) -> bool:
@@ -166,8 +167,34 @@ def _local_view(con: duckdb.DuckDBPyConnection, table: str, scan: Scan, live: Li
     source = (
         f"SELECT * EXCLUDE (filename), {run_of_file(table)} AS run FROM read_parquet({listing}, {options})"
     )
-    con.execute(f"CREATE OR REPLACE VIEW {table} AS {_with_contract(con, table, _cut(source, scan))}")
+    view = f"CREATE OR REPLACE VIEW {table} AS {_with_contract(con, table, _cut(source, scan))}"
+    try:
+        con.execute(view)
+    except duckdb.Error:  # a footer that passed the cheap checks does not decode: find it, leave it out
+        bad = _undecodable(files, scan)
+        if not bad:
+            raise
+        if live is not None:
+            live.excluded.update(bad)
+        else:
+            scan.files[table] = [p for p in files if p not in bad]
+            con.execute(f"SET VARIABLE lakelog_files_{table} = $files", {"files": scan.files[table]})
+        if len(bad) == len(files):
+            return False
+        con.execute(view)
     return True
+
+
+def _undecodable(files: list[str], scan: Scan) -> set[str]:
+    """The files whose Parquet footer does not decode (each reported to ``scan``)."""
+    bad = set()
+    for path in files:
+        try:
+            pq.read_metadata(path)
+        except (OSError, pa.ArrowException) as exc:
+            scan.problem(path, f"corrupt footer ({str(exc).splitlines()[0]})")
+            bad.add(path)
+    return bad
 
 
 def _with_contract(con: duckdb.DuckDBPyConnection, table: str, source: str) -> str:
