@@ -263,9 +263,19 @@ def get(name: str) -> Query:
 
 
 def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> pl.DataFrame:
-    """Run through a relation: DuckDB 2 results of ``execute`` have no ``.pl()``, relations do."""
-    rel = con.sql(sql, params=params) if params else con.sql(sql)
-    return pl.DataFrame() if rel is None else rel.pl()
+    """Run through a relation: DuckDB 2 results of ``execute`` have no ``.pl()``, relations do.
+
+    A part file deleted between a view's listing and its read (``lakelog compact`` replaced it) is
+    retried once: the views list the lake again at the next query.
+    """
+    for attempt in (1, 2):
+        try:
+            rel = con.sql(sql, params=params) if params else con.sql(sql)
+            return pl.DataFrame() if rel is None else rel.pl()
+        except duckdb.IOException as exc:
+            if attempt == 2 or "No such file" not in str(exc):
+                raise
+    raise AssertionError("unreachable")
 
 
 def _leaves(value: Any, prefix: str, out: dict[str, Any]) -> None:
