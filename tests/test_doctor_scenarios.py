@@ -19,13 +19,7 @@ import lakelog
 from lakelog.cli import cli
 from lakelog.read.doctor import doctor, exit_code
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def classes_data(n: int, features: int, classes: int, *, seed: int = 0, noise: float = 0.3):
@@ -471,4 +465,24 @@ def test_a_bias_before_batchnorm_that_does_not_move_is_only_a_note(tmp_path):
     model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
     fit(tmp_path, "bn_bias", model, (x, y), batch=64, epochs=2, lr=0.05)
     check = assert_healthy(tmp_path, "bn_bias")["frozen_layers"]
-    assert check.status == "note" and "rounds away on some steps" in check.summary and "0.bias" in check.summary
+    assert (
+        check.status == "note" and "rounds away on some steps" in check.summary and "0.bias" in check.summary
+    )
+
+
+def test_a_long_lr_warmup_is_not_mistaken_for_not_learning(tmp_path):
+    """Checked half way through a 400-step warmup, the loss has not moved yet: too early to judge."""
+    x, y = classes_data(512, 8, 2)
+    fit(
+        tmp_path,
+        "warming",
+        mlp(8, 16, 2),
+        (x, y),
+        batch=32,
+        epochs=4,
+        lr=0.05,
+        lr_at=lambda s: 1e-4 * s / 400,
+        every=8,
+    )
+    check = assert_healthy(tmp_path, "warming")["not_learning"]
+    assert "too short to judge" in check.summary

@@ -94,7 +94,8 @@ def _ends(values: pl.Series) -> tuple[float | None, float | None]:
 
 
 def not_learning(ctx: Context) -> Verdict:
-    """Loss not decreasing and accuracy at chance once the warm-up fraction is over.
+    """Loss not decreasing and accuracy at chance once the warm-up is over (the first ``warmup``
+    fraction of the steps, and any LR warmup: until every group's LR first reaches its peak).
 
     The training accuracy decides when it is logged (a model that memorises is learning); the
     holdout accuracy only when it is the one logged. Chance on the training data is the larger of
@@ -108,7 +109,7 @@ def not_learning(ctx: Context) -> Verdict:
             df,
             "overfitting",
         )
-    start = int(df["step"].quantile(ctx.expect["warmup"], "nearest"))  # type: ignore[arg-type]
+    start = max(int(df["step"].quantile(ctx.expect["warmup"], "nearest")), _lr_peak_step(ctx))  # type: ignore[arg-type]
     judged = df.filter(pl.col("step") >= start)
     n = judged["step"].n_unique()
     if n < 10:
@@ -131,3 +132,14 @@ def not_learning(ctx: Context) -> Verdict:
     return Verdict(
         "pass", f"after step {start}: " + "; ".join(t for t in (loss, acc) if t), judged, "overfitting"
     )
+
+
+def _lr_peak_step(ctx: Context) -> int:
+    """The first step at which every group's LR has reached its peak (the end of an LR warmup), or 0."""
+    rows = ctx.con.execute(
+        "WITH lr AS (SELECT name, step, value, max(value) OVER (PARTITION BY name) AS peak FROM scalars "
+        "WHERE run = $run AND starts_with(name, 'lr/')) "
+        "SELECT max(first) FROM (SELECT name, min(step) AS first FROM lr WHERE value >= peak GROUP BY name)",
+        {"run": ctx.run},
+    ).fetchall()
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
