@@ -373,6 +373,15 @@ GLOBAL_ENV = (
 """Variables that seeding and the determinism checker set for the whole process."""
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads; on a busy 2-core machine their threads wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def restore_global_state():
     """Seeding and the checker change process-wide state other tests rely on: RNG states, determinism

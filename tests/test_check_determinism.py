@@ -41,13 +41,7 @@ BATCH = 3
 _listing_calls = itertools.count()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(restore_global_state):
-    """Global state put back after each test (conftest.py); one torch thread: tiny tensors run faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_global_state", "one_torch_thread")  # see conftest.py
 
 
 class Files(Dataset):

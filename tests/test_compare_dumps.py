@@ -22,13 +22,7 @@ from lakelog.read.dumps.comparison import pair_stats as _pair_stats
 PERTURB_STEP = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core machine their threads wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 class Net(torch.nn.Module):

@@ -19,14 +19,7 @@ from lakelog.lake.dump_layout import list_dumps
 from lakelog.write.dumps.importer import import_dumps
 from lakelog.write.dumps.writer import DumpWriter, load_dump, optimizer_state_dict
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core machine their threads wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 class Net(torch.nn.Module):

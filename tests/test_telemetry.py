@@ -19,13 +19,7 @@ import lakelog
 from lakelog.errors import InvalidArgumentError
 from lakelog.write.fingerprint import fingerprint_hex
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on a shared machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 class SmallCNN(nn.Module):
