@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 HALF = (torch.float16, torch.bfloat16)
+_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
 F64 = torch.float64
 SMALL = 1 << 16
 """Tensors up to this size are reduced in float64 (with a two-pass variance); larger ones in place."""
@@ -59,19 +60,12 @@ class _Scratch(threading.local):
     def __init__(self) -> None:
         self.flat = torch.empty(0, dtype=F64)
         self.tmp = np.empty(0)
-        self.segments: dict[bytes, np.ndarray] = {}
 
-    def get(self, counts: np.ndarray, n: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    def get(self, n: int) -> tuple[torch.Tensor, np.ndarray]:
         if self.flat.numel() < n:
             self.flat = torch.empty(n + n // 4, dtype=F64)
             self.tmp = np.empty(n + n // 4)
-        key = counts.tobytes()
-        seg = self.segments.get(key)
-        if seg is None:  # each element's tensor index, per layout of tensors (a model has a few)
-            if len(self.segments) >= 16:
-                self.segments.clear()
-            seg = self.segments[key] = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
-        return self.flat[:n], self.tmp[:n], seg
+        return self.flat[:n], self.tmp[:n]
 
 
 _scratch = _Scratch()
@@ -81,9 +75,12 @@ def _small_rows(xs: list[torch.Tensor], out: np.ndarray, full: bool, minmax: boo
     counts = np.fromiter((x.numel() for x in xs), dtype=np.int64, count=len(xs))
     ends = np.cumsum(counts)
     starts = ends - counts
-    flat, tmp, seg = _scratch.get(counts, int(ends[-1]))
-    torch.cat([x.reshape(-1) for x in xs], out=flat)  # each tensor cast straight into the buffer
+    flat, tmp = _scratch.get(int(ends[-1]))
     a = flat.numpy()
+    if all(x.dtype in _NUMPY_FLOATS for x in xs):  # NumPy's concatenate casts with less overhead
+        np.concatenate([x.reshape(-1).numpy() for x in xs], out=a)
+    else:  # bfloat16 and widened integers: each tensor cast straight into the buffer by torch
+        torch.cat([x.reshape(-1) for x in xs], out=flat)
     out[:, NORM] = np.sqrt(np.add.reduceat(np.multiply(a, a, out=tmp), starts))
     bad = np.flatnonzero(~np.isfinite(out[:, NORM]))  # a NaN or Inf in the tensor (float64: no overflow)
     if not full:
@@ -96,7 +93,7 @@ def _small_rows(xs: list[torch.Tensor], out: np.ndarray, full: bool, minmax: boo
     out[:, NANS] = 0.0
     out[:, INFS] = 0.0
     mean = out[:, SUM] / counts
-    dev = np.subtract(a, np.take(mean, seg, out=tmp), out=tmp)  # two-pass variance, in the scratch
+    dev = np.subtract(a, np.repeat(mean, counts), out=tmp)  # two-pass variance, in the scratch
     out[:, VAR] = np.where(
         counts > 1, np.add.reduceat(np.multiply(dev, dev, out=tmp), starts) / (counts - 1), math.nan
     )
