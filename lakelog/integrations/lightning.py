@@ -120,15 +120,11 @@ class LakelogLogger(Logger):
         self._run = run
         self._owns_run = False
 
-    JOIN_OPTIONS = ("filesystem", "flush_every_s", "log_every")
-    """The logger's ``lakelog.init`` keywords that also apply to the other ranks' writers."""
+    JOIN_OPTIONS = ("filesystem", "flush_every_s", "log_every")  # init keywords that hold on every rank
 
     def join(self, root: str, name: str, *, rank: int, world_size: int) -> Run:
-        """Open rank ``rank``'s partitions of the run rank 0's logger opened (``root``/``name``) and write to it.
-
-        A ``LakelogCallback`` calls this on ranks > 0, where Lightning opens no logger run; the writer
-        options the user gave this logger apply there too. The caller finishes the returned run.
-        """
+        """Open and write to rank ``rank``'s partitions of the run rank 0 opened (``root``/``name``), with this
+        logger's writer options: ``LakelogCallback`` on ranks > 0. The caller finishes the run."""
         options = {k: v for k, v in self._init_options.items() if k in self.JOIN_OPTIONS}
         run = api.init(root, name=name, rank=rank, world_size=world_size, **options)
         self.attach(run)
