@@ -70,19 +70,19 @@ def _answers(root: Path) -> dict[str, object]:
     con = lakelog.connect(root)
     out: dict[str, object] = {}
     for table in TABLES:
-        out[f"{table} count"] = con.execute(f"SELECT count(*) FROM {table}").fetchone()
+        out[f"{table} count"] = con.execute(f"SELECT count(*) FROM {table}").fetchall()
         out[f"{table} per partition"] = con.execute(
             f"SELECT epoch, rank, count(*), min(step), max(step), sum(hash(step)) FROM {table} "
             "GROUP BY ALL ORDER BY ALL"
         ).fetchall()
-    out["scalars content"] = con.execute("SELECT sum(hash(step, name, value, time)) FROM scalars").fetchone()
+    out["scalars content"] = con.execute("SELECT sum(hash(step, name, value, time)) FROM scalars").fetchall()
     out["predictions content"] = con.execute(
         "SELECT sum(hash(step, sample_idx, label, logits, image)) FROM predictions"
-    ).fetchone()
+    ).fetchall()
     out["batches content"] = con.execute(
         "SELECT sum(hash(step, sample_ids, ids_hash)) FROM batches"
-    ).fetchone()
-    out["columns"] = {t: con.sql(f"SELECT * FROM {t} LIMIT 0").pl().schema for t in TABLES}
+    ).fetchall()
+    out["columns"] = {t: con.execute(f"DESCRIBE {t}").fetchall() for t in TABLES}
     for name, params in (
         ("run_list", {}),
         ("rank_sample_overlap", {"run": "ddp"}),
