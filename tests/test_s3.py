@@ -227,3 +227,38 @@ def test_interrupted_compaction_on_s3_is_read_once_and_finished(
     assert lakelog.connect(root).execute("SELECT count(*), sum(step) FROM scalars").fetchone() == expected
     assert len([k for k in _objects(s3_env, "interrupted/a/scalars/") if k.endswith(".parquet")]) == 1
     assert lake.exists(lake.join("a", "run.json"))
+
+
+def test_damaged_objects_on_s3_are_left_out_with_a_warning_and_listed_by_check(
+    s3_env: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lakelog.read.check import check
+
+    root = "s3://lake/damaged"
+    for name in ("a", "b"):
+        with lakelog.init(root, name=name) as run:
+            for step in range(4):
+                run.log({"loss": float(step)}, step=step)
+                run.flush()
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_env,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    parts = sorted(k for k in _objects(s3_env, "damaged/b/scalars/") if k.endswith(".parquet"))
+    client.put_object(Bucket="lake", Key=parts[0], Body=os.urandom(100))  # random bytes
+    client.put_object(Bucket="lake", Key=parts[1], Body=b"")  # empty
+    client.put_object(Bucket="lake", Key="damaged/a/run.json", Body=b"[1, 2]")
+    with caplog.at_level(logging.WARNING, logger="lakelog"):
+        con = lakelog.connect(root)
+        counts = dict(con.execute("SELECT run, count(*) FROM scalars GROUP BY run").fetchall())
+    assert counts == {"a": 4, "b": 2}
+    assert dict(con.execute("SELECT run, status FROM runs").fetchall()) == {"a": "damaged", "b": "finished"}
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert parts[0] in warned and parts[1] in warned and "damaged/a/run.json" in warned
+    report = check(root)
+    assert sorted(p.path.split("lake/", 1)[-1] for p in report.problems) == sorted(
+        [parts[0], parts[1], "damaged/a/run.json"]
+    )
