@@ -3,14 +3,22 @@
 ``connect`` lists the named runs once (``read.scan``: damaged files left out with a warning, run
 names never treated as patterns) and makes one scan per table over all runs: a local table is one
 ``read_parquet`` over the listed files, with ``epoch`` and ``rank`` from the hive folders and ``run``
-from the path, so a filter on any of the three skips the other files unread. The views are a
-snapshot of the files present at ``connect``: call it again to see parts written since. Object-store
-lakes are read through pyarrow's filesystem and registered as Arrow tables (a snapshot too).
+from the path, so a filter on any of the three skips the other files unread. The file list of a
+local view is a Python function DuckDB calls at each query (``LiveFiles``): runs being written are
+listed again, other runs only when their folder changed (a resume, a compaction), so a connection
+held open sees new parts and never a part a compaction replaced. Object-store lakes are read through
+pyarrow's filesystem and registered as Arrow tables: a snapshot taken at ``connect``.
+
+Columns: every documented column of a table is there (NULL where files lack it). Tables of more than
+``UNION_BY_NAME_FILES`` files take their columns from the first file (every lakelog part of a table
+has the same columns); predictions, whose key columns vary by run, always match columns per file.
 
 What a connection allows: by default it is a full in-memory DuckDB (the caller's own process, so
 ``COPY``, ``ATTACH`` and reads of any file work as in ``duckdb.connect()``). ``read_only=True`` (what
 ``lakelog sql`` uses) locks it to the lake: only the listed part files can be read, nothing can be
-written, attached, installed or loaded, and the settings cannot be changed back (``read.sandbox``).
+attached, installed or loaded, other files cannot be written, and the settings cannot be changed
+back (``read.sandbox``; ``lakelog sql`` also refuses every statement but queries). Its views are a
+snapshot of the files listed at ``connect``.
 """
 
 from __future__ import annotations
