@@ -72,6 +72,9 @@ ENV = "LAKELOG_FINGERPRINT"
 _MASK64 = v1.MASK64
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
+_NUMPY_DTYPES = frozenset(
+    (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.uint8)
+)
 POOL_MIN_BYTES = 4 << 20
 """Below this many bytes per call, ``x3`` hashes on the calling thread (a hand-off costs more)."""
 
@@ -116,6 +119,8 @@ def _check(t: torch.Tensor) -> str:
     """The layout name of `t`, or a clear error for what has no bytes to hash."""
     if not isinstance(t, torch.Tensor):
         raise InvalidArgumentError(f"fingerprint expects a torch.Tensor, got {type(t).__name__}")
+    if t.layout is torch.strided and t.is_cpu and not (t.is_quantized or t.is_nested):
+        return "strided"  # the common case, in few calls: a capture checks every tensor
     if t.device.type == "meta":
         raise InvalidArgumentError("cannot fingerprint a meta tensor: it holds no data")
     if t.is_quantized:
@@ -159,10 +164,12 @@ def _host_bytes(t: torch.Tensor) -> memoryview:
     """Step 1 for a strided tensor: its bytes as a memoryview of host memory (a view when possible)."""
     if t.requires_grad:
         t = t.detach()
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         t = t.cpu()  # x3 of a device tensor was asked for explicitly: this waits for the device
     if not t.is_contiguous() or t.is_conj() or t.is_neg():
         t = t.resolve_conj().resolve_neg().contiguous()
+    if t.dtype in _NUMPY_DTYPES and t.numel():  # a NumPy view of the tensor itself, in fewer calls
+        return memoryview(t.numpy().reshape(-1)).cast("B")
     return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
