@@ -155,6 +155,7 @@ RUN_JSONS = {
 }
 
 
+@pytest.mark.slow  # every command, each in its own process
 @pytest.mark.parametrize("kind", sorted(RUN_JSONS))
 def test_invalid_run_json_is_left_out_and_every_command_runs(
     lake: Path, kind: str, caplog: pytest.LogCaptureFixture
@@ -215,6 +216,7 @@ def test_run_json_field_out_of_range_keeps_the_rest(lake: Path, caplog: pytest.L
     assert proc.returncode in (0, 1), proc.stderr
 
 
+@pytest.mark.slow  # every reader on four lakes
 @pytest.mark.parametrize("pattern", ["*", "[ab]", "a?", "{a,b}"])
 def test_run_folders_named_like_patterns_read_only_themselves(lake: Path, pattern: str) -> None:
     # init refuses such names now; an old lake may still hold one

@@ -89,6 +89,7 @@ def test_report_is_one_self_contained_page(pair_report) -> None:
     assert pair_report.skipped == []
 
 
+@pytest.mark.slow  # renders every chart to PNG
 def test_pngs_are_written_and_not_blank(lake: Path, tmp_path: Path) -> None:
     from lakelog import plots
     from lakelog.read.plots.export import save_png
@@ -119,6 +120,7 @@ def test_pngs_are_written_and_not_blank(lake: Path, tmp_path: Path) -> None:
             assert image.width > 300 and sum(image.convert("L").histogram()[:200]) > 1000, png.name
 
 
+@pytest.mark.slow  # starts a headless browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
 def test_report_renders_in_headless_chromium_without_errors(pair_report, tmp_path: Path) -> None:
     page = pair_report.path

@@ -149,6 +149,7 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a writer process killed mid-run against an S3 server
 def test_writer_killed_mid_run_leaves_what_it_flushed(s3_env: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER],
@@ -175,6 +176,7 @@ def test_writer_killed_mid_run_leaves_what_it_flushed(s3_env: str) -> None:
     assert con.execute("SELECT count(*), max(step) FROM batches").fetchone() == (10, 9)
 
 
+@pytest.mark.slow  # compacts a many-file lake over S3
 def test_compact_on_s3_keeps_every_row_and_cuts_files(s3_env: str) -> None:
     root = "s3://lake/compacted"
     for rank in (0, 1):
