@@ -144,6 +144,10 @@ def test_huge_but_finite_training_gives_finite_norms_in_the_lake(tmp_path: Path)
         assert math.isfinite(update_norm) and update_norm == pytest.approx(delta, rel=1e-5)
     assert min(r[2] for r in rows) > 1.9e19  # every gradient's float32 sum of squares overflows
     assert max(r[2] for r in rows) > 1.8e26
+    scalars = dict(con.execute("SELECT name, value FROM scalars WHERE step = 1").fetchall())
+    total = math.sqrt(sum(float(g.norm()) ** 2 for g in grads.values()))
+    assert math.isfinite(scalars["grad_norm"]) and scalars["grad_norm"] == pytest.approx(total, rel=1e-5)
+    assert math.isfinite(scalars["update_norm"]) and math.isfinite(scalars["weight_norm"])
 
 
 def test_update_norm_of_a_huge_finite_change_is_finite() -> None:
