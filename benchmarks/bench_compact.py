@@ -103,10 +103,14 @@ def make_lake(root: Path, runs: int, flushes: int) -> int:
     return files
 
 
-def _ask(root: Path, sql: str) -> tuple[float, object]:
+def _ask(root: Path, sql: str) -> tuple[float, float, object]:
+    """Seconds for connect plus the query (as a command pays), seconds for the query alone, the rows."""
     started = time.perf_counter()
-    rows = lakelog.connect(root).execute(sql).fetchall()
-    return time.perf_counter() - started, sorted(map(str, rows))
+    con = lakelog.connect(root)
+    connected = time.perf_counter()
+    rows = con.execute(sql).fetchall()
+    done = time.perf_counter()
+    return done - started, done - connected, sorted(map(str, rows))
 
 
 def _load() -> str:
@@ -130,17 +134,24 @@ def main() -> None:
         shutil.copytree(before, after)
         result = lakelog.compact(after)
         print(result)
-        print(f"{'question':<30} {'before':>9} {'after':>9} {'ratio':>7}")
+        print(
+            f"{'question':<30} {'connect+query before':>21} {'after':>8} {'ratio':>6} {'query before':>13} {'after':>8} {'ratio':>6}"
+        )
         for label, sql in QUESTIONS.items():
-            t_before, t_after = [], []
+            total = {"before": [], "after": []}
+            query = {"before": [], "after": []}
+            answers = {}
             for _ in range(args.repeats):  # interleaved: both lakes see the same machine load
-                t, rows_before = _ask(before, sql)
-                t_before.append(t)
-                t, rows_after = _ask(after, sql)
-                t_after.append(t)
-                assert rows_before == rows_after, f"{label}: answers differ after compaction"
-            m_before, m_after = statistics.median(t_before), statistics.median(t_after)
-            print(f"{label:<30} {m_before:>8.3f}s {m_after:>8.3f}s {m_before / m_after:>6.1f}x")
+                for side, root in (("before", before), ("after", after)):
+                    t, q, answers[side] = _ask(root, sql)
+                    total[side].append(t)
+                    query[side].append(q)
+                assert answers["before"] == answers["after"], f"{label}: answers differ after compaction"
+            tb, ta = statistics.median(total["before"]), statistics.median(total["after"])
+            qb, qa = statistics.median(query["before"]), statistics.median(query["after"])
+            print(
+                f"{label:<30} {tb:>20.3f}s {ta:>7.3f}s {tb / ta:>5.1f}x {qb:>12.3f}s {qa:>7.3f}s {qb / qa:>5.1f}x"
+            )
     finally:
         if args.dir is None:
             shutil.rmtree(base, ignore_errors=True)
