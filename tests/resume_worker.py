@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import random
+import signal
 
 import numpy as np
 import torch
@@ -40,6 +42,7 @@ def main() -> None:
     p.add_argument("--checkpoint")
     p.add_argument("--resume")
     p.add_argument("--forget", default="")
+    p.add_argument("--kill", action="store_true", help="SIGKILL itself right after the checkpoint (preemption)")
     args = p.parse_args()
     forget = set(filter(None, args.forget.split(",")))
     torch.set_num_threads(1)
@@ -108,6 +111,8 @@ def main() -> None:
                         },
                         args.checkpoint,
                     )
+                    if args.kill:  # preempted: nothing after the last flush reaches the lake
+                        os.kill(os.getpid(), signal.SIGKILL)
                     return  # the job ends here (time limit); `with run` records its last step
 
 

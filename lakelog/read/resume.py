@@ -64,12 +64,15 @@ def resume_step(con: duckdb.DuckDBPyConnection, run: str, entry: dict[str, Any])
     if entry.get("step") is not None:
         return int(entry["step"])
     after = entry.get("resumed_from", entry.get("after_step"))
-    if after is not None:
-        return int(after) + 1
-    if entry.get("at"):
-        step = query("internal.resume_step", con=con, run=run, at=entry["at"])["step"][0]
-        return None if step is None else int(step)
-    return None
+    # the first step the resumed process logged: later than after + 1 when the checkpoint is newer than
+    # the lake's committed step (a crash lost the last flushes)
+    logged = (
+        query("internal.resume_step", con=con, run=run, at=entry["at"])["step"][0]
+        if entry.get("at")
+        else None
+    )
+    steps = [int(s) for s in (None if after is None else int(after) + 1, logged) if s is not None]
+    return max(steps) if steps else None
 
 
 def _part(status: str, detail: str, step: int | None = None) -> dict[str, Any]:

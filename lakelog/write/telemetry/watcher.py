@@ -77,6 +77,7 @@ class Watcher:
         self._pending: Capture | None = None
         self._open: int | None = None  # "after" loops: the predicted stamp of the step not yet settled
         self._held: tuple[Capture, groups_mod.Layout] | None = None  # its capture, waiting for the step
+        self._resume_held: tuple[Capture, groups_mod.Layout] | None = None  # the resume point, likewise
         self._labels: list[torch.Tensor] = []
         self._num_classes = 0
         self._hooks: list[Any] = []
@@ -135,6 +136,7 @@ class Watcher:
         if self._last is not None and stamp <= self._last:
             stamp = self._last + 1  # two captures never share a step
         self._last = stamp
+        self._release_resume_point(stamp)
         if self._held is not None:
             (capture, layout), self._held = self._held, None
             capture.step = stamp
@@ -146,6 +148,8 @@ class Watcher:
         except Exception as exc:  # a user step callable that fails must not stop training either
             self._fail(exc)
             return
+        if self._open is None:  # the step is final (an "after" loop settles it at the next pre-hook)
+            self._release_resume_point(stamp)
         if stamp % self.every == 0:
             # step(closure) (LBFGS, Lightning) computes the gradients inside the step: read them after it.
             closure = kwargs.get("closure") if kwargs else None
@@ -232,14 +236,25 @@ class Watcher:
             return
         self._submit(capture, self.layout)
 
-    def _resume_point(self, after: int) -> None:
-        """The restored weights, buffers and optimizer state, stamped with the step the run resumes after
-        (kinds ``resume:*``): a reader compares them with what the interrupted process had at that step."""
-        capture = Capture(step=after, pack=Pack(), resume=True)
+    def _resume_point(self) -> None:
+        """The restored weights, buffers and optimizer state (kinds ``resume:*``), taken now and held until
+        the first step is known: it is stamped with the step before it, the step the checkpoint holds
+        (which can be later than the lake's committed step after a crash), so a reader compares it with
+        what the interrupted process had at that step."""
+        capture = Capture(step=-1, pack=Pack(), resume=True)
         self._weights(capture)
         if self.optimizer is not None:
             self._optim(capture)
-        self._submit(capture, self.layout)
+        capture.pack.send()
+        self._resume_held = (capture, self.layout)
+
+    def _release_resume_point(self, first_step: int) -> None:
+        if self._resume_held is None:
+            return
+        (capture, layout), self._resume_held = self._resume_held, None
+        if first_step > 0:
+            capture.step = first_step - 1
+            self._guard(self._submit, capture, layout)
 
     def _relayout(self) -> None:
         opts = self.options
@@ -347,8 +362,8 @@ class Watcher:
             capture = Capture(step=self.run.step, pack=Pack(), initial=True)
             self._weights(capture)
             self._submit(capture, self.layout)
-        elif self.options.initial and self._seen > 0:
-            self._resume_point(self._seen - 1)
+        elif self.options.initial:
+            self._resume_point()
         if self.optimizer is not None:
             self._hooks = [
                 self.optimizer.register_step_pre_hook(self._pre),
@@ -359,6 +374,8 @@ class Watcher:
         """Remove the hooks and the kept previous weights; captures already taken are still written."""
         if self._held is not None and self._attached:
             self._settle()  # the last step of an "after" loop: its step is logged by now
+        if self._resume_held is not None and self._attached:
+            self._release_resume_point(self.run.step + 1)  # no step taken since the resume
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
