@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+CHROMIUM = "/usr/bin/chromium"
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
 EXECUTE = """
@@ -83,6 +84,31 @@ def test_notebook_runs_offline_top_to_bottom(path: Path, tmp_path: Path) -> None
     for chart in charts:  # vega, vega-lite and vega-embed travel with every chart
         assert "window.vegaLite=" in chart["data"]["text/html"]
     assert any(p.is_dir() and p.name.startswith("runs") for p in tmp_path.iterdir())
+    if Path(CHROMIUM).exists():  # and a browser with no network draws the chart from the output alone
+        page = tmp_path / "chart.html"
+        page.write_text(f"<!DOCTYPE html><html><body>{charts[0]['data']['text/html']}</body></html>")
+        shown = subprocess.run(
+            [
+                *prefix,
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                f"--user-data-dir={tmp_path / 'chrome'}",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        failed = re.search(r'<pre>chart failed: (?!" \+)', shown.stdout)  # the element, not the script's text
+        assert "<svg" in shown.stdout and failed is None, shown.stderr[-2000:]
     if prefix:
         probe = subprocess.run(
             [
