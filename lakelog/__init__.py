@@ -17,6 +17,7 @@ from lakelog.errors import (
     QueryError,
     RunClosedError,
     RunExistsError,
+    RunInUseError,
     RunNotFoundError,
     WriterFailedError,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "Run",
     "RunClosedError",
     "RunExistsError",
+    "RunInUseError",
     "RunNotFoundError",
     "WriterFailedError",
     "connect",
