@@ -142,10 +142,8 @@ def _dense_block(xs: list[torch.Tensor], full: bool, minmax: bool) -> torch.Tens
     counts[:, 1] = torch.stack([(~f).sum() for f in finite]) - counts[:, 0]
     lo = torch.stack([torch.where(f, x, math.inf).amin() for x, f in zip(xs, finite, strict=True)]).to(F64)
     hi = torch.stack([torch.where(f, x, -math.inf).amax() for x, f in zip(xs, finite, strict=True)]).to(F64)
-    small = [
-        torch.var(x.float() if x.dtype in _HALF else x) if 1 < x.numel() <= SMALL else nan[0] for x in xs
-    ]
-    var = torch.stack(small).to(F64)
+    # Small tensors: a two-pass variance in float64, as on the CPU (BatchNorm weights near 1).
+    var = torch.stack([torch.var(x.to(F64)) if 1 < x.numel() <= SMALL else nan[0] for x in xs])
     return torch.stack([norm, total, lo, hi, nan, counts[:, 0], counts[:, 1], var], dim=1)
 
 
