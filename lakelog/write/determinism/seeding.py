@@ -26,7 +26,7 @@ from lakelog.lake.checker_env import DETERMINISM_ENV
 from lakelog.lake.checks import non_negative_int
 from lakelog.write.context import current_run, stash_seeding, step_limit, take_pending_seeding
 from lakelog.write.env import hash_seed_at_start
-from lakelog.write.fingerprint import fingerprint_many, to_hex
+from lakelog.write.fingerprint import algorithm_for, fingerprint_many, to_hex
 
 
 # -- seeding ------------------------------------------------------------------------------------
@@ -131,6 +131,7 @@ def log_initial_state(run: Any, model: torch.nn.Module) -> None:
     if not named:
         return
     fps = fingerprint_many([t.detach() for _, _, t in named])
+    algorithms = [algorithm_for(t) for _, _, t in named]  # per tensor: a model may span devices
     shapes = [str(list(t.shape)) for _, _, t in named]
     dtypes = [str(t.dtype).removeprefix("torch.") for _, _, t in named]
     step = run.step
@@ -145,7 +146,7 @@ def log_initial_state(run: Any, model: torch.nn.Module) -> None:
             shape=pa.array(shapes),
             dtype=pa.array(dtypes),
             numel=pa.array([t.numel() for _, _, t in named], pa.int64()),
-            fingerprint=pa.array(to_hex(fps.reshape(-1, 2)), pa.string()),
+            fingerprint=pa.array(to_hex(fps.reshape(-1, 2), algorithms), pa.string()),
         )
         return {"params": pa.table(columns, schema=schemas.PARAMS)}
 
