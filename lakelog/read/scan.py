@@ -83,10 +83,6 @@ class Scan:
             log.warning("lakelog: left out %s: %s", path, reason)
 
 
-def _is_run(lake: Lake, name: str) -> bool:
-    return lake.fs.get_file_info(lake.join(name, RUN_FILE)).type != pafs.FileType.NotFound
-
-
 def locate(target: Any, filesystem: pafs.FileSystem | None = None) -> list[tuple[Lake, list[str]]]:
     """Turn roots, run folders and Run objects into (lake, run names) pairs; clear errors for bad roots."""
     items = list(target) if isinstance(target, list | tuple) else [target]
