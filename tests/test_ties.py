@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-from test_check_determinism import Setup, _restore_global_state, trainer  # noqa: F401 (autouse fixture)
+from test_check_determinism import Setup, trainer
 
 from lakelog.check_determinism import check_determinism, determinism_report
 from lakelog.cli import cli
 from lakelog.read.diff import diff_runs
 
 RUNS = ("determinism-a", "determinism-b")
+pytestmark = pytest.mark.usefixtures("restore_global_state")
 
 
 def _flat(text: str) -> str:

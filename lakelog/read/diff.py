@@ -228,11 +228,44 @@ def _notes(layers: pl.DataFrame, steps: pl.DataFrame, run_a: str, run_b: str) ->
     return notes
 
 
-def _verdict(con: duckdb.DuckDBPyConnection, run_a: str, run_b: str, loss_name: str) -> DeterminismReport:
+def _verdict(
+    con: duckdb.DuckDBPyConnection, run_a: str, run_b: str, loss_name: str, tensors: dict[str, dict[str, Any]]
+) -> DeterminismReport:
     """check-determinism's judgment of the pair, so diff names the same first cause with its fix."""
     info = (run_info(con, run_a)[0], run_info(con, run_b)[0])
     root = con.execute("SELECT root FROM runs WHERE run = ?", [run_a]).fetchall()
-    return report_on(con, run_a, run_b, info, root=root[0][0] if root else "", loss_name=loss_name)
+    return report_on(
+        con, run_a, run_b, info, root=root[0][0] if root else "", loss_name=loss_name, tensors=tensors
+    )
+
+
+def _tensor_evidence(
+    con: duckdb.DuckDBPyConnection, layers: pl.DataFrame, pair: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """The tensor evidence of the determinism checks from first_divergence's layers, with the differing
+    tensors read at their first step only (param_diff of one step), not every capture compared again."""
+    at: dict[int, pl.DataFrame] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for check, layer, differs in (
+        ("initial_weights", "initial_weights", pl.col("kind").str.starts_with("initial:") & ~pl.col("equal")),
+        ("gradients", "gradients", (pl.col("kind") == "param") & ~pl.col("grad_equal")),
+        ("update", "weights", (pl.col("kind") == "param") & ~pl.col("equal")),
+    ):
+        row = layers.filter(pl.col("layer") == layer).row(0, named=True)
+        step, names = row["first_step"] if row["status"] == "differs" else None, []
+        if step is not None:
+            if step not in at:
+                at[step] = query("param_diff", con=con, step=int(step), **pair)
+            names = sorted(at[step].filter(differs.fill_null(False))["name"].to_list())
+        out[check] = {
+            "n_compared": row["n_compared"],
+            "first_step": step,
+            "n_differ": row["n_differing"],
+            "n_names": len(names),
+            "names": names[:20],
+            "rank": None,
+        }
+    return out
 
 
 def _latent_rng(layers: pl.DataFrame) -> pl.DataFrame:
@@ -277,7 +310,7 @@ def diff_runs(
             f"(steps {side['B']['first_step']}-{side['B']['last_step']}) share no step: nothing to compare"
         )
     layers = query("first_divergence", con=con, tol=float(tol), loss_name=loss_name, **pair)
-    verdict = _verdict(con, run_a, run_b, loss_name)
+    verdict = _verdict(con, run_a, run_b, loss_name, _tensor_evidence(con, layers, pair))
     if verdict.check("rng").status == "latent":  # nothing logged after it differs: not where runs part
         layers = _latent_rng(layers)
     differing = layers.filter(pl.col("status") == "differs")

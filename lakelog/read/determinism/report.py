@@ -83,9 +83,14 @@ def report_on(
     root: str,
     loss_name: str = "loss",
     loss_tol: float = 0.0,
+    tensors: dict[str, dict[str, Any]] | None = None,
 ) -> DeterminismReport:
     """The report over an open connection holding both runs, given their run.json contents (what
-    ``determinism_report`` and ``lakelog diff`` share, so they name the same first cause)."""
+    ``determinism_report`` and ``lakelog diff`` share, so they name the same first cause).
+
+    ``tensors``: the initial_weights / gradients / update evidence (rows of determinism_params) when the
+    caller has it already (``lakelog diff`` takes it from first_divergence, which reads only the first
+    differing capture), instead of comparing every tensor of every capture again."""
     pair = {"run_a": run_a, "run_b": run_b}
     flags = [
         WorkerFlag(run=run, **worker_flag(row))
@@ -97,7 +102,9 @@ def report_on(
         run_b,
         info,
         _by_evidence(query("internal.determinism_batches", con=con, **pair)),
-        _by_evidence(query("internal.determinism_params", con=con, **pair)),
+        tensors
+        if tensors is not None
+        else _by_evidence(query("internal.determinism_params", con=con, **pair)),
         _by_evidence(
             query(
                 "internal.determinism_outputs", con=con, **pair, loss_name=loss_name, loss_tol=float(loss_tol)
