@@ -132,6 +132,13 @@ def _list_queries(fmt: str, output: Path | None, every: bool = False) -> None:
 @click.option(
     "--all", "all_", is_flag=True, help="With --list: include the internal.* queries of plots and reports."
 )
+@click.option(
+    "--engine",
+    type=click.Choice(querylib.ENGINES),
+    default="duckdb",
+    show_default=True,
+    help="Where the query runs: DuckDB here, or a local Spark session (pip install 'lakelog[spark]').",
+)
 @output_options(parquet=True)
 def query_command(
     name: str | None,
@@ -140,6 +147,7 @@ def query_command(
     params: tuple,
     list_: bool,
     all_: bool,
+    engine: str,
     fmt: str,
     output: Path | None,
 ) -> None:
@@ -156,7 +164,7 @@ def query_command(
         raise InvalidArgumentError("query: give a query NAME, or --list to see them")
     q = querylib.get(name)
     values = q.coerce(collect_params(pairs, params))
-    emit(querylib.query(name, root=root, **values), fmt, output, title=name)
+    emit(querylib.query(name, root=root, engine=engine, **values), fmt, output, title=name)
 
 
 @click.command("runs", cls=LakelogCommand)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -37,12 +36,15 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from lakelog.errors import QueryError
+from lakelog.errors import InvalidArgumentError, QueryError
 from lakelog.lake.checks import did_you_mean
+from lakelog.read.macros import queries_dir
 from lakelog.read.sqltext import scan
 
 INTERNAL = "internal"
 """The namespace of queries that plots, reports and diff run for themselves."""
+ENGINES = ("duckdb", "spark")
+"""Where ``query`` runs a question: DuckDB in this process, or a Spark session."""
 DIALECT_FOLDERS = ("spark",)
 """Folders of ``queries/`` that hold another engine's version of a query, not queries."""
 _PARAM = re.compile(r"^param\s+([A-Za-z_]\w*)\s*(?:=\s*(.*?))?\s*:\s*(.*)$")
@@ -107,16 +109,6 @@ class Query:
             default = None if param is None or param.required else param.default
             out[name] = _convert(name, text, default)
         return out
-
-
-def queries_dir() -> Path:
-    """The installed copy of queries/ (wheel) or the repository's (editable install, tests)."""
-    override = os.environ.get("LAKELOG_QUERIES")
-    if override:
-        return Path(override)
-    package = Path(__file__).resolve().parents[1]  # lakelog/
-    packaged = package / "_queries"
-    return packaged if packaged.is_dir() else package.parent / "queries"
 
 
 def _convert(name: str, text: str, default: Any) -> Any:
@@ -324,11 +316,35 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | N
 
 
 def query(
-    name: str, *, root: Any = "runs", con: duckdb.DuckDBPyConnection | None = None, **params: Any
+    name: str,
+    *,
+    root: Any = "runs",
+    con: duckdb.DuckDBPyConnection | None = None,
+    engine: str = "duckdb",
+    spark: Any = None,
+    **params: Any,
 ) -> pl.DataFrame:
-    """Run the named query over a lake (``root``) or an open connection; returns a polars DataFrame."""
+    """Run the named query over a lake (``root``) or an open connection; returns a polars DataFrame.
+
+    ``engine="spark"`` runs the same question on Spark (:mod:`lakelog.read.spark`): on ``spark``, a
+    SparkSession of yours (a cluster's), or on a local session made on first use; the frame has the
+    columns and the row order DuckDB gives. Raises QueryError for an unknown query, a missing or
+    unknown parameter, SQL that fails, or a query that cannot run on Spark (naming the construct).
+    """
+    if engine not in ENGINES:
+        raise InvalidArgumentError(f"engine: expected one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+    if engine == "spark" and con is not None:
+        raise InvalidArgumentError("con: a DuckDB connection cannot run engine='spark'; give root= instead")
+    if engine == "duckdb" and spark is not None:
+        raise InvalidArgumentError("spark: a SparkSession is used only with engine='spark'")
     q = get(name)
     bound = q.bind(params)
+    if engine == "spark":
+        try:  # pyspark and sqlglot: optional heavy dependencies, imported when asked for
+            from lakelog.read import spark as spark_engine
+        except ImportError as exc:
+            raise QueryError(str(exc)) from exc
+        return _flatten(spark_engine.run(q, bound, root, spark), q.flatten)
     if con is None:
         from lakelog.read.views import connect
 

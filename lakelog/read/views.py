@@ -300,10 +300,3 @@ def connect(
     if read_only:
         sandbox.lock(con, [p for table in TABLES for p in scan.files[table]] if local else [])
     return con
-
-
-def lake_runs(
-    target: Any = "runs", filesystem: pafs.FileSystem | None = None
-) -> list[tuple[Lake, list[str]]]:
-    """The (lake, run names) pairs that ``target`` names, as :func:`connect` resolves it (other engines too)."""
-    return locate(target, filesystem)
