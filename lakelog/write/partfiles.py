@@ -145,9 +145,15 @@ class Buffer:
         n = rows_len(rows)
         if self.columns and rows.keys() != self.columns.keys():  # the columns changed: seal what we have
             self._seal_columns()
+        columns, nbytes = self.columns, 0
         for name, chunk in rows.items():
-            self.columns.setdefault(name, []).append(chunk)
-            self.nbytes += chunk.nbytes if isinstance(chunk, np.ndarray | pa.Array) else 16 * n
+            chunks = columns.get(name)
+            if chunks is None:
+                columns[name] = [chunk]
+            else:
+                chunks.append(chunk)
+            nbytes += chunk.nbytes if type(chunk) is np.ndarray else 16 * n  # an estimate for the others
+        self.nbytes += nbytes
         self.counts.append(n)
         self.rows += n
 

@@ -81,6 +81,26 @@ def _key_column(name: str, value: Any, n: int) -> HostCopy | np.ndarray | list:
     return _uniform_list(value, f"keys[{name!r}]")
 
 
+_CONSTANT_COLUMNS: dict[tuple[str, int], Any] = {}
+
+
+def _nulls(n: int, kind: str) -> pa.Array:
+    """A null column of ``n`` rows, made once per size and type (Arrow arrays are immutable)."""
+    column = _CONSTANT_COLUMNS.get((kind, n))
+    if column is None:
+        column = _CONSTANT_COLUMNS[(kind, n)] = pa.nulls(n, getattr(pa, kind)())
+    return column
+
+
+def _sample_idx(n: int) -> np.ndarray:
+    """0..n-1, made once per batch size (read-only: the writer only concatenates it)."""
+    column = _CONSTANT_COLUMNS.get(("sample_idx", n))
+    if column is None:
+        column = _CONSTANT_COLUMNS[("sample_idx", n)] = np.arange(n, dtype=np.int32)
+        column.flags.writeable = False
+    return column
+
+
 def _int64(values: np.ndarray, arg: str) -> np.ndarray:
     """An integer array as int64; unsigned values beyond int64 are refused instead of wrapping around."""
     if (
@@ -205,14 +225,12 @@ def predictions_job(
         }
         rows = {
             "step": np.full(n, step, dtype=np.int64),
-            "batch_idx": pa.nulls(n, pa.int64())
-            if batch_idx is None
-            else np.full(n, batch_idx, dtype=np.int64),
-            "sample_idx": np.arange(n, dtype=np.int32),
-            "label": pa.nulls(n, pa.int64()) if label_values is None else label_values,
+            "batch_idx": _nulls(n, "int64") if batch_idx is None else np.full(n, batch_idx, dtype=np.int64),
+            "sample_idx": _sample_idx(n),
+            "label": _nulls(n, "int64") if label_values is None else label_values,
             "prediction": prediction.astype(np.int64, copy=False),
             "logits": values,
-            "loss": pa.nulls(n, pa.float32()) if loss_values is None else loss_values.reshape(-1),
+            "loss": _nulls(n, "float32") if loss_values is None else loss_values.reshape(-1),
             **key_values,
         }
         keys_digest = _digest(
