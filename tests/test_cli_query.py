@@ -196,3 +196,26 @@ def test_the_commands_do_not_import_torch(root):
         "assert 'torch' not in sys.modules, 'the read side imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def test_query_engine_option_is_checked_and_spark_refusals_are_one_line(root):
+    out = run("query", "run_list", "--root", root, "--engine", "oracle")
+    assert out.exit_code == 2 and "'oracle' is not one of 'duckdb', 'spark'" in out.output
+    pytest.importorskip("pyspark", reason="pyspark is the spark extra")
+    failed(
+        run(
+            "query",
+            "env_diff",
+            "--root",
+            root,
+            "-p",
+            "run_a",
+            "base",
+            "-p",
+            "run_b",
+            "lr",
+            "--engine",
+            "spark",
+        ),
+        "query 'env_diff' (env_diff.sql) cannot run on Spark: it uses json_tree",
+    )
