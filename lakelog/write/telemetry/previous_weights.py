@@ -17,7 +17,7 @@ import torch
 
 from lakelog.lake.dump_layout import SAFETENSORS_DTYPES
 from lakelog.lake.files import write_stream_atomic
-from lakelog.write.telemetry.summaries import _HALF, F64
+from lakelog.write.telemetry.summaries import _HALF, F64, SMALL
 
 
 def _diff_norm(cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
@@ -33,19 +33,35 @@ def _diff_norm(cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
 
 
 def _update_in_place_cpu(olds: list[torch.Tensor], curs: list[torch.Tensor]) -> list[float]:
-    """``||cur - old||`` per pair, leaving ``old == cur``: each tensor's three steps back to back."""
-    out = []
-    for old, cur in zip(olds, curs, strict=True):
+    """``||cur - old||`` per pair, leaving ``old == cur``.
+
+    Large tensors take the three steps back to back, so the kept copy is still in cache for the second
+    and third; small ones (where the cost is calls, not bytes) take them as three batched calls. A
+    float32 norm that overflowed is recomputed in float64 before the copy is refreshed."""
+    out = [math.nan] * len(olds)
+    small = [j for j, old in enumerate(olds) if old.numel() <= SMALL and old.dtype not in _HALF]
+    if small:
+        olds_s, curs_s = [olds[j] for j in small], [curs[j] for j in small]
+        torch._foreach_sub_(olds_s, curs_s)
+        for j, v in zip(small, torch.stack(torch._foreach_norm(olds_s)).tolist(), strict=True):
+            out[j] = v if math.isfinite(v) else float(torch._foreach_norm([olds[j]], 2, dtype=F64)[0])
+        torch._foreach_copy_(olds_s, curs_s)
+    done = set(small)
+    for j, (old, cur) in enumerate(zip(olds, curs, strict=True)):
+        if j in done:
+            continue
         old.sub_(cur)
         v = float(torch._foreach_norm([old], 2, dtype=F64 if old.dtype in _HALF else None)[0])
         if not math.isfinite(v):  # float32 accumulation overflowed (or the difference is not finite)
             v = float(torch._foreach_norm([old], 2, dtype=F64)[0])
         old.copy_(cur)
-        out.append(v)
+        out[j] = v
     return out
 
 
-def _stacked(values: list[torch.Tensor | None], device: torch.device) -> torch.Tensor:
+def _stacked(values: list[torch.Tensor | float | None], device: torch.device) -> torch.Tensor:
+    if device.type == "cpu":  # one host tensor from the numbers (reading a CPU tensor costs no sync)
+        return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=F64)
     nan = torch.full((), math.nan, dtype=F64, device=device)
     return torch.stack([nan if v is None else v.to(device, F64, non_blocking=True) for v in values])
 
@@ -127,7 +143,7 @@ class Previous:
         for the second and third; on accelerators each step is one batched call over all tensors.
         Norms accumulate in float64 where float32 would overflow."""
         kept = self._kept or {}
-        norms: list[torch.Tensor | None] = [None] * len(tensors)
+        norms: list[torch.Tensor | float | None] = [None] * len(tensors)
         fast = [
             i
             for i, (t, k) in enumerate(zip(tensors, self.known, strict=True))
@@ -136,7 +152,7 @@ class Previous:
         olds, curs = [before[i] for i in fast], [tensors[i] for i in fast]
         if fast and curs[0].device.type == "cpu":
             for i, v in zip(fast, _update_in_place_cpu(olds, curs), strict=True):  # type: ignore[arg-type]
-                norms[i] = torch.tensor(v, dtype=F64)
+                norms[i] = v
         elif fast:
             torch._foreach_sub_(olds, curs)
             for i, v in zip(fast, torch._foreach_norm(olds, 2, dtype=F64), strict=True):
