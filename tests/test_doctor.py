@@ -84,7 +84,7 @@ def test_a_group_left_out_of_the_optimizer_is_frozen(con):
     found = checks(con, "frozen")["frozen_layers"]
     assert (
         found.status == "warn"
-        and "in no optimizer param group: backbone.0.bias, backbone.0.weight" in found.summary
+        and "in no optimizer param group: backbone.0.weight, backbone.0.bias" in found.summary  # model order
     )
     frozen = found.evidence.filter(pl.col("status") == "frozen")
     assert sorted(frozen["name"]) == ["backbone.0.bias", "backbone.0.weight"]

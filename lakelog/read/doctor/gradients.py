@@ -16,6 +16,8 @@ from lakelog.read.doctor.base import Context, Verdict, fmt, name_list
 def _ordered(ctx: Context, df: pl.DataFrame) -> pl.DataFrame:
     """The per-tensor rows in model order when run.json has it, else by name."""
     order = ctx.watch.get("tensors") or []
+    if df.is_empty():
+        return df
     if not order:
         return df.sort("name")
     rank = {name: i for i, name in enumerate(order)}
@@ -129,7 +131,7 @@ def dead_layers(ctx: Context) -> Verdict:
 
 
 def frozen_layers(ctx: Context) -> Verdict:
-    df = ctx.query("frozen_layers")
+    df = _ordered(ctx, ctx.query("frozen_layers"))  # names listed in model order
     off: dict[str, str | None] = ctx.watch.get("requires_grad_off") or {}
     outside = set(ctx.watch.get("not_in_optimizer") or [])
     parts: list[str] = []
