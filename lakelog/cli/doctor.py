@@ -58,8 +58,9 @@ def doctor_command(
     fmt: str,
     output: Path | None,
 ) -> None:
-    """Health checks on one run: vanishing/exploding gradients, frozen layers, LR ratios, label
-    balance, overfitting, the first NaN/Inf, updates per epoch. Thresholds: -p NAME VALUE.
+    """Health checks on one run: vanishing/exploding gradients (per group and per layer), dead
+    layers, frozen tensors, LR ratios, label balance, not learning, overfitting, the first NaN/Inf,
+    updates per epoch. Thresholds: -p NAME VALUE; metric names: --metric, --train-metric, --loss-metric.
 
     --format csv or json prints one row per check (check, status, summary, query).
     Statuses: pass, note, warn, error, skip. Exit code 0: no check reaches --fail-on (default warn),
