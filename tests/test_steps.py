@@ -212,3 +212,27 @@ def test_param_digests_find_the_same_first_capture_as_the_tensors(tmp_path: Path
     tensor_by_tensor = lakelog.query("first_divergence", con=lakelog.connect(tmp_path), run_a="a", run_b="b")
     assert with_digests.equals(tensor_by_tensor)
     assert with_digests.filter(with_digests["layer"] == "weights")["first_step"].to_list() == [CHANGED]
+
+
+def test_a_resumed_process_captures_no_initial_state_either_way(tmp_path: Path) -> None:
+    from lakelog.write.determinism import log_initial_state
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for mode in ("error", "resume"):
+        with lakelog.init(tmp_path, name="r", mode=mode) as run:
+            log_initial_state(run, model)
+            run.watch(model, opt, every=1)
+            for step in range(3) if mode == "error" else range(3, 6):
+                run.log_batch(step=step, sample_ids=[step])
+                model(torch.ones(1, 4)).sum().backward()
+                opt.step()
+    con = lakelog.connect(tmp_path)
+    rows = con.execute(
+        "SELECT kind, list(step ORDER BY step) FROM params GROUP BY kind ORDER BY kind"
+    ).fetchall()
+    steps = dict(rows)
+    assert steps["initial:param"] == [0, 0, 0, 0]  # weight and bias, once by log_initial_state, once by watch
+    assert steps["resume:param"] == [2, 2]  # the state the resumed process starts from: after step 2
+    assert sorted(set(steps["param"])) == list(range(6))

@@ -125,7 +125,10 @@ def should_stop(step: int) -> bool:
 # -- initial state ------------------------------------------------------------------------------
 def log_initial_state(run: Any, model: torch.nn.Module) -> None:
     """Fingerprints of every parameter and buffer before the first step (kinds ``initial:param`` and
-    ``initial:buffer`` in ``params``), for runs that do not use ``run.watch`` (which writes the same rows)."""
+    ``initial:buffer`` in ``params``), for runs that do not use ``run.watch`` (which writes the same rows).
+    A process that resumes the run writes nothing: the run's true start was captured by the first one."""
+    if run.info.get("resumes"):
+        return
     named = [("initial:param", n, t) for n, t in model.named_parameters()]
     named += [("initial:buffer", n, t) for n, t in model.named_buffers()]
     if not named:
