@@ -223,6 +223,10 @@ def test_interrupted_compaction_on_s3_is_read_once_and_finished(
         patch.setattr(compact_protocol, "finish", lambda *args: None)  # stop right after the commit point
         lake_compact.compact(root)
     assert any(k.endswith(".json") for k in _objects(s3_env, "interrupted/a/_compact/"))
+    from lakelog.read.check import check
+
+    noted = check(root)
+    assert noted.ok and any("interrupted compaction" in n.reason for n in noted.notes), str(noted)
     assert lakelog.connect(root).execute("SELECT count(*), sum(step) FROM scalars").fetchone() == expected
     lake_compact.compact(root)  # recovers
     assert not _objects(s3_env, "interrupted/a/_compact/")
