@@ -152,7 +152,7 @@ def frame_table(
     if max_rows is not None and df.height > max_rows:
         table.caption = (
             f"{df.height - max_rows} more rows not shown (of {df.height}); "
-            "--format csv or json, or a pipe, shows every row"
+            "--format csv or json shows every row"
         )
     if df.height == 0:
         table.caption = "no rows"
