@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -213,16 +212,24 @@ def _scandir(path: str, scan: Scan) -> list[os.DirEntry]:
         return []
 
 
-def _local_parts(run_dir: str, table: str, scan: Scan) -> Iterable[str]:
+def _is_key(entry: os.DirEntry, key: str) -> bool:
+    """``entry`` is a ``key=<integer>`` folder (what hive partition readers type as BIGINT)."""
+    name = entry.name
+    return name.startswith(key) and name[len(key) :].lstrip("-").isdigit() and entry.is_dir()
+
+
+def _local_parts(run_dir: str, table: str, scan: Scan) -> list[str]:
+    out: list[str] = []
     for epoch in _scandir(os.path.join(run_dir, table), scan):
-        if not (_PARTITION.match(epoch.name) and epoch.is_dir()):
-            continue
-        for rank in _scandir(epoch.path, scan):
-            if not (_PARTITION.match(rank.name) and rank.is_dir()):
-                continue
-            for part in _scandir(rank.path, scan):
-                if part.name.endswith(PART_SUFFIX) and not part.name.startswith("."):
-                    yield part.path
+        if _is_key(epoch, "epoch="):
+            for rank in _scandir(epoch.path, scan):
+                if _is_key(rank, "rank="):
+                    out.extend(
+                        p.path
+                        for p in _scandir(rank.path, scan)
+                        if p.name.endswith(PART_SUFFIX) and not p.name.startswith(".")
+                    )
+    return out
 
 
 def _list_local(entry: RunEntry, scan: Scan) -> tuple[set[str], dict[str, list[str]]]:
