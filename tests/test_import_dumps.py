@@ -203,3 +203,17 @@ def test_impossible_tensor_sizes_are_refused_with_a_clear_error(tmp_path):
         DumpError, match=r"shape \[1048576\] reaches element 1048575 of storage 0, which holds 4"
     ):
         load_checkpoint(view)
+
+
+def test_legacy_torch_save_files_are_scanned_and_loaded(tmp_path):
+    path = tmp_path / "legacy" / "step_0003.pt"
+    path.parent.mkdir()
+    state = {"w": torch.arange(6.0)}
+    torch.save(
+        {"model_state_dict": state, "loss": np.float64(0.5)}, path, _use_new_zipfile_serialization=False
+    )
+    assert scan(path) == 6 * 4  # the bytes its one storage declares
+    assert torch.equal(load_checkpoint(path)["model_state_dict"]["w"], state["w"])
+    path.write_bytes(path.read_bytes()[:-10])  # a truncated legacy file
+    with pytest.raises(DumpError, match=r"not a readable torch\.save checkpoint|refused"):
+        load_checkpoint(path)
