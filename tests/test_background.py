@@ -75,3 +75,18 @@ def test_ticks_run_on_schedule_without_items():
     time.sleep(0.3)
     worker.close()
     assert len(ticks) >= 3
+
+
+def test_many_flushes_in_one_run_of_items_all_return():
+    done: list[int] = []
+    worker = Worker("t", done.append)
+    threads = [threading.Thread(target=worker.flush) for _ in range(5)]
+    for i in range(300):
+        worker.put(i, wake=False)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads) and worker.pending == 0
+    worker.close()
+    assert done == list(range(300))

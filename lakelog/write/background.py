@@ -42,6 +42,12 @@ def _nothing() -> None:
     return None
 
 
+_BATCH = 256
+"""Items taken from the queue under one lock."""
+_YIELD_S = 0.0002
+"""The writer thread hands the GIL back after this much work (cheap items are handled in runs)."""
+
+
 class Worker:
     """A daemon thread handling queued items in order (see the module docstring)."""
 
@@ -166,28 +172,35 @@ class Worker:
                     self._idle = True
                     self._work.wait(timeout)
                     self._idle = False
-                item = self._items.popleft() if self._items else None
-            if item is None:  # the tick is due and nothing is queued
+                batch = [self._items.popleft() for _ in range(min(len(self._items), _BATCH))]
+            if not batch:  # the tick is due and nothing is queued
                 self._run(self._tick or _nothing)
                 next_tick = time.monotonic() + every if every else None
                 continue
-            if isinstance(item, _Marker):
-                self._run(self._on_close if item.stop else self._on_flush)
-                if every:
-                    next_tick = time.monotonic() + every
-            else:
+            yielded, reported = time.perf_counter(), 0
+            for done, item in enumerate(batch, 1):
+                if isinstance(item, _Marker):
+                    self._run(self._on_close if item.stop else self._on_flush)
+                    self._finished(done - reported)
+                    reported = done
+                    item.done.set()
+                    if item.stop:
+                        return
+                    if every:
+                        next_tick = time.monotonic() + every
+                    continue
                 self._run(self._handle, item)
-            with self._lock:
-                self._unfinished -= 1
-                self._space.notify_all()
-            if isinstance(item, _Marker):
-                item.done.set()
-                if item.stop:
-                    return
-            elif next_tick is not None and time.monotonic() >= next_tick:
+                if time.perf_counter() - yielded > _YIELD_S:
+                    time.sleep(0)  # hand the GIL back: the training thread never waits a switch interval
+                    yielded = time.perf_counter()
+            self._finished(len(batch) - reported)
+            if next_tick is not None and time.monotonic() >= next_tick:
                 self._run(self._tick or _nothing)
                 next_tick = time.monotonic() + every
-            else:
-                time.sleep(
-                    0
-                )  # hand the GIL back between items: the training thread never waits a switch interval
+
+    def _finished(self, n: int) -> None:
+        """``n`` items are handled: producers waiting for room may go on."""
+        if n:
+            with self._lock:
+                self._unfinished -= n
+                self._space.notify_all()

@@ -121,7 +121,7 @@ class PartWriter:
             "lakelog-writer",
             self._handle,
             max_items=max_pending,
-            wake_at=min(64, max_pending),
+            wake_at=min(512, max_pending),
             on_flush=self._flush_all,
             on_close=self._close_all,
             tick=self._periodic,
