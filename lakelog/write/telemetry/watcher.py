@@ -269,7 +269,9 @@ class Watcher:
 
     def capture(self, *, step: int | None = None) -> None:
         """Capture now (gradients as they are, weights, state): for loops without an optimizer to hook."""
-        self._begin(self._stamp() if step is None else int(step))
+        stamp = self._stamp() if step is None else int(step)
+        self._release_resume_point(stamp)
+        self._begin(stamp)
         capture, self._pending = self._pending, None
         assert capture is not None
         self._finish(capture)
