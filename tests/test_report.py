@@ -185,6 +185,7 @@ def test_missing_data_is_listed_not_fatal(tmp_path: Path) -> None:
     assert report.charts == ["curves"]
     skipped = dict(report.skipped)
     assert "run.watch" in skipped["plain: group norms"]
+    assert "pass epoch= to run.log" in skipped["loss per epoch"]  # five steps, all in epoch 0
     assert "Not drawn" in report.path.read_text(encoding="utf-8")
 
 

@@ -262,6 +262,14 @@ def build_report(
             build.chart("curves", lambda: plots.metric_curves(con, chosen, max_points=max_points))
             if per_epoch and not sweep:  # a sweep draws it once, labelled by config
                 build.chart("loss per epoch", lambda: plots.epoch_history(con, chosen[0]))
+            elif not per_epoch and int(scalars["n"].max() or 0) > 1:
+                report.skipped.append(
+                    (
+                        f"{chosen[0]} per epoch",
+                        "every scalar sits in one epoch: if the runs train for several, pass epoch= to "
+                        "run.log (run.log({...}, step=step, epoch=epoch)) or call run.log_batch(epoch=...) first",
+                    )
+                )
         else:
             page.paragraph("No plain scalars (loss, acc…) were logged.")
 
