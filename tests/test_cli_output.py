@@ -129,6 +129,7 @@ def test_did_you_mean_for_queries_commands_and_runs(root):
     one_line(run("dif", "base", "lr"), "did you mean 'diff'")
     one_line(run("diff", "base", "frozne", "--root", root), "did you mean 'frozen'")
     one_line(run("report", "basee", "--root", root), "did you mean 'base'")
+    one_line(run("compare-dumps", "base", "lrr", "--root", root), "did you mean 'lr'")
 
 
 def test_every_row_command_speaks_csv_and_json(root):

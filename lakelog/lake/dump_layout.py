@@ -17,6 +17,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from lakelog.errors import RunNotFoundError
+from lakelog.lake.checks import did_you_mean
 
 DUMPS_DIR = "dumps"
 MODEL_FILE = "model.safetensors"
@@ -77,8 +78,14 @@ def resolve_run(run: str | os.PathLike[str], root: str | os.PathLike[str] | None
         if candidate.is_dir():
             return candidate
     where = " or ".join(str(c) for c in candidates)
+    known = (
+        sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+        if root is not None and Path(root).is_dir()
+        else []
+    )
     raise RunNotFoundError(
-        f"run {str(run)!r}: no such folder ({where}); give a run folder, or a name and --root"
+        f"run {str(run)!r}: no such folder ({where}){did_you_mean(path.name, known)}; "
+        "give a run folder, or a name and --root"
     )
 
 
