@@ -179,6 +179,9 @@ def _merge_partition(
             lake, join_path(lake.local, staging, name), data.slice(i * step, step)
         )
     manifest = {"id": cid, "table": table, "partition": partition, "merged": merged, "replaces": names}
+    if lake.local:  # the staged folder becomes the whole partition, swapped in at once where possible
+        manifest["mode"] = "exchange"
+        protocol.carry(join_path(True, run_dir, partition), staging, set(names))
     manifest_path = join_path(lake.local, run_dir, protocol.STAGING_DIR, f"{cid}.json")
     lake.write_bytes_atomic(manifest_path, json.dumps(manifest).encode())  # the commit point
     protocol.finish(lake, run_dir, manifest_path, manifest)

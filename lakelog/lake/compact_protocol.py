@@ -6,14 +6,19 @@ The protocol keeps every row visible exactly once to lakelog's readers at any mo
 1. the merged data is written under ``<run>/_compact/<id>/<table>/epoch=<e>/rank=<r>/`` (outside the
    table folders, which is all readers list), as a whole file (atomic rename; one PUT on S3);
 2. the **commit**: ``<run>/_compact/<id>.json`` names the parts it replaces and the merged files;
-3. the merged files move into the partition (a rename locally, copy then delete on S3), the parts
-   they replace are deleted, then the manifest and the staging folder.
+3. the merged files move into the partition, the parts they replace are deleted, then the manifest
+   and the staging folder. On local disk on Linux the staged folder holds the whole partition as it
+   is to be (the merged file and hard links of every part it does not replace), and one
+   ``renameat2(RENAME_EXCHANGE)`` swaps it with the partition: every engine sees the old folder or
+   the new one, never a mix. Elsewhere (S3: copy then delete; other systems: a rename) the files
+   move one by one and only lakelog's readers are exact during the move.
 
 A reader that finds a manifest (``visible_files``) leaves its parts out and reads the merged file
 from wherever it is now; without a manifest, staged data is ignored. The next ``compact`` finishes
 every committed manifest (step 3) and deletes staged data nobody committed. Engines that know
 nothing of manifests (plain DuckDB, polars or pyarrow over the folders) see every row exactly once
-whenever no compaction is half done: after ``compact`` returns, or after the next one recovers.
+at any moment and after any kill on local Linux disks; elsewhere, whenever no compaction is half
+done (after ``compact`` returns, or after the next one recovered).
 
 Readers need only ``visible_files``; ``compact`` uses the rest. ``claim`` keeps two compactions of
 one run apart.
@@ -22,8 +27,12 @@ one run apart.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import shutil
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,8 +118,101 @@ def _delete_dir(lake: Lake, path: str) -> None:
             raise
 
 
+def _exchange(a: str, b: str) -> bool:
+    """Swap two folders in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), a)
+
+
+def _load_renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _load_renameat2()
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def carry(partition_dir: str, staged_dir: str, replaces: set[str]) -> None:
+    """Hard-link every file of the partition the merge does not replace into the staged folder.
+
+    The staged folder then holds the partition as it is to be, so one exchange of the two folders
+    replaces the parts by the merged file for every reader at once (plain engines included).
+    """
+    try:
+        entries = list(os.scandir(partition_dir))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        name = entry.name
+        if name in replaces or name.startswith(".") or not entry.is_file(follow_symlinks=False):
+            continue
+        target = os.path.join(staged_dir, name)
+        if os.path.lexists(target):
+            continue
+        try:
+            os.link(entry.path, target)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            shutil.copy2(entry.path, target)
+
+
+def _finish_exchange(run_dir: str, manifest_path: str, manifest: dict[str, Any]) -> bool:
+    """The local commit: exchange the staged folder with the partition, then put back late arrivals.
+
+    Returns False when the file system cannot exchange folders (the caller publishes instead).
+    """
+    partition = os.path.join(run_dir, manifest["partition"])
+    staged = os.path.join(run_dir, STAGING_DIR, manifest["id"], manifest["partition"])
+    replaces = set(manifest["replaces"])
+    if not all(os.path.exists(os.path.join(partition, m)) for m in manifest["merged"]):
+        if not all(os.path.exists(os.path.join(staged, m)) for m in manifest["merged"]):
+            return False  # nothing to exchange: the publish steps below find what there is
+        carry(partition, staged, replaces)  # parts written since the staging was made
+        if not _exchange(staged, partition):
+            return False
+    # the staged path now holds the partition's old folder: a part written into it late goes back
+    for entry in list(os.scandir(staged)) if os.path.isdir(staged) else []:
+        back = os.path.join(partition, entry.name)
+        if entry.name not in replaces and not entry.name.startswith(".") and not os.path.lexists(back):
+            os.replace(entry.path, back)
+    for name in replaces:  # none after an exchange; left by a publish a kill interrupted
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(partition, name))
+    shutil.rmtree(os.path.join(run_dir, STAGING_DIR, manifest["id"]), ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(manifest_path)
+    return True
+
+
 def finish(lake: Lake, run_dir: str, manifest_path: str, manifest: dict[str, Any]) -> None:
-    """Step 3 of the protocol, idempotent: publish the merged files, delete the parts, then the manifest."""
+    """Step 3 of the protocol, idempotent: publish the merged files, delete the parts, then the manifest.
+
+    On local disk where folders can be exchanged atomically (Linux), the staged folder holds the whole
+    partition as it is to be (``carry``) and one exchange publishes it: plain engines that know nothing
+    of manifests never see a part and its merged copy together, nor neither.
+    """
+    if (
+        lake.local
+        and manifest.get("mode") == "exchange"
+        and _finish_exchange(run_dir, manifest_path, manifest)
+    ):
+        return
     partition = manifest["partition"]
     for name in manifest["merged"]:
         final = join_path(lake.local, run_dir, partition, name)
