@@ -209,3 +209,15 @@ def test_long_work_shows_its_elapsed_time_and_quick_work_shows_nothing(capsys):
 def test_diff_and_check_determinism_offer_progress():
     for command in ("diff", "check-determinism"):
         assert "--progress / --no-progress" in run(command, "--help").output
+
+
+def test_json_is_strict_even_with_nan_and_infinities(root):
+    sql = "SELECT 'nan'::DOUBLE AS a, 'inf'::DOUBLE AS b, '-inf'::DOUBLE AS c, 1.5 AS d, [1.0, 'nan'::DOUBLE] AS e"
+    out = run("sql", sql, "--root", root, "--format", "json").output
+    rows = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert rows == [{"a": "NaN", "b": "Infinity", "c": "-Infinity", "d": 1.5, "e": [1.0, "NaN"]}]
+    report = json.loads(
+        run("diff", "base", "lr", "--root", root, "--json").output,
+        parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"),
+    )
+    assert report["first_layer"] == "weights"

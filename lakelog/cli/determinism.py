@@ -7,7 +7,6 @@ No torch import here: the script's processes train, this one only reads the lake
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import tempfile
@@ -16,6 +15,7 @@ import time
 import click
 
 from lakelog.cli.base import LakelogCommand
+from lakelog.cli.render import json_text
 from lakelog.errors import LakelogError
 from lakelog.lake.checker_env import MAX_STEPS as ENV_MAX_STEPS
 from lakelog.lake.checker_env import MODE as ENV_MODE
@@ -113,7 +113,7 @@ def check_determinism_command(
     with busy("comparing the two runs", show=ticking):
         report = determinism_report(root, *RUN_NAMES, loss_name=loss_name)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        click.echo(json_text(report.to_dict()), nl=False)
     else:
         click.echo(report.to_text())
         click.echo(

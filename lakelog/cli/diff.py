@@ -6,7 +6,6 @@ nothing to compare) is one line and exit code 2 (``lakelog.cli.base``).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import click
 
 from lakelog.cli.base import LakelogCommand
 from lakelog.cli.options import output_options, root_option
-from lakelog.cli.render import console, emit
+from lakelog.cli.render import console, emit, json_text
 from lakelog.cli.screens import render_diff
 from lakelog.lake.progress import busy
 from lakelog.read.diff import diff_runs
@@ -56,7 +55,7 @@ def diff_command(
         result = diff_runs(root, run_a, run_b, tol=tol, loss_name=loss_name)
     fmt = "json" if as_json else fmt
     if fmt == "json":
-        text = json.dumps(result.to_dict(), default=str, indent=1) + "\n"
+        text = json_text(result.to_dict())
         if output is None:
             sys.stdout.write(text)
         else:

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,25 @@ def _plain(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _strict(value: Any) -> Any:
+    if isinstance(value, Decimal):  # SQL decimals (a literal 1.5) are numbers in JSON, not text
+        value = int(value) if value.is_finite() and value == value.to_integral_value() else float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """Strict JSON (what ``jq`` and every parser accept): NaN and infinities become the strings
+    ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (protobuf's JSON mapping), decimals numbers, other
+    values (dates, times) their ``str``."""
+    return json.dumps(_strict(value), default=str, indent=1, allow_nan=False) + "\n"
+
+
 def emit(df: pl.DataFrame, fmt: str, output: Path | None, *, title: str | None = None) -> None:
     """Print or write ``df`` as a table, CSV, JSON (an array of row objects) or Parquet.
 
@@ -240,7 +260,7 @@ def emit(df: pl.DataFrame, fmt: str, output: Path | None, *, title: str | None =
     if fmt == "csv":
         text = _plain(df).write_csv()
     elif fmt == "json":
-        text = json.dumps(df.to_dicts(), default=str, indent=1) + "\n"
+        text = json_text(df.to_dicts())
     elif fmt == "table":
         if output is None:
             out = console()
