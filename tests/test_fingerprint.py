@@ -212,11 +212,13 @@ def test_to_hex_labels_each_row_with_its_algorithm() -> None:
     assert to_hex(rows, per_row) == [ref(t, a) for t, a in zip(tensors, per_row, strict=True)]
 
 
+@pytest.mark.parametrize("divisor", [4, 1], ids=["cpu-batching", "accelerator-batching"])
 @pytest.mark.parametrize("chunk", [1, 2, 3, 8, 64, 1 << 17])
 def test_kernel_matches_reference_across_chunk_sizes(
-    monkeypatch: pytest.MonkeyPatch, chunk: int, algo: str
+    monkeypatch: pytest.MonkeyPatch, chunk: int, algo: str, divisor: int
 ) -> None:
     monkeypatch.setattr(v1mod, "CHUNK_WORDS_CPU", chunk)
+    monkeypatch.setattr(v1mod, "GROUP_DIVISOR_CPU", divisor)  # the accelerators' batching, run on CPU
     # Odd byte count (tail word), words with the sign bit set (logical-shift emulation), tiny and
     # large tensors (grouped and chunked paths) in one call.
     tensors = [

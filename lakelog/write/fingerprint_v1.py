@@ -19,8 +19,8 @@ x *= c2; x ^= x >>> d``; ``H`` the two halves of ``xxh3_128`` of the header text
 Mixing the index through a nonlinear bijection before the sum makes the result order-aware, and
 changes that cancel in a plain sum do not cancel here.
 
-How it runs: tensors above a quarter chunk are hashed alone, chunk by chunk (views, no copy); the
-others are concatenated into batches of up to a chunk of words and hashed together, each word mixed
+How it runs: tensors above ``1 / GROUP_DIVISOR`` of a chunk are hashed alone, chunk by chunk (views,
+no copy); the others are concatenated into batches of up to a chunk of words and hashed together, each word mixed
 with its index inside its own tensor, the per-tensor sums read from one cumulative sum at the tensor
 boundaries. So a capture of many tensors costs about 14 kernels per chunk of words, whatever the
 number of tensors, and nothing waits for the device.
@@ -35,6 +35,11 @@ import torch
 # kernel launches few. Neither changes the result.
 CHUNK_WORDS_CPU = 1 << 16
 CHUNK_WORDS_CUDA = 1 << 21
+# Tensors up to chunk / divisor words are batched with others. On accelerators a copy into the batch
+# is cheap next to a kernel launch, so every tensor up to a whole chunk is batched (a ResNet-50's
+# weights take ~7 batches, ~100 launches); on CPU the copy costs more than the calls it saves.
+GROUP_DIVISOR_CPU = 4
+GROUP_DIVISOR_CUDA = 1
 
 MASK64 = (1 << 64) - 1
 
@@ -118,6 +123,7 @@ class Kernel:
             (table[1 + 3 * k], table[2 + 3 * k], table[3 + 3 * k] if k < 2 else None) for k in range(3)
         ]
         self.chunk = chunk or chunk_words(device)
+        self.divisor = GROUP_DIVISOR_CPU if device.type == "cpu" else GROUP_DIVISOR_CUDA
         size = max(1, min(self.chunk, total_words))
         self.ramp = torch.arange(size, dtype=torch.int64, device=device)
         self.x, self.tmp, self.keys = (
@@ -185,8 +191,8 @@ class Kernel:
     def sums(self, groups: list[list[torch.Tensor]]) -> torch.Tensor:
         """Lane sums of tensors on this device, given as word pieces: (k, 2) int64 in the same order.
 
-        Tensors above a quarter chunk are hashed alone, in chunks; the others are batched, up to a
-        chunk of words per batch, whatever their order among the large ones.
+        Tensors above ``chunk / GROUP_DIVISOR`` words are hashed alone, in chunks; the others are
+        batched, up to a chunk of words per batch, whatever their order among the large ones.
         """
         rows: list[torch.Tensor | None] = [None] * len(groups)
         batch: list[int] = []
@@ -198,7 +204,7 @@ class Kernel:
 
         for i, pieces in enumerate(groups):
             n = sum(p.numel() for p in pieces)
-            if n > self.chunk // 4:
+            if n > self.chunk // self.divisor:
                 rows[i] = self.large_sums(pieces)
                 continue
             if batch_words + n > self.chunk:
