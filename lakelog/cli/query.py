@@ -16,7 +16,7 @@ import polars as pl
 from lakelog.cli.base import LakelogCommand, one_line_errors
 from lakelog.cli.options import collect_params, output_options, pair_option, param_option, root_option
 from lakelog.cli.render import console, emit
-from lakelog.errors import InvalidArgumentError
+from lakelog.errors import InvalidArgumentError, QueryError
 from lakelog.read import querylib, sandbox
 from lakelog.read.views import connect
 
@@ -47,7 +47,11 @@ def sql_command(
     con = connect(root, read_only=not unsafe)
     if not unsafe:
         sandbox.check_statements(con, sql)
-    emit(querylib.run_sql(con, sql, collect_params(pairs, params)), fmt, output)
+    try:
+        rows = querylib.run_sql(con, sql, collect_params(pairs, params))
+    except QueryError as exc:
+        raise sandbox.explain(exc, unsafe) from exc
+    emit(rows, fmt, output)
 
 
 def _signature(q: querylib.Query) -> str:

@@ -56,3 +56,12 @@ def check_statements(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             "(SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) run. Pass --unsafe for a full DuckDB "
             "connection that may write files and read outside the lake"
         )
+
+
+def explain(exc: QueryError, unsafe: bool) -> QueryError:
+    """``exc`` with what the read-only lock means, when the lock is what refused the query."""
+    if unsafe or "Permission Error" not in str(exc):
+        return exc
+    return QueryError(
+        f"{exc} (lakelog sql reads only the lake's part files; pass --unsafe to read other files)"
+    )
