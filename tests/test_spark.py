@@ -174,3 +174,20 @@ def test_engine_arguments_are_checked():
         lakelog.query("run_list", engine="oracle")
     with pytest.raises(InvalidArgumentError, match="spark: a SparkSession is used only with engine='spark'"):
         lakelog.query("run_list", spark=object())
+
+
+@pytest.mark.slow
+@needs_java
+def test_a_function_spark_lacks_is_named(root, spark, tmp_path, monkeypatch):
+    (tmp_path / "similar.sql").write_text(
+        "-- name: similar\n-- Runs whose names look alike.\n-- param run: the run\n"
+        "SELECT run, jaccard(run, $run) AS score FROM runs ORDER BY run\n"
+    )
+    monkeypatch.setenv("LAKELOG_QUERIES", str(tmp_path))
+    assert lakelog.query("similar", root=root, run="base").height > 0  # DuckDB has jaccard
+    with pytest.raises(
+        QueryError,
+        match=r"query 'similar' \(similar.sql\) cannot run on Spark: Spark SQL has no function JACCARD",
+    ) as info:
+        lakelog.query("similar", root=root, engine="spark", spark=spark, run="base")
+    assert "queries/spark/similar.sql" in str(info.value)

@@ -33,7 +33,7 @@ from lakelog.lake.layout import TABLES
 from lakelog.lake.schemas import SCHEMAS, empty_table
 from lakelog.read.querylib import Query
 from lakelog.read.scan import Scan, locate, scan_lake
-from lakelog.read.sparksql import steps
+from lakelog.read.sparksql import spark_file_hint, steps
 from lakelog.read.views import UNION_BY_NAME_FILES, runs_table
 
 try:
@@ -202,7 +202,7 @@ def _errors(exc: Exception, query: Query) -> QueryError:
     if match:
         return QueryError(
             f"query {query.name!r} ({query.path.name}) cannot run on Spark: Spark SQL has no function "
-            f"{match.group(1)}; write a Spark version in queries/spark/ (see lakelog.read.sparksql)"
+            f"{match.group(1)}; {spark_file_hint(query)}"
         )
     return QueryError(f"query {query.name!r} ({query.path.name}) failed on Spark: {text}")
 
