@@ -47,6 +47,8 @@ CREATE OR REPLACE MACRO paired_batches(run_a, run_b, from_step) AS TABLE
         a.ids_set_hash = b.ids_set_hash AS same_set,
         a.sample_ids AS ids_a, b.sample_ids AS ids_b, a.n_samples AS n_a, b.n_samples AS n_b,
         fp_comparable(a.input_fingerprint, b.input_fingerprint) AS inputs_known,
+        a.input_fingerprint IS NOT NULL AND b.input_fingerprint IS NOT NULL
+            AND NOT fp_comparable(a.input_fingerprint, b.input_fingerprint) AS inputs_incomparable,
         a.input_fingerprint IS DISTINCT FROM b.input_fingerprint AS inputs_differ,
         a.input_shapes AS shapes_a, b.input_shapes AS shapes_b,
         [a.rng_torch, a.rng_cuda, a.rng_numpy, a.rng_python] AS rng_a,

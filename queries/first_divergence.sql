@@ -178,7 +178,8 @@ SELECT layer, CASE WHEN first_step IS NOT NULL THEN 'differs' WHEN n_a = 0 AND n
                                          AND (pj.family = judged.layer OR judged.layer = 'gradients'))
                                  OR layer IN ('initial_weights', 'gradients', 'buffers', 'weights', 'optimizer')
                                  AND EXISTS (SELECT 1 FROM dgj WHERE wa IS NOT NULL AND wb IS NOT NULL
-                                             AND NOT fp_comparable(wa, wb)))
+                                             AND NOT fp_comparable(wa, wb))
+                                 OR layer = 'inputs' AND EXISTS (SELECT 1 FROM bj WHERE bj.inputs_incomparable))
             THEN 'not comparable'
         WHEN n_compared = 0 THEN 'no overlap'
         ELSE 'same' END AS status,

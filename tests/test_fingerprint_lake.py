@@ -23,7 +23,7 @@ def train(root: Path, name: str, *, lr: float = 0.05) -> None:
     with lakelog.init(root, name=name) as run:
         run.watch(model, opt, every=1)
         for step in range(4):
-            run.log_batch(step=step, sample_ids=list(range(step * 16, step * 16 + 16)))
+            run.log_batch(step=step, sample_ids=list(range(step * 16, step * 16 + 16)), inputs=x[step])
             loss = nn.functional.cross_entropy(model(x[step]), y[step])
             opt.zero_grad()
             loss.backward()
@@ -55,11 +55,15 @@ def test_each_run_records_its_algorithm(root: Path) -> None:
         "SELECT run, list(DISTINCT fp_algorithm(fingerprint)) FROM params GROUP BY run ORDER BY run"
     ).fetchall()
     assert dict(rows) == {"v1_a": ["v1"], "v1_lr": ["v1"], "x3_a": ["x3"], "x3_b": ["x3"], "x3_lr": ["x3"]}
+    inputs = con.execute(
+        "SELECT run, list(DISTINCT fp_algorithm(input_fingerprint)) FROM batches GROUP BY run ORDER BY run"
+    ).fetchall()
+    assert dict(inputs) == dict(rows)  # the batch's input digest carries its tensors' algorithm
 
 
 def test_different_algorithms_are_not_comparable_rather_than_different(root: Path) -> None:
     s = statuses(root, "x3_a", "v1_a")
-    for layer in ("initial_weights", "gradients", "weights", "optimizer"):
+    for layer in ("inputs", "initial_weights", "gradients", "weights", "optimizer"):
         assert s[layer] == "not comparable", (layer, s)
     assert "differs" not in s.values()
     diff = query("param_diff", root=root, run_a="x3_a", run_b="v1_a")
@@ -69,7 +73,7 @@ def test_different_algorithms_are_not_comparable_rather_than_different(root: Pat
 def test_same_algorithm_still_compares_exactly(root: Path) -> None:
     for a, b in (("x3_a", "x3_b"), ("v1_a", "v1_a")):
         s = statuses(root, a, b)
-        assert s["weights"] == s["gradients"] == s["optimizer"] == "same", (a, b, s)
+        assert s["inputs"] == s["weights"] == s["gradients"] == s["optimizer"] == "same", (a, b, s)
     s = statuses(root, "x3_a", "x3_lr")
     assert s["weights"] == "differs"
     s = statuses(root, "v1_a", "v1_lr")
