@@ -18,13 +18,14 @@ pb AS (SELECT * FROM p_ab WHERE run = $run_b),
 j AS (
     SELECT a.step, a.epoch, coalesce(a."group", '(no group)') AS grp, a.name, a.numel,
         a.norm AS norm_a, b.norm AS norm_b,
-        a.fingerprint = b.fingerprint AS equal
+        fp_equal(a.fingerprint, b.fingerprint) AS equal  -- NULL: fingerprints of different algorithms
     FROM pa a JOIN pb b ON a.step = b.step AND a.rank = b.rank AND a.name = b.name
 ),
 g AS (
     SELECT step, min(epoch) AS epoch, grp,
         count(*) AS n_params,
         count(*) FILTER (WHERE equal) AS n_equal,
+        count(*) FILTER (WHERE NOT equal) AS n_differing,
         coalesce(sum(numel) FILTER (WHERE equal), 0) / nullif(sum(numel), 0) AS equal_numel_frac,
         sqrt(sum(norm_a * norm_a)) AS norm_a,
         sqrt(sum(norm_b * norm_b)) AS norm_b,
@@ -46,7 +47,7 @@ s AS (
 drift AS (
     SELECT g.*,
         g.norm_gap / nullif(g.norm_a, 0) AS rel_gap,
-        min(g.step) FILTER (WHERE g.n_equal < g.n_params) OVER (PARTITION BY g.grp) AS first_drift_step,
+        min(g.step) FILTER (WHERE g.n_differing > 0) OVER (PARTITION BY g.grp) AS first_drift_step,
         max(g.norm_gap / nullif(g.norm_a, 0)) OVER (PARTITION BY g.grp) AS max_rel_gap
     FROM g
 )

@@ -68,6 +68,9 @@ def test_different_algorithms_are_not_comparable_rather_than_different(root: Pat
     assert "differs" not in s.values()
     diff = query("param_diff", root=root, run_a="x3_a", run_b="v1_a")
     assert diff.height > 0 and diff["equal"].null_count() == diff.height  # unknown, not False
+    drift = query("group_drift", root=root, run_a="x3_a", run_b="v1_a")
+    assert drift.height > 0 and drift["first_drift_step"].null_count() == drift.height  # no drift claimed
+    assert query("group_drift", root=root, run_a="x3_a", run_b="x3_lr")["first_drift_step"].null_count() == 0
 
 
 def test_same_algorithm_still_compares_exactly(root: Path) -> None:
