@@ -42,7 +42,9 @@ def main() -> None:
     p.add_argument("--checkpoint")
     p.add_argument("--resume")
     p.add_argument("--forget", default="")
-    p.add_argument("--kill", action="store_true", help="SIGKILL itself right after the checkpoint (preemption)")
+    p.add_argument(
+        "--kill", action="store_true", help="SIGKILL itself right after the checkpoint (preemption)"
+    )
     args = p.parse_args()
     forget = set(filter(None, args.forget.split(",")))
     torch.set_num_threads(1)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import lakelog
+from lakelog.read.diff import diff_runs
 from lakelog.read.querylib import query
 
 
@@ -66,6 +67,9 @@ def test_different_algorithms_are_not_comparable_rather_than_different(root: Pat
     for layer in ("inputs", "initial_weights", "gradients", "weights", "optimizer"):
         assert s[layer] == "not comparable", (layer, s)
     assert "differs" not in s.values()
+    result = diff_runs(lakelog.connect(root), "x3_a", "v1_a")
+    assert not result.identical and result.first_layer is None
+    assert any("LAKELOG_FINGERPRINT=v1" in note for note in result.notes), result.notes
     diff = query("param_diff", root=root, run_a="x3_a", run_b="v1_a")
     assert diff.height > 0 and diff["equal"].null_count() == diff.height  # unknown, not False
     drift = query("group_drift", root=root, run_a="x3_a", run_b="v1_a")

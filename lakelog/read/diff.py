@@ -198,6 +198,11 @@ def _notes(layers: pl.DataFrame, steps: pl.DataFrame, run_a: str, run_b: str) ->
             notes.append(f"{row['layer']}: only one run captured it ({who} did not), so it is not compared")
         elif row["status"] == "no overlap":
             notes.append(f"{row['layer']}: both runs captured it, but at no common step")
+        elif row["status"] == "not comparable":
+            notes.append(
+                f"{row['layer']}: the runs' fingerprints come from different algorithms (x3 on CPU, v1 on "
+                "accelerators), so they are not compared; run the CPU one with LAKELOG_FINGERPRINT=v1"
+            )
     sparse = layers.filter((pl.col("status") == "differs") & ~pl.col("placed").fill_null(True))
     if not sparse.is_empty():
         placed = layers.filter((pl.col("status") == "differs") & pl.col("placed").fill_null(False))

@@ -31,7 +31,7 @@ from lakelog.errors import QueryError
 from lakelog.lake.compact_protocol import STAGING_DIR
 from lakelog.lake.layout import TABLES
 from lakelog.lake.schemas import SCHEMAS, empty_table
-from lakelog.read.querylib import Query
+from lakelog.read.queryfiles import Query
 from lakelog.read.scan import Scan, locate, scan_lake
 from lakelog.read.sparksql import spark_file_hint, steps
 from lakelog.read.views import UNION_BY_NAME_FILES, runs_table

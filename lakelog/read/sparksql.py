@@ -32,7 +32,8 @@ from sqlglot.optimizer.qualify import qualify
 from lakelog.errors import QueryError
 from lakelog.lake.layout import TABLES
 from lakelog.lake.schemas import empty_table
-from lakelog.read.querylib import DIALECT_FOLDERS, Query, queries_dir
+from lakelog.read.macros import queries_dir
+from lakelog.read.queryfiles import DIALECT_FOLDERS, Query
 from lakelog.read.sparkfix import adapt_tree
 from lakelog.read.views import RUNS_SCHEMA
 
