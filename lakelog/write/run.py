@@ -29,6 +29,7 @@ from lakelog.write.context import release_current
 from lakelog.write.determinism.rng import rng_fingerprints
 from lakelog.write.env import rank_and_world_size
 from lakelog.write.runfolder import RunRequest, info_bytes, json_default, open_run_folder, utc_now
+from lakelog.write.scalar_rows import scalar_row
 from lakelog.write.telemetry.watch import observe_labels
 from lakelog.write.writer import ON_ERROR, PartWriter
 
@@ -257,7 +258,7 @@ class Run(Attachments):
         step, epoch = self._position(step, epoch)
         if self._writer.failed:
             self._writer.check()
-        self._writer.submit_scalars(records.scalar_row(metrics, step=step, epoch=epoch))
+        self._writer.submit_scalars(scalar_row(metrics, step=step, epoch=epoch))
 
     def log_predictions(
         self,

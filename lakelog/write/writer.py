@@ -175,7 +175,7 @@ class PartWriter:
 
     # -- writer thread: taking items ---------------------------------------------------------
     def _handle(self, item: tuple) -> None:
-        if len(item) == 7:  # a scalar row (records.ScalarRow)
+        if len(item) == 7:  # a scalar row (scalar_rows.ScalarRow)
             self._add_scalars(item)
             return
         epoch, build, table, nrows = item
