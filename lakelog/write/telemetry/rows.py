@@ -62,37 +62,59 @@ def _nulls(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full(n, np.nan), np.zeros(n, dtype=bool)
 
 
-def _table(
-    step: int,
-    names: list[str],
-    kinds: list[str],
-    groups: list[str | None],
-    meta: list[tuple[str, str]],
-    numels: list[int],
-    section: tuple[dict, dict],
-    fps: list[str | None],
-    extra: dict[str, Any],
-) -> pa.Table:
-    """Rows of the params table; ``extra`` holds grad/update columns as (values, valid) or string lists."""
-    n = len(names)
-    cols, valid = section
+@dataclass
+class _Part:
+    """One family's rows of the params table (weights, buffers or optimizer state), as host columns."""
+
+    names: list[str]
+    kinds: list[str]
+    groups: list[str | None]
+    meta: list[tuple[str, str]]
+    numels: list[int]
+    section: tuple[dict, dict]
+    fps: list[str | None]
+    extra: dict[str, Any]
+
+
+_STATS = ("norm", "mean", "std", "min", "max", "absmax")
+_COUNTS = ("nan_count", "inf_count")
+_EXTRA = ("grad_norm", "grad_absmax", "update_norm", "update_ratio")
+
+
+def _table(step: int, parts: list[_Part]) -> pa.Table:
+    """The params rows of all families in one table: each column is concatenated on the host and
+    converted once (a capture's families share one Arrow conversion per column). ``extra`` holds
+    grad/update columns as (values, valid) or string lists; a family without one writes nulls."""
+    n = sum(len(p.names) for p in parts)
+
+    def cat(col: str, j: int) -> np.ndarray:
+        return np.concatenate([p.section[j][col] for p in parts])
+
+    def cat_extra(col: str, j: int) -> np.ndarray:
+        return np.concatenate([p.extra.get(col, _nulls(len(p.names)))[j] for p in parts])
+
+    def strings(values: list[list[Any]]) -> pa.Array:
+        return pa.array([v for vs in values for v in vs], pa.string())
+
     data: dict[str, Any] = {
         "step": pa.array(np.full(n, step, dtype=np.int64)),
-        "name": pa.array(names, pa.string()),
-        "kind": pa.array(kinds, pa.string()),
-        "group": pa.array(groups, pa.string()),
-        "shape": pa.array([m[0] for m in meta], pa.string()),
-        "numel": pa.array(numels, pa.int64()),
-        "dtype": pa.array([m[1] for m in meta], pa.string()),
+        "name": strings([p.names for p in parts]),
+        "kind": strings([p.kinds for p in parts]),
+        "group": strings([p.groups for p in parts]),
+        "shape": strings([[m[0] for m in p.meta] for p in parts]),
+        "numel": pa.array(np.concatenate([np.asarray(p.numels, dtype=np.int64) for p in parts])),
+        "dtype": strings([[m[1] for m in p.meta] for p in parts]),
     }
-    for col in ("norm", "mean", "std", "min", "max", "absmax"):
-        data[col] = _masked(cols[col], valid[col])
-    for col in ("nan_count", "inf_count"):
-        data[col] = _masked(cols[col], valid[col], pa.int64())
-    for col in ("grad_norm", "grad_absmax", "update_norm", "update_ratio"):
-        data[col] = _masked(*extra.get(col, _nulls(n)))
-    data["fingerprint"] = pa.array(fps, pa.string())
-    data["grad_fingerprint"] = pa.array(extra.get("grad_fingerprint", [None] * n), pa.string())
+    for col in _STATS:
+        data[col] = _masked(cat(col, 0), cat(col, 1))
+    for col in _COUNTS:
+        data[col] = _masked(cat(col, 0), cat(col, 1), pa.int64())
+    for col in _EXTRA:
+        data[col] = _masked(cat_extra(col, 0), cat_extra(col, 1))
+    data["fingerprint"] = strings([p.fps for p in parts])
+    data["grad_fingerprint"] = strings(
+        [p.extra.get("grad_fingerprint", [None] * len(p.names)) for p in parts]
+    )
     return pa.table(data, schema=schemas.PARAMS)
 
 
@@ -127,12 +149,9 @@ def build_rows(layout: groups_mod.Layout, c: Capture) -> dict[str, pa.Table | No
     groups = [e.group for e in layout.params]
     names, buffer_names = [e.name for e in layout.params], [e.name for e in layout.buffers]
     w_fps, b_fps = c.params.fingerprints(pack), c.buffers.fingerprints(pack)
-    tables = [
-        _table(
-            c.step, names, [pre + "param"] * n_p, groups, c.meta[:n_p], c.params.numels, wcols, w_fps, extra
-        ),
-        _table(
-            c.step,
+    parts = [
+        _Part(names, [pre + "param"] * n_p, groups, c.meta[:n_p], c.params.numels, wcols, w_fps, extra),
+        _Part(
             buffer_names,
             [pre + "buffer"] * n_b,
             [e.group for e in layout.buffers],
@@ -150,9 +169,8 @@ def build_rows(layout: groups_mod.Layout, c: Capture) -> dict[str, pa.Table | No
         kinds = [pre + k for _, k, _, _ in c.optim_rows]
         optim_names = [f"{layout.params[i].name} ({k})" for i, k in zip(idx, kinds, strict=True)]
         o_fps = c.optim.fingerprints(pack)
-        tables.append(
-            _table(
-                c.step,
+        parts.append(
+            _Part(
                 [layout.params[i].name for i in idx],
                 kinds,
                 [groups[i] for i in idx],
@@ -163,7 +181,7 @@ def build_rows(layout: groups_mod.Layout, c: Capture) -> dict[str, pa.Table | No
                 {},
             )
         )
-    out: dict[str, pa.Table | None] = {"params": pa.concat_tables(tables)}
+    out: dict[str, pa.Table | None] = {"params": _table(c.step, parts)}
     digests = {
         "weights_digest": _digest(names, w_fps),
         "grads_digest": _digest(names, extra["grad_fingerprint"]) if "grad_fingerprint" in extra else None,

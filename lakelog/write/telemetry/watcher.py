@@ -9,6 +9,7 @@ writer thread. Step numbering is described in ``watch.py``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -265,7 +266,9 @@ class Watcher:
         """Hand the capture to the writer; ``layout`` is the one it was taken with (a later relayout must
         not change its rows)."""
         capture.pack.send()
-        self.run.submit(lambda: build_rows(layout, capture), epoch=self.run.epoch)
+        build = functools.partial(build_rows, layout, capture)
+        build.step = capture.step  # type: ignore[attr-defined]  # every row it builds has this step
+        self.run.submit(build, epoch=self.run.epoch)
 
     def capture(self, *, step: int | None = None) -> None:
         """Capture now (gradients as they are, weights, state): for loops without an optimizer to hook."""
