@@ -2,13 +2,14 @@
 -- Parameter by parameter at one captured step, how runs A and B differ: weights (fingerprint equal?
 -- norms and their gap), gradients and the update of that step; differing tensors first, parameters
 -- before buffers and optimizer state, the largest relative gap first. With step = -1, the first step
--- where any weight fingerprint differs (or the last common step when none does). The resume-point
+-- where any weight fingerprint differs (or the last common step when none does); a given step reads
+-- only that step's rows (the filter prunes the params views), so it costs one capture. The resume-point
 -- captures (kinds 'resume:*') are left out.
 -- param run_a: the reference run
 -- param run_b: the run compared with it
 -- param step = -1: the captured step to compare; -1: the first step where the weights differ
 WITH
-p_ab AS (SELECT * FROM params WHERE run IN ($run_a, $run_b)),
+p_ab AS (SELECT * FROM params WHERE run IN ($run_a, $run_b) AND ($step < 0 OR step = $step)),  -- one step: pruned
 pa AS (SELECT * FROM p_ab WHERE run = $run_a),
 pb AS (SELECT * FROM p_ab WHERE run = $run_b),
 j AS (

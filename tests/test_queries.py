@@ -285,6 +285,14 @@ def test_param_diff_lists_the_differing_tensors_first(con):
     assert params["equal"].to_list()[:2] == [False, False]
 
 
+def test_param_diff_at_a_given_step_answers_as_the_search_does(con):
+    found = lakelog.query("param_diff", con=con, run_a="base", run_b="lr")
+    at = lakelog.query("param_diff", con=con, run_a="base", run_b="lr", step=CAUSE_STEP)
+    assert at.equals(found)  # the same answer, the step given instead of searched for
+    later = lakelog.query("param_diff", con=con, run_a="base", run_b="lr", step=CAUSE_STEP + 2)
+    assert later["step"].unique().to_list() == [CAUSE_STEP + 2] and later.height == found.height
+
+
 def test_env_diff_lists_config_and_environment_keys(con):
     env = lakelog.query("env_diff", con=con, run_a="base", run_b="lr")
     assert env.select("section", "key", "value_b").rows() == [("config", "cause", '"lr"')]

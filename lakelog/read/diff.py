@@ -245,11 +245,11 @@ def _verdict(
 
 
 def _tensor_evidence(
-    con: duckdb.DuckDBPyConnection, layers: pl.DataFrame, pair: dict[str, str]
+    con: duckdb.DuckDBPyConnection, layers: pl.DataFrame, pair: dict[str, str], at: dict[int, pl.DataFrame]
 ) -> dict[str, dict[str, Any]]:
     """The tensor evidence of the determinism checks from first_divergence's layers, with the differing
-    tensors read at their first step only (param_diff of one step), not every capture compared again."""
-    at: dict[int, pl.DataFrame] = {}
+    tensors read at their first step only (param_diff of one step), not every capture compared again;
+    ``at`` keeps each step's param_diff, so diff reuses it for its own ``params``."""
     out: dict[str, dict[str, Any]] = {}
     for check, layer, differs in (
         ("initial_weights", "initial_weights", pl.col("kind").str.starts_with("initial:") & ~pl.col("equal")),
@@ -315,7 +315,8 @@ def diff_runs(
             f"(steps {side['B']['first_step']}-{side['B']['last_step']}) share no step: nothing to compare"
         )
     layers = query("first_divergence", con=con, tol=float(tol), loss_name=loss_name, **pair)
-    verdict = _verdict(con, run_a, run_b, loss_name, _tensor_evidence(con, layers, pair))
+    by_step: dict[int, pl.DataFrame] = {}  # param_diff per step, read once
+    verdict = _verdict(con, run_a, run_b, loss_name, _tensor_evidence(con, layers, pair, by_step))
     if verdict.check("rng").status == "latent":  # nothing logged after it differs: not where runs part
         layers = _latent_rng(layers)
     differing = layers.filter(pl.col("status") == "differs")
@@ -355,7 +356,8 @@ def diff_runs(
         )
     weights = layers.filter((pl.col("layer") == "weights") & (pl.col("status") == "differs"))
     if not weights.is_empty():
-        result.params = query("param_diff", con=con, step=int(weights["first_step"][0]), **pair)
+        step = int(weights["first_step"][0])
+        result.params = by_step[step] if step in by_step else query("param_diff", con=con, step=step, **pair)
     result.group_drift_steps = query("group_drift", con=con, loss_name=loss_name, acc_name=acc_name, **pair)
     result.group_drift = _group_summary(result.group_drift_steps)
     result.environment = query("env_diff", con=con, **pair)
