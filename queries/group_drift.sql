@@ -12,25 +12,66 @@
 -- param loss_name = 'loss': the scalar holding the training loss
 -- param acc_name = 'acc': the scalar holding the training accuracy
 WITH
-p_ab AS (SELECT * FROM params WHERE run IN ($run_a, $run_b) AND coalesce(kind, 'param') = 'param'),
-pa AS (SELECT * FROM p_ab WHERE run = $run_a),
-pb AS (SELECT * FROM p_ab WHERE run = $run_b),
+-- Captures whose weights digests (names and fingerprints of every parameter, param_digests) agree in
+-- both runs, with as many parameters per group on each side: every parameter there is bit-identical, so
+-- they are summed per run instead of paired tensor by tensor (norm_gap 0). The other captures (and
+-- lakes without digests) pair the tensors by name.
+same_cap AS (
+    SELECT DISTINCT step, rank FROM paired_param_digests($run_a, $run_b, -9223372036854775807)
+    WHERE capture = 'step' AND fp_equal(wa, wb)
+),
+sides AS (
+    SELECT p.step, p.rank, p.grp,
+        min(p.epoch) FILTER (WHERE p.run = $run_a) AS epoch,
+        count(*) FILTER (WHERE p.run = $run_a) AS n_a,
+        count(*) FILTER (WHERE p.run = $run_b) AS n_b,
+        sum(p.numel) FILTER (WHERE p.run = $run_a) AS numel,
+        sum(p.norm * p.norm) FILTER (WHERE p.run = $run_a) AS sq_a,
+        sum(p.norm * p.norm) FILTER (WHERE p.run = $run_b) AS sq_b,
+        count(p.norm) FILTER (WHERE p.run = $run_a) AS n_norm
+    FROM (SELECT *, coalesce("group", '(no group)') AS grp FROM params
+          WHERE run IN ($run_a, $run_b) AND coalesce(kind, 'param') = 'param') p
+    SEMI JOIN same_cap c ON p.step = c.step AND p.rank = c.rank
+    GROUP BY p.step, p.rank, p.grp
+),
+fast AS MATERIALIZED (SELECT step, rank FROM sides GROUP BY step, rank HAVING bool_and(n_a = n_b)),
+pa AS (
+    SELECT step, epoch, rank, coalesce("group", '(no group)') AS grp, name, numel, norm, fingerprint
+    FROM params p WHERE run = $run_a AND coalesce(kind, 'param') = 'param'
+     AND NOT EXISTS (SELECT 1 FROM fast f WHERE f.step = p.step AND f.rank = p.rank)),
+pb AS (
+    SELECT step, epoch, rank, coalesce("group", '(no group)') AS grp, name, numel, norm, fingerprint
+    FROM params p WHERE run = $run_b AND coalesce(kind, 'param') = 'param'
+     AND NOT EXISTS (SELECT 1 FROM fast f WHERE f.step = p.step AND f.rank = p.rank)),
 j AS (
-    SELECT a.step, a.epoch, coalesce(a."group", '(no group)') AS grp, a.name, a.numel,
+    SELECT a.step, a.epoch, a.rank, a.grp, a.name, a.numel,
         a.norm AS norm_a, b.norm AS norm_b,
         fp_equal(a.fingerprint, b.fingerprint) AS equal  -- NULL: fingerprints of different algorithms
     FROM pa a JOIN pb b ON a.step = b.step AND a.rank = b.rank AND a.name = b.name
 ),
-g AS (
-    SELECT step, min(epoch) AS epoch, grp,
-        count(*) AS n_params,
+parts AS (  -- per step, rank and group, from the pairs or from the identical captures' sums
+    SELECT step, rank, grp, min(epoch) AS epoch, count(*) AS n_params,
         count(*) FILTER (WHERE equal) AS n_equal,
         count(*) FILTER (WHERE NOT equal) AS n_differing,
-        coalesce(sum(numel) FILTER (WHERE equal), 0) / nullif(sum(numel), 0) AS equal_numel_frac,
-        sqrt(sum(norm_a * norm_a)) AS norm_a,
-        sqrt(sum(norm_b * norm_b)) AS norm_b,
-        sqrt(sum((norm_a - norm_b) * (norm_a - norm_b))) AS norm_gap
-    FROM j GROUP BY step, grp
+        sum(numel) FILTER (WHERE equal) AS numel_equal, sum(numel) AS numel,
+        sum(norm_a * norm_a) AS sq_a, sum(norm_b * norm_b) AS sq_b,
+        sum((norm_a - norm_b) * (norm_a - norm_b)) AS sq_gap
+    FROM j GROUP BY step, rank, grp
+    UNION ALL
+    SELECT s.step, s.rank, s.grp, s.epoch, s.n_a, s.n_a, 0, s.numel, s.numel, s.sq_a, s.sq_b,
+        CASE WHEN s.n_norm > 0 THEN 0.0 END
+    FROM sides s SEMI JOIN fast f ON s.step = f.step AND s.rank = f.rank
+),
+g AS (
+    SELECT step, min(epoch) AS epoch, grp,
+        sum(n_params)::BIGINT AS n_params,
+        sum(n_equal)::BIGINT AS n_equal,
+        sum(n_differing)::BIGINT AS n_differing,
+        coalesce(sum(numel_equal), 0) / nullif(sum(numel), 0) AS equal_numel_frac,
+        sqrt(sum(sq_a)) AS norm_a,
+        sqrt(sum(sq_b)) AS norm_b,
+        sqrt(sum(sq_gap)) AS norm_gap
+    FROM parts GROUP BY step, grp
 ),
 s_ab AS (SELECT run, step, rank, name, value FROM scalars WHERE run IN ($run_a, $run_b) AND name IN ($loss_name, $acc_name)),
 sa AS (SELECT * FROM s_ab WHERE run = $run_a),

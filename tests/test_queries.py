@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 
 import duckdb
 import polars as pl
 import pytest
 from conftest import CAUSE_STEP
+from polars.testing import assert_frame_equal
 
 import lakelog
 from lakelog.errors import QueryError
@@ -275,6 +277,27 @@ def test_group_drift_ranks_the_group_whose_lr_changed_first(con):
     assert head["loss_diff"] == 0.0  # the loss at step k was computed before the changed update
     same = lakelog.query("group_drift", con=con, run_a="base", run_b="same")
     assert same["drift_rank"].null_count() == same.height and (same["norm_gap"] == 0).all()
+
+
+def test_group_drift_answers_the_same_with_or_without_param_digests(lake, tmp_path):
+    """Captures whose digests agree are summed per run instead of paired: the same frame either way."""
+    root = lake("base", "lr")
+    for run in ("base", "lr"):
+        shutil.copytree(root / run, tmp_path / run, ignore=shutil.ignore_patterns("param_digests"))
+    with_digests, without = lakelog.connect(root), lakelog.connect(tmp_path)
+    same_caps = with_digests.execute(
+        "SELECT count(*) FROM paired_param_digests('base', 'lr', 0) WHERE capture = 'step' AND wa = wb"
+    ).fetchall()[0][0]
+    assert same_caps >= CAUSE_STEP - 1  # the fast path is taken before the runs part
+    assert without.execute("SELECT count(*) FROM param_digests").fetchall() == [(0,)]
+    fast, paired = (
+        lakelog.query("group_drift", con=c, run_a="base", run_b="lr").sort("step", "group")
+        for c in (with_digests, without)
+    )
+    assert_frame_equal(fast, paired, check_exact=False, rel_tol=1e-12)
+    assert fast.filter(pl.col("step") < CAUSE_STEP)["norm_gap"].to_list() == [0.0] * (
+        fast.filter(pl.col("step") < CAUSE_STEP).height
+    )
 
 
 def test_param_diff_lists_the_differing_tensors_first(con):
