@@ -44,9 +44,12 @@ dg AS (
 dg_steps AS (SELECT DISTINCT min(step) FILTER (WHERE known AND differs) AS step FROM dg GROUP BY family),
 pj_steps AS (SELECT CASE WHEN count(*) > 0 THEN coalesce(list(DISTINCT step) FILTER (WHERE step IS NOT NULL), [])
                     END AS steps FROM dg_steps),
-p_at AS (
-    SELECT * FROM params WHERE run IN ($run_a, $run_b) AND step >= $from_step
-       AND ((SELECT steps FROM pj_steps) IS NULL OR step IN (SELECT unnest(steps) FROM pj_steps))
+p_at AS (  -- a join on the digests' steps (its filter reaches the scan), or every step without digests
+    SELECT p.* FROM params p JOIN (SELECT DISTINCT unnest(steps) AS at FROM pj_steps) d ON p.step = d.at
+    WHERE p.run IN ($run_a, $run_b) AND p.step >= $from_step
+    UNION ALL
+    SELECT p.* FROM params p JOIN (SELECT 1 FROM pj_steps WHERE steps IS NULL) ON true
+    WHERE p.run IN ($run_a, $run_b) AND p.step >= $from_step
 ),
 pj AS (
     SELECT unnest(param_pair(a, b)), param_family(a.kind) AS family
