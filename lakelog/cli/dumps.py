@@ -15,6 +15,7 @@ import click
 from lakelog.cli.base import LakelogCommand
 from lakelog.cli.options import ByteSize
 from lakelog.lake.dump_layout import IMPORT_MAX_BYTES, IMPORT_MAX_EXPANSION
+from lakelog.read.dumps.compare import compare_dumps
 
 
 def _default_out(run_a: str, run_b: str) -> Path:
@@ -71,8 +72,6 @@ def compare_dumps_command(
       lakelog compare-dumps runs/baseline runs/candidate
       lakelog compare-dumps baseline candidate --root runs --filter head=classifier.,fc. -o cmp
     """
-    from lakelog.read.dumps.compare import compare_dumps
-
     out = out if out is not None else _default_out(run_a, run_b)
     result = compare_dumps(
         run_a, run_b, filter=filter_, out=out, progress=progress, root=root, optimizer=optimizer

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from lakelog.cli.base import LakelogCommand
+from lakelog.read.report import build_report
 
 
 @click.command("report", cls=LakelogCommand)
@@ -85,8 +86,6 @@ def report_command(
       lakelog report baseline candidate --root runs --png charts/
       lakelog report sweeps/svdd -o sweep.html --sweep-metric recall
     """
-    from lakelog.read.report import build_report
-
     result = build_report(
         list(runs),
         output,

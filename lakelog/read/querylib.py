@@ -14,6 +14,7 @@ import polars as pl
 
 from lakelog.errors import InvalidArgumentError, QueryError
 from lakelog.read.queryfiles import DIALECT_FOLDERS, INTERNAL, Param, Query, get, library, parse, questions
+from lakelog.read.views import connect
 
 __all__ = [
     "DIALECT_FOLDERS",
@@ -125,8 +126,6 @@ def query(
             raise QueryError(str(exc)) from exc
         return _flatten(spark_engine.run(q, bound, root, spark), q.flatten)
     if con is None:
-        from lakelog.read.views import connect
-
         con = connect(root)
     try:
         return _flatten(_frame(con, q.sql, bound), q.flatten)

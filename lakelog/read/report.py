@@ -27,9 +27,12 @@ from lakelog.lake.checks import did_you_mean, positive_int
 from lakelog.lake.layout import RUN_FILE
 from lakelog.lake.progress import progress
 from lakelog.read import plots, querylib
+from lakelog.read.diff import diff_runs
+from lakelog.read.doctor import doctor
 from lakelog.read.plots._common import NoDataError, label_of
 from lakelog.read.plots.export import Page, save_png
 from lakelog.read.plots.style import paint_runs, palette, widen
+from lakelog.read.views import connect
 
 PREFERRED_METRICS = (
     "holdout/acc",
@@ -100,16 +103,12 @@ def diff_findings(
     con: duckdb.DuckDBPyConnection, run_a: str, run_b: str
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The layers table and the notes of ``lakelog diff`` (``lakelog.read.diff.diff_runs``)."""
-    from lakelog.read.diff import diff_runs
-
     result = diff_runs(con, run_a, run_b)
     return [_plain(row) for row in result.layers.to_dicts()], list(result.notes)
 
 
 def doctor_findings(con: duckdb.DuckDBPyConnection, run: str) -> list[dict[str, Any]]:
     """The health checks of ``lakelog doctor`` for one run, one row each (the evidence stays in the CLI)."""
-    from lakelog.read.doctor import doctor
-
     return [
         {"check": c.name, "status": c.status, "summary": c.summary, "query": c.query}
         for c in doctor(con, run)
@@ -229,8 +228,6 @@ def build_report(
     (``--max-health-runs``), and the charts not drawn with the reason. Every chart colours a run the
     same way and spans the page. Raises InvalidArgumentError for an unknown target or an empty lake.
     """
-    from lakelog.read.views import connect
-
     max_health_runs = positive_int(max_health_runs, "max_health_runs")
     con = connect(resolve_targets(targets, root))
     overview = querylib.query("internal.plot_runs_overview", con=con)

@@ -14,6 +14,8 @@ from typing import Any
 
 from lakelog.errors import InvalidArgumentError
 from lakelog.lake.layout import check_run_name
+from lakelog.write.env import rank_and_world_size as detect
+from lakelog.write.run import Run
 
 __all__ = ["is_distributed", "rank_and_world_size", "shared_run_name"]
 
@@ -32,8 +34,6 @@ def is_distributed() -> bool:
 
 def rank_and_world_size() -> tuple[int, int]:
     """This process's rank and the world size (``torch.distributed`` first, then the launcher's variables)."""
-    from lakelog.write.env import rank_and_world_size as detect
-
     return detect()
 
 
@@ -55,8 +55,6 @@ def shared_run_name(name: str | None = None) -> str:
     """
     if name is not None:
         return check_run_name(name)
-    from lakelog.write.run import Run
-
     if is_distributed():
         dist = _dist()
         box = [Run._generated_name() if dist.get_rank() == 0 else None]

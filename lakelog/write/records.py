@@ -20,6 +20,7 @@ import xxhash
 from lakelog.errors import InvalidArgumentError
 from lakelog.lake import schemas
 from lakelog.lake.checks import optional_non_negative_int
+from lakelog.write.fingerprint import algorithm_for, fingerprint_many
 from lakelog.write.hostcopy import HostCopy, as_host, resolve
 from lakelog.write.keytypes import check_key_types
 
@@ -304,8 +305,6 @@ def batch_job(
 ) -> Callable[[], dict[str, dict[str, list]]]:
     """Validate one batch's ids and inputs; the input fingerprint is computed where the inputs live."""
     batch_idx = optional_non_negative_int(batch_idx, "batch_idx")
-    from lakelog.write.fingerprint import algorithm_for, fingerprint_many
-
     host_ids = _ids_array(sample_ids)
     named = _input_tensors(inputs)
     pending_fp = HostCopy(fingerprint_many([t for _, t in named])) if named else None

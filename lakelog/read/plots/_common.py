@@ -18,6 +18,7 @@ import polars as pl
 from lakelog.errors import InvalidArgumentError, LakelogError, RunNotFoundError
 from lakelog.lake.checks import did_you_mean
 from lakelog.read.querylib import query
+from lakelog.read.views import connect
 
 Source = Any
 """A DuckDB connection from ``lakelog.connect``, or anything it takes: a lake root, a run folder, a Run, a list."""
@@ -41,8 +42,6 @@ def connection(source: Source) -> duckdb.DuckDBPyConnection:
         raise InvalidArgumentError(
             "source: expected a lakelog.connect(...) connection, a lake root or run folder"
         )
-    from lakelog.read.views import connect
-
     return connect(source if not isinstance(source, os.PathLike) else os.fspath(source))
 
 

@@ -36,6 +36,7 @@ from lakelog.lake.dump_layout import META_SOURCE, list_dumps
 from lakelog.lake.progress import bar
 from lakelog.write.dumps.safeload import DEFAULT_MAX_BYTES, DEFAULT_MAX_EXPANSION, load_checkpoint
 from lakelog.write.dumps.writer import DumpWriter
+from lakelog.write.run import Run
 
 log = logging.getLogger("lakelog")
 
@@ -226,8 +227,6 @@ def import_dumps(
     result = Imported()
     own = isinstance(run, str)
     if own:
-        from lakelog.write.run import Run
-
         run = Run(root, run, mode="resume")
     status = "failed"
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from safetensors import safe_open
 
 from lakelog.lake.dump_layout import SAFETENSORS_DTYPES
 from lakelog.lake.files import write_stream_atomic
@@ -122,8 +123,6 @@ class Previous:
             return self._kept
         if self.path is None or not self.path.exists():
             return None
-        from safetensors import safe_open
-
         out: dict[str, torch.Tensor | None] = {}
         with safe_open(str(self.path), framework="pt", device="cpu") as f:
             complex_names = set(json.loads((f.metadata() or {}).get("complex", "[]")))
