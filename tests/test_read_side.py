@@ -189,3 +189,29 @@ def test_a_corrupt_footer_behind_valid_magic_bytes_is_left_out_with_a_warning(tm
         counts = dict(con.execute("SELECT run, count(*) FROM scalars GROUP BY run").fetchall())
     assert counts == {"a": 3, "b": 2}
     assert any(str(part) in r.getMessage() and "corrupt footer" in r.getMessage() for r in caplog.records)
+
+
+def test_a_table_is_listed_when_a_query_first_reads_it(tmp_path, caplog):
+    import logging
+
+    import torch
+
+    for name in ("a", "b"):
+        with lakelog.init(tmp_path, name=name) as run:
+            for step in range(3):
+                run.log({"loss": float(step)}, step=step)
+                run.log_predictions(torch.zeros(2, 3), labels=torch.tensor([0, 1]), step=step)
+                run.flush()
+    part = sorted((tmp_path / "b" / "predictions").rglob("*.parquet"))[-1]
+    part.write_bytes(b"not parquet at all")
+    with caplog.at_level(logging.WARNING, logger="lakelog"):
+        con = lakelog.connect(tmp_path)  # binds each view to run a's files
+        assert con.execute("SELECT count(*) FROM scalars").fetchone() == (6,)
+        assert not [
+            r for r in caplog.records if str(part) in r.getMessage()
+        ]  # b's predictions: not listed yet
+        assert con.execute("SELECT run, count(*) FROM predictions GROUP BY run ORDER BY run").fetchall() == [
+            ("a", 6),
+            ("b", 4),
+        ]
+    assert [r for r in caplog.records if str(part) in r.getMessage() and "PAR1" in r.getMessage()]

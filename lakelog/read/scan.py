@@ -35,6 +35,9 @@ MAGIC = b"PAR1"
 INT64 = (-(2**63), 2**63 - 1)
 MAX_RUN_FILE_BYTES = 16 << 20
 """A run.json larger than this is not read (16 MiB): it is not one lakelog wrote."""
+SHALLOW_BRACKETS = 256
+"""A JSON text with fewer brackets than this nests fewer levels, far below the recursion limit that
+showing it again (``json.dumps``) could hit, so its fields need no trial rendering."""
 
 _PARTITION = re.compile(r"^(epoch|rank)=(-?\d+)$")
 
@@ -140,8 +143,12 @@ def read_run_info(lake: Lake, name: str) -> tuple[dict[str, Any] | None, str | N
     """A run's run.json with every field checked, and the reason it (or a field of it) was left out."""
     path = lake.join(name, RUN_FILE)
     try:
-        with lake.fs.open_input_stream(path) as f:
-            raw = f.read(MAX_RUN_FILE_BYTES + 1)
+        if lake.local:  # the common case, without pyarrow's filesystem layer (a thousand runs add up)
+            with open(path, "rb") as f:
+                raw = f.read(MAX_RUN_FILE_BYTES + 1)
+        else:
+            with lake.fs.open_input_stream(path) as f:
+                raw = f.read(MAX_RUN_FILE_BYTES + 1)
         if len(raw) > MAX_RUN_FILE_BYTES:
             return None, f"larger than {MAX_RUN_FILE_BYTES} bytes"
         info = json.loads(raw.decode("utf-8"))
@@ -160,8 +167,12 @@ def read_run_info(lake: Lake, name: str) -> tuple[dict[str, Any] | None, str | N
         _check_field(info, key, (str,), bad)
     for key in ("seed", "world_size"):
         _check_field(info, key, (int,), bad)
+    # JSON with few brackets nests too shallowly to fail being shown again: no trial rendering needed
+    shallow = raw.count(b"[") + raw.count(b"{") < SHALLOW_BRACKETS
     for key in ("config", "summary", "environment", "watch"):
         _check_field(info, key, (dict,), bad)
+        if shallow:
+            continue
         try:
             json.dumps(info.get(key))
         except (ValueError, TypeError, RecursionError):
@@ -232,8 +243,13 @@ def _local_parts(run_dir: str, table: str, scan: Scan) -> list[str]:
     return out
 
 
+def folder_names(entry: RunEntry, scan: Scan) -> set[str]:
+    """The sub-folders of a local run folder: its tables and its protocol folders (``_writers``…)."""
+    return {e.name for e in _scandir(entry.folder, scan) if e.is_dir()}
+
+
 def _list_local(entry: RunEntry, scan: Scan) -> tuple[set[str], dict[str, list[str]]]:
-    present = {e.name for e in _scandir(entry.folder, scan) if e.is_dir()}
+    present = folder_names(entry, scan)
     files = {table: list(_local_parts(entry.folder, table, scan)) for table in TABLES if table in present}
     return present, files
 
@@ -288,6 +304,29 @@ def list_run(
 ) -> dict[str, list[str]]:
     """The readable part files of one run per table, with pending compactions applied; problems go to ``scan``."""
     present, files = listed or (_list_local(entry, scan) if entry.lake.local else _list_remote(entry, scan))
+    out = _readable(entry, present, files, scan, check_files=check_files)
+    refresh_state(entry, present)
+    return out
+
+
+def list_table(
+    entry: RunEntry, table: str, present: set[str], scan: Scan, *, check_files: bool = True
+) -> list[str]:
+    """The readable part files of one table of one local run (``present``: its folder names, as
+    ``folder_names`` gives them), pending compactions applied; problems go to ``scan``."""
+    files = {table: _local_parts(entry.folder, table, scan) if table in present else []}
+    return _readable(entry, present, files, scan, check_files=check_files)[table]
+
+
+def refresh_state(entry: RunEntry, present: set[str]) -> None:
+    """Read the run's claims and commits again (``lake.lifecycle``) when its folder has them."""
+    if WRITERS_DIR in present or COMMITS_DIR in present:
+        entry.state = run_state(entry.lake, entry.name, entry.info or {})
+
+
+def _readable(
+    entry: RunEntry, present: set[str], files: dict[str, list[str]], scan: Scan, *, check_files: bool
+) -> dict[str, list[str]]:
     if lake_compact.STAGING_DIR in present:
         files = lake_compact.visible_files(entry.lake, entry.folder, files)
     out: dict[str, list[str]] = {}
@@ -302,8 +341,6 @@ def list_run(
                     scan.problem(path, reason)
             paths = kept
         out[table] = sorted(paths)
-    if WRITERS_DIR in present or COMMITS_DIR in present:
-        entry.state = run_state(entry.lake, entry.name, entry.info or {})
     return out
 
 

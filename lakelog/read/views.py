@@ -1,17 +1,20 @@
 """A DuckDB connection with one view per table spanning every run of a lake (read side: no torch).
 
-``connect`` lists the named runs once (``read.scan``: damaged files left out with a warning, run
-names never treated as patterns) and makes one scan per table over all runs: a local table is one
-``read_parquet`` over the listed files, with ``epoch`` and ``rank`` from the hive folders and ``run``
-from the path, so a filter on any of the three skips the other files unread. The file list of a
-local view is a Python function DuckDB calls at each query (``LiveFiles``): runs being written are
-listed again, other runs only when their folder changed (a resume, a compaction), so a connection
-held open sees new parts and never a part a compaction replaced. Object-store lakes are read through
-pyarrow's filesystem and registered as Arrow tables: a snapshot taken at ``connect``.
+``connect`` reads the named runs' run.json files and folder names (``read.scan``: damaged files left
+out with a warning, run names never treated as patterns) and makes one scan per table over all runs:
+a local table is one ``read_parquet`` over the listed files, with ``epoch`` and ``rank`` from the
+hive folders and ``run`` from the path, so a filter on any of the three skips the other files unread.
+The file list of a local view is a Python function DuckDB calls at each query (``LiveFiles``): a
+table's files are listed when a query first reads it (a connection that only reads ``scalars`` never
+lists the other tables), runs being written are listed again at each query, other runs only when
+their folder changed (a resume, a compaction), so a connection held open sees new parts and never a
+part a compaction replaced. Object-store lakes are read through pyarrow's filesystem and registered
+as Arrow tables: a snapshot taken at ``connect``.
 
-Columns: every documented column of a table is there (NULL where files lack it). Tables of more than
-``UNION_BY_NAME_FILES`` files take their columns from the first file (every lakelog part of a table
-has the same columns); predictions, whose key columns vary by run, always match columns per file.
+Columns: every documented column of a table is there (NULL where files lack it). A local live view
+takes a table's columns from its first file (every lakelog part of a table has the same columns);
+predictions, whose key columns vary by run, match columns per file. Snapshot views (read-only and
+object-store connections) match columns per file up to ``UNION_BY_NAME_FILES`` files.
 
 What a connection allows: by default it is a full in-memory DuckDB (the caller's own process, so
 ``COPY``, ``ATTACH`` and reads of any file work as in ``duckdb.connect()``). ``read_only=True`` (what
@@ -29,6 +32,7 @@ import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -39,7 +43,18 @@ import pyarrow.parquet as pq
 from lakelog.lake.layout import TABLES, Lake
 from lakelog.lake.schemas import empty_table
 from lakelog.read import macros, sandbox
-from lakelog.read.scan import RunEntry, Scan, add_cuts, list_run, locate, read_runs, scan_lake, signature
+from lakelog.read.scan import (
+    RunEntry,
+    Scan,
+    add_cuts,
+    folder_names,
+    list_table,
+    locate,
+    read_runs,
+    refresh_state,
+    scan_lake,
+    signature,
+)
 
 RUNS_SCHEMA = pa.schema(
     [
@@ -65,7 +80,7 @@ RUNS_COLUMNS = tuple(RUNS_SCHEMA.names)
 committed (None when unknown)."""
 
 UNION_BY_NAME_FILES = 64
-"""Tables of up to this many files are read with per-file column matching (``union_by_name``);
+"""Snapshot views of tables of up to this many files match columns per file (``union_by_name``);
 larger ones take their columns from one file, as every lakelog part of a table has the same columns
 (predictions, whose key columns vary by run, are always matched per file)."""
 
@@ -121,18 +136,40 @@ def _cut(source: str, scan: Scan) -> str:
     )
 
 
+FOOTER_CHECK_FILES = 64
+"""A listing that brings up to this many new files of a table also decodes their Parquet footers (a
+damaged footer behind valid magic bytes is left out with a warning); larger ones get the cheap checks
+only, and a file damaged inside fails the query that reads it (``lakelog check`` decodes every footer)."""
+
+
+@dataclass
+class _Listing:
+    """What is known of one run's folder: its signature when listed, its sub-folders, its tables' files."""
+
+    signature: tuple[int, int] | None
+    present: set[str]
+    tables: dict[str, list[str]] = field(default_factory=dict)
+
+
 class LiveFiles:
-    """The part files of each table now: runs being written are listed again at every query, the
-    others again only when their folder changed (``scan.signature``), so a view sees new parts."""
+    """The part files of each table now, listed table by table when a query first reads the table.
+
+    ``connect`` reads each run's folder names, claims and commits (its status and cuts), not its
+    tables; a view is created over one run's files of the table (what binds its columns). The first
+    query of a table lists that table in every run; later queries list again only runs being written
+    and runs whose folder changed (``scan.signature``: a resume, a compaction), so a view sees new
+    parts and never a part a compaction replaced. A query that reads one table never lists the others.
+    """
 
     def __init__(self, scan: Scan, *, check_files: bool = True) -> None:
         self.scan = scan
         self.check_files = check_files
         self._lock = threading.Lock()
-        self._cache: list[tuple[tuple[int, int] | None, dict[str, list[str]]]] = []
+        self._runs: list[_Listing] = []
         for entry in scan.runs:
-            before = signature(entry)
-            self._cache.append((before, list_run(entry, scan, check_files=check_files)))
+            listing = _Listing(signature(entry), folder_names(entry, scan))
+            refresh_state(entry, listing.present)
+            self._runs.append(listing)
         self.connecting = True
         self.excluded: set[str] = set()
 
@@ -140,28 +177,48 @@ class LiveFiles:
         status = entry.state.status if entry.state is not None else (entry.info or {}).get("status")
         return status == "running"
 
+    def has(self, table: str) -> bool:
+        """Whether any run's folder has ``table``."""
+        return any(table in listing.present for listing in self._runs)
+
     def files(self, table: str) -> list[str]:
-        """The files of ``table`` now (while ``connect`` creates the views: as it listed them)."""
+        """The files of ``table`` now (while ``connect`` creates the views: one run's, to bind the view)."""
         with self._lock:
-            if not self.connecting:
-                for i, entry in enumerate(self.scan.runs):
-                    cached, _ = self._cache[i]
+            fresh: list[str] = []
+            for entry, listing in zip(self.scan.runs, self._runs, strict=True):
+                if not self.connecting:
                     now = signature(entry)
-                    if now != cached or self._live(entry):
-                        self._cache[i] = (now, list_run(entry, self.scan, check_files=self.check_files))
+                    if now != listing.signature or self._live(entry):
+                        listing.signature, listing.present = now, folder_names(entry, self.scan)
+                        listing.tables.clear()
+                        refresh_state(entry, listing.present)
+                if table not in listing.tables:
+                    listing.tables[table] = list_table(
+                        entry, table, listing.present, self.scan, check_files=self.check_files
+                    )
+                    fresh.extend(listing.tables[table])
+                if self.connecting and listing.tables[table]:
+                    break
+            if self.check_files and 0 < len(fresh) <= FOOTER_CHECK_FILES:
+                self.excluded.update(_undecodable(fresh, self.scan))
             return self.listed(table)
 
     def listed(self, table: str) -> list[str]:
         """The files of ``table`` as listed last (no new listing), less those found undecodable."""
-        return [p for _, files in self._cache for p in files.get(table, ()) if p not in self.excluded]
+        return [p for listing in self._runs for p in listing.tables.get(table, ()) if p not in self.excluded]
 
 
 def _local_view(con: duckdb.DuckDBPyConnection, table: str, scan: Scan, live: LiveFiles | None) -> bool:
     """One read_parquet over every run's files of ``table``; False when no run has any."""
-    files = live.listed(table) if live is not None else scan.files[table]
+    if live is None:
+        files = scan.files[table]
+    elif live.has(table):
+        files = live.files(table)
+    else:
+        return False
     if not files:
         return False
-    union = table == "predictions" or len(files) <= UNION_BY_NAME_FILES
+    union = table == "predictions" or (live is None and len(files) <= UNION_BY_NAME_FILES)
     options = (
         "filename = true, hive_partitioning = true, hive_types = {'epoch': 'BIGINT', 'rank': 'BIGINT'}, "
         f"union_by_name = {str(union).lower()}"
