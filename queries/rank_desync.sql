@@ -7,7 +7,9 @@
 -- tensor at the first desync step of each run, none when the ranks agree everywhere. The reference
 -- fingerprint is the one most ranks hold (ties: the lowest rank's); odd_ranks lists the others.
 -- last_agreed_step is the last earlier captured step where the ranks agreed on that tensor: with
--- watch(every=N) the desync happened after it and at or before step.
+-- watch(every=N) the desync happened after it and at or before step. A tensor whose ranks'
+-- fingerprints come from different algorithms (ranks on different kinds of device: x3 on a CPU, v1 on
+-- an accelerator) says nothing about equality there and is left out of that step.
 -- param run = None: the run to check (None: every run in the lake)
 -- param kind = 'param': which tensors must agree: param, buffer, or an optimizer state such as optim:exp_avg
 WITH fp AS (
@@ -17,14 +19,15 @@ WITH fp AS (
 ),
 per_tensor AS (
     SELECT run, step, name, any_value("group") AS "group",
-           count(DISTINCT rank) AS n_ranks, count(DISTINCT fingerprint) AS n_fingerprints
+           count(DISTINCT rank) AS n_ranks, count(DISTINCT fingerprint) AS n_fingerprints,
+           count(DISTINCT fp_algorithm(fingerprint)) AS n_algorithms
     FROM fp
     GROUP BY run, step, name
 ),
 first_desync AS (
     SELECT run, min(step) AS step
     FROM per_tensor
-    WHERE n_ranks >= 2 AND n_fingerprints > 1
+    WHERE n_ranks >= 2 AND n_fingerprints > 1 AND n_algorithms = 1
     GROUP BY run
 ),
 votes AS (
@@ -58,5 +61,5 @@ FROM fp
 JOIN reference r USING (run, step, name)
 LEFT JOIN agreed a ON a.run = fp.run AND a.name = fp.name
 GROUP BY fp.run, fp.step, fp.name
-HAVING count(DISTINCT fp.fingerprint) > 1
+HAVING count(DISTINCT fp.fingerprint) > 1 AND count(DISTINCT fp_algorithm(fp.fingerprint)) = 1
 ORDER BY fp.run, fp.name

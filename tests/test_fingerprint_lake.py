@@ -96,3 +96,39 @@ def test_sql_macros_read_the_algorithm(root: Path) -> None:
         True,
     )
     assert con.execute("SELECT fp_equal(?, ?), fp_equal(?, ?)", [x3, v1, v1, v1]).fetchone() == (None, True)
+
+
+def test_determinism_report_does_not_call_other_algorithms_different(root: Path) -> None:
+    from lakelog.read.determinism.report import determinism_report
+
+    checks = {c.name: c for c in determinism_report(root, "x3_a", "v1_a").checks}
+    for name in ("initial_weights", "gradients", "update"):
+        assert checks[name].status == "not compared", (name, checks[name])
+        assert "LAKELOG_FINGERPRINT=v1" in checks[name].detail
+    same = {c.name: c.status for c in determinism_report(root, "x3_a", "x3_b").checks}
+    assert same["gradients"] == same["update"] == "same"
+    assert {c.name: c.status for c in determinism_report(root, "x3_a", "x3_lr").checks}["update"] == "differs"
+
+
+def test_rank_desync_leaves_out_ranks_fingerprinted_by_another_algorithm(tmp_path: Path) -> None:
+    def ddp_rank(name: str, rank: int, lr: float = 0.05) -> None:
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        x = torch.ones(8, 4)
+        with lakelog.init(tmp_path, name=name, rank=rank, world_size=2) as run:
+            run.watch(model, opt, every=1)
+            for step in range(3):
+                run.log({"loss": 0.0}, step=step)
+                opt.zero_grad()
+                model(x).sum().backward()
+                opt.step()
+
+    for rank in (0, 1):
+        with pytest.MonkeyPatch.context() as mp:
+            if rank == 1:
+                mp.setenv("LAKELOG_FINGERPRINT", "v1")  # rank 1 as if on an accelerator
+            ddp_rank("mixed", rank)
+        ddp_rank("drifts", rank, lr=0.05 if rank == 0 else 0.1)
+    desync = query("rank_desync", root=tmp_path)
+    assert set(desync["run"].to_list()) == {"drifts"}, desync

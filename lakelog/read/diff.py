@@ -21,7 +21,7 @@ import polars as pl
 from lakelog.errors import InvalidArgumentError, RunNotFoundError
 from lakelog.lake.checks import did_you_mean, non_negative_number
 from lakelog.lake.layout import RUN_FILE, Lake
-from lakelog.read.determinism.findings import DeterminismReport
+from lakelog.read.determinism.findings import INCOMPARABLE, DeterminismReport
 from lakelog.read.determinism.report import LAYER_OF_CHECK, report_on
 from lakelog.read.querylib import query
 from lakelog.read.resume import resume_points, run_info
@@ -199,10 +199,7 @@ def _notes(layers: pl.DataFrame, steps: pl.DataFrame, run_a: str, run_b: str) ->
         elif row["status"] == "no overlap":
             notes.append(f"{row['layer']}: both runs captured it, but at no common step")
         elif row["status"] == "not comparable":
-            notes.append(
-                f"{row['layer']}: the runs' fingerprints come from different algorithms (x3 on CPU, v1 on "
-                "accelerators), so they are not compared; run the CPU one with LAKELOG_FINGERPRINT=v1"
-            )
+            notes.append(f"{row['layer']}: {INCOMPARABLE}")
     sparse = layers.filter((pl.col("status") == "differs") & ~pl.col("placed").fill_null(True))
     if not sparse.is_empty():
         placed = layers.filter((pl.col("status") == "differs") & pl.col("placed").fill_null(False))

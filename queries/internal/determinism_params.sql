@@ -4,7 +4,8 @@
 -- lakelog.write.determinism.log_initial_state), gradients (grad_fingerprint of kind param) and update (the
 -- fingerprint of kind param: the weights after that step's optimizer update). Only steps both runs
 -- captured are compared; a tensor one run lacks counts as different. names: the tensors that differ at
--- first_step (at most 20, by name); n_names: how many differ there.
+-- first_step (at most 20, by name); n_names: how many differ there. Fingerprints of different
+-- algorithms (x3 on a CPU, v1 on an accelerator) are not compared: n_incomparable counts them.
 -- param run_a: the reference run
 -- param run_b: the run compared with it
 WITH p AS (
@@ -32,8 +33,12 @@ evidence AS (
     SELECT * FROM init_cmp
     UNION ALL SELECT 'gradients', step, rank, name, ga, gb FROM live_common WHERE ga IS NOT NULL OR gb IS NOT NULL
     UNION ALL SELECT 'update', step, rank, name, fa, fb FROM live_common WHERE fa IS NOT NULL OR fb IS NOT NULL
-), compared AS (
-    SELECT *, value_a IS DISTINCT FROM value_b AS differs FROM evidence
+), judged AS (  -- differs NULL: fingerprints of different algorithms, which say nothing about equality
+    SELECT *, CASE WHEN value_a IS NULL OR value_b IS NULL THEN value_a IS DISTINCT FROM value_b
+                   ELSE NOT fp_equal(value_a, value_b) END AS differs
+    FROM evidence
+), compared AS (SELECT * FROM judged WHERE differs IS NOT NULL
+), incomparable AS (SELECT evidence, count(*) AS n_incomparable FROM judged WHERE differs IS NULL GROUP BY evidence
 ), first_steps AS (
     SELECT evidence, min(step) AS first_step FROM compared WHERE differs GROUP BY evidence
 ), at_first AS (
@@ -47,7 +52,8 @@ evidence AS (
     SELECT * FROM (VALUES ('initial_weights', 1), ('gradients', 2), ('update', 3)) AS k(evidence, ord)
 )
 SELECT k.evidence, f.first_step, a.rank, coalesce(c.n_compared, 0) AS n_compared,
-       coalesce(c.n_differ, 0) AS n_differ, coalesce(c.n_steps, 0) AS n_steps, a.names, coalesce(a.n_names, 0) AS n_names
+       coalesce(c.n_differ, 0) AS n_differ, coalesce(c.n_steps, 0) AS n_steps, a.names, coalesce(a.n_names, 0) AS n_names,
+       coalesce(i.n_incomparable, 0) AS n_incomparable
 FROM kinds k LEFT JOIN counts c USING (evidence) LEFT JOIN first_steps f USING (evidence)
-LEFT JOIN at_first a USING (evidence)
+LEFT JOIN at_first a USING (evidence) LEFT JOIN incomparable i USING (evidence)
 ORDER BY k.ord

@@ -4,7 +4,9 @@
 -- step before the interruption: the run's own captures of that step, else the reference run's. One
 -- row per family (weights, buffers, optimizer) with n_compared, n_differing (a tensor the resumed
 -- process lacks counts as differing: an optimizer started without its state has no momentum),
--- the differing names and compared_with ('own' or 'reference'). No rows: no resume capture.
+-- the differing names and compared_with ('own' or 'reference'). No rows: no resume capture. A
+-- fingerprint of another algorithm (a run resumed on another kind of device: x3 on a CPU, v1 on an
+-- accelerator) says nothing about equality and is left out.
 -- param run: the resumed run
 -- param other: the reference run, used when the resumed run has no capture of that step itself
 -- param step: the step the run resumes after
@@ -25,9 +27,10 @@ j AS (
     SELECT f.name, f.kind, f.compared_with,
         CASE WHEN f.kind = 'param' THEN 'weights' WHEN f.kind = 'buffer' THEN 'buffers' ELSE 'optimizer' END
             AS family,
-        r.fingerprint IS DISTINCT FROM f.fingerprint AS differs, r.name IS NULL AS missing
+        r.name IS NULL OR NOT fp_equal(r.fingerprint, f.fingerprint) AS differs, r.name IS NULL AS missing
     FROM ref f LEFT JOIN res r ON r.rank = f.rank AND r.name = f.name AND r.kind = f.kind
     WHERE EXISTS (SELECT 1 FROM res)
+     AND (r.name IS NULL OR fp_comparable(r.fingerprint, f.fingerprint))
 )
 SELECT family, any_value(compared_with) AS compared_with, count(*) AS n_compared,
     count(*) FILTER (WHERE differs) AS n_differing, count(*) FILTER (WHERE missing) AS n_missing,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lakelog.read.determinism.findings import CHECKS, WorkerFlag
+from lakelog.read.determinism.findings import CHECKS, INCOMPARABLE, WorkerFlag
 from lakelog.read.determinism.fixes import (
     FIX_KERNELS,
     FIX_LISTING,
@@ -61,6 +61,8 @@ class Judge:
 
     @staticmethod
     def _plain(row: dict, what: str) -> dict[str, Any]:
+        if row["n_compared"] == 0 and row.get("n_incomparable"):
+            return {"status": "not compared", "detail": INCOMPARABLE}
         if row["n_compared"] == 0:
             return {"status": "not logged"}
         if row["first_step"] is None:

@@ -19,6 +19,12 @@ CHECKS = {
     "gradients": "gradients",
     "update": "weights after the update",
 }
+INCOMPARABLE = (
+    "the runs' fingerprints come from different algorithms (x3 on CPU, v1 on accelerators), so they are "
+    "not compared; run the CPU one with LAKELOG_FINGERPRINT=v1"
+)
+"""Why fingerprints of two runs say nothing about equality: one sentence for every reader that compares them."""
+
 NOT_LOGGED = {
     "sample_ids": "run.log_batch(sample_ids=..., inputs=..., rng=True)",
     "inputs": "run.log_batch(..., inputs=batch)",
