@@ -102,11 +102,11 @@ def test_determinism_report_does_not_call_other_algorithms_different(root: Path)
     from lakelog.read.determinism.report import determinism_report
 
     checks = {c.name: c for c in determinism_report(root, "x3_a", "v1_a").checks}
-    for name in ("initial_weights", "gradients", "update"):
+    for name in ("inputs", "initial_weights", "gradients", "update"):
         assert checks[name].status == "not compared", (name, checks[name])
         assert "LAKELOG_FINGERPRINT=v1" in checks[name].detail
     same = {c.name: c.status for c in determinism_report(root, "x3_a", "x3_b").checks}
-    assert same["gradients"] == same["update"] == "same"
+    assert same["inputs"] == same["gradients"] == same["update"] == "same"
     assert {c.name: c.status for c in determinism_report(root, "x3_a", "x3_lr").checks}["update"] == "differs"
 
 

@@ -4,7 +4,8 @@
 -- batches whose ids are the same: a random transform), rng_torch / rng_cuda / rng_numpy / rng_python (the
 -- RNG state at batch start). Batches are lined up by step, rank and batch_idx (the last logged one wins).
 -- first_step is NULL when the evidence never differs; n_compared counts the batches both runs logged it for;
--- first_common_step: the first step both runs logged a batch for.
+-- first_common_step: the first step both runs logged a batch for. Input fingerprints of different
+-- algorithms (x3 on a CPU, v1 on an accelerator) are not compared: n_incomparable counts them.
 -- param run_a: the reference run
 -- param run_b: the run compared with it
 WITH a AS (
@@ -29,8 +30,12 @@ WITH a AS (
     UNION ALL SELECT 'rng_cuda', step, rank, batch_idx, rc_a, rc_b, NULL, NULL FROM j
     UNION ALL SELECT 'rng_numpy', step, rank, batch_idx, rn_a, rn_b, NULL, NULL FROM j
     UNION ALL SELECT 'rng_python', step, rank, batch_idx, rp_a, rp_b, NULL, NULL FROM j
-), compared AS (
-    SELECT *, value_a <> value_b AS differs FROM evidence WHERE value_a IS NOT NULL AND value_b IS NOT NULL
+), present AS (SELECT * FROM evidence WHERE value_a IS NOT NULL AND value_b IS NOT NULL
+), compared AS (  -- input fingerprints of different algorithms say nothing about equality: not compared
+    SELECT *, value_a <> value_b AS differs FROM present WHERE evidence <> 'inputs' OR fp_comparable(value_a, value_b)
+), incomparable AS (
+    SELECT evidence, count(*) AS n_incomparable FROM present
+    WHERE evidence = 'inputs' AND NOT fp_comparable(value_a, value_b) GROUP BY evidence
 ), firsts AS (
     SELECT * FROM compared WHERE differs
     QUALIFY row_number() OVER (PARTITION BY evidence ORDER BY step, rank, batch_idx NULLS FIRST) = 1
@@ -43,6 +48,8 @@ WITH a AS (
 )
 SELECT k.evidence, f.step AS first_step, f.rank, f.batch_idx, coalesce(c.n_compared, 0) AS n_compared,
        coalesce(c.n_differ, 0) AS n_differ, f.value_a, f.value_b, f.ids_a, f.ids_b,
-       (SELECT count(*) FROM j) AS n_common_batches, (SELECT min(step) FROM j) AS first_common_step
+       (SELECT count(*) FROM j) AS n_common_batches, (SELECT min(step) FROM j) AS first_common_step,
+       coalesce(i.n_incomparable, 0) AS n_incomparable
 FROM kinds k LEFT JOIN counts c USING (evidence) LEFT JOIN firsts f USING (evidence)
+LEFT JOIN incomparable i USING (evidence)
 ORDER BY k.ord

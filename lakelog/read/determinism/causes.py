@@ -219,6 +219,8 @@ class Judge:
 
     def inputs(self) -> dict[str, Any]:
         row = self.batches["inputs"]
+        if row["n_compared"] == 0 and row.get("n_incomparable"):
+            return {"status": "not compared", "detail": INCOMPARABLE}
         if row["n_compared"] == 0:
             ids = self.batches["sample_ids"]
             if ids["n_compared"] and ids["n_differ"] == ids["n_compared"]:
