@@ -61,6 +61,8 @@ __all__ = [
     "fingerprint_hex",
     "fingerprint_many",
     "to_hex",
+    "x3_hex_packed",
+    "x3_seed",
 ]
 
 if sys.byteorder != "little":  # pragma: no cover - every platform torch ships for is little-endian
@@ -214,6 +216,22 @@ def _x3_many(tensors: list[torch.Tensor], layouts: list[str]) -> torch.Tensor:
     digests = _hash_all(items)
     words = np.array([(h >> 64, h & _MASK64) for h in digests], dtype=np.uint64).reshape(-1, 2)
     return torch.from_numpy(words.view(np.int64))
+
+
+def x3_seed(dtype: torch.dtype, shape: tuple[int, ...], nbytes: int) -> int:
+    """``x3``'s seed for a dense (strided) tensor of this dtype, shape and size in bytes (steps 2-3)."""
+    return _header("x3", dtype, tuple(shape), "strided", nbytes)[0]
+
+
+def x3_hex_packed(data: memoryview, bounds: Sequence[tuple[int, int]], seeds: Sequence[int]) -> list[str]:
+    """``x3`` fingerprints, as ``to_hex`` writes them, of dense tensors whose bytes lie back to back in
+    ``data`` (a copy made in one call: byte ranges ``bounds``, seeds from ``x3_seed``). Bit for bit what
+    ``fingerprint`` gives for each tensor, without a call per tensor to find its bytes."""
+    if len(data) < POOL_MIN_BYTES:  # one thread: no hand-off, one call per tensor
+        digest = xxhash.xxh3_128_intdigest
+        return [f"x3:{digest(data[s:e], seed):032x}" for (s, e), seed in zip(bounds, seeds, strict=True)]
+    digests = _hash_all([(data[s:e], seed) for (s, e), seed in zip(bounds, seeds, strict=True)])
+    return [f"x3:{h:032x}" for h in digests]
 
 
 # -- v1 ----------------------------------------------------------------------------------------------

@@ -219,19 +219,29 @@ def total_norm(norms: np.ndarray, mask: np.ndarray) -> float | None:
     return float(np.sqrt(np.sum(norms[mask] ** 2))) if mask.any() else None
 
 
-def norm_scalars(
-    groups: list[str | None], weight: np.ndarray, gcols: Any, update: np.ndarray | None, known: np.ndarray
-) -> list[tuple[str, float | None]]:
-    """grad_norm, weight_norm, update_norm and update_ratio, overall and per group."""
+def group_masks(groups: list[str | None]) -> list[tuple[str, np.ndarray]]:
+    """The scalar suffix and row mask of the whole model ("") and of each named group, in first-seen order."""
     garr = np.asarray(groups, dtype=object)
-    out: list[tuple[str, float | None]] = []
-    for label, mask in [("", np.ones(len(groups), dtype=bool))] + [
+    return [("", np.ones(len(groups), dtype=bool))] + [
         (f"/{g}", garr == g) for g in dict.fromkeys(groups) if g is not None
-    ]:
+    ]
+
+
+def norm_scalars(
+    masks: list[tuple[str, np.ndarray]],
+    weight: np.ndarray,
+    grad: tuple[np.ndarray, np.ndarray] | None,
+    update: np.ndarray | None,
+    known: np.ndarray,
+) -> list[tuple[str, float | None]]:
+    """grad_norm, weight_norm, update_norm and update_ratio, overall and per group (``group_masks``);
+    ``grad`` is the gradient norms and where they are known."""
+    out: list[tuple[str, float | None]] = []
+    for label, mask in masks:
         w = total_norm(weight, mask)
         out.append((f"weight_norm{label}", w))
-        if gcols is not None:
-            out.append((f"grad_norm{label}", total_norm(gcols[0]["norm"], mask & gcols[1]["norm"])))
+        if grad is not None:
+            out.append((f"grad_norm{label}", total_norm(grad[0], mask & grad[1])))
         if update is not None:
             u = total_norm(update, mask & known)
             out.append((f"update_norm{label}", u))

@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
 from lakelog.lake.dump_layout import SAFETENSORS_DTYPES
 from lakelog.lake.files import write_stream_atomic
+from lakelog.write.telemetry.flat_cpu import FlatCopy
+from lakelog.write.telemetry.flat_cpu import update_norms as flat_update_norms
 from lakelog.write.telemetry.summaries import _HALF, F64, SMALL
 
 
@@ -75,6 +79,31 @@ def update_norms(current: Sequence[torch.Tensor], previous: Sequence[torch.Tenso
     return _stacked(vals, current[0].device)
 
 
+@dataclass
+class Update:
+    """One capture's update norms, in two parts: the per-tensor ones (``norms``, for rows ``rest``, queued
+    on the device; ``known`` per such row) and the flat copies to compare (``flat``: previous copy,
+    current copy, their row names), compared on the writer thread."""
+
+    rest: list[int]
+    norms: torch.Tensor | None
+    known: list[bool]
+    flat: tuple[FlatCopy, FlatCopy, Sequence[str], Sequence[str]] | None
+
+    def columns(self, norms: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Writer thread: (update norm, known) per row from ``norms`` (the host copy of ``self.norms``);
+        None when nothing had a previous value to compare with."""
+        if norms is None and self.flat is None:
+            return None
+        values, known = np.full(n, math.nan), np.zeros(n, dtype=bool)
+        if norms is not None:
+            values[self.rest], known[self.rest] = norms, self.known
+        if self.flat is not None:
+            order = self.flat[1].plan.order
+            values[order], known[order] = flat_update_norms(*self.flat)
+        return values, known
+
+
 _ST_DTYPES = {
     getattr(torch, name): st for st, (name, _) in SAFETENSORS_DTYPES.items() if hasattr(torch, name)
 }
@@ -93,8 +122,32 @@ class Previous:
         self.where = where
         self.path = path
         self._kept: dict[str, torch.Tensor | None] | None = None
+        self._flat: tuple[FlatCopy, Sequence[str]] | None = None
         self.known: list[bool] = []
         """After ``update``: which tensors had a previous value of the same shape and dtype."""
+
+    def update_capture(
+        self, names: Sequence[str], tensors: Sequence[torch.Tensor], flat: FlatCopy | None
+    ) -> Update | None:
+        """A capture's update norms: the rows of ``flat`` (the capture's flat copy of small weights) against
+        the previous capture's copy, which is kept instead of a second copy (not for ``disk``, which never
+        holds one); the other rows as ``update`` does. None without a store or tensors."""
+        if self.where is None or not tensors:
+            return None
+        if flat is None or self.where == "disk":
+            norms = self.update(names, tensors)
+            return Update(list(range(len(names))), norms, self.known, None)
+        pair = None
+        if self._flat is not None:
+            previous, prev_names = self._flat
+            pair = (previous, flat, prev_names, names)
+            if previous.plan is not flat.plan and self._kept:
+                for i in flat.plan.order:  # rows now kept flat: drop their per-tensor copies
+                    self._kept.pop(names[i], None)
+        self._flat = (flat, names)
+        rest = flat.plan.rest
+        norms = self.update([names[i] for i in rest], [tensors[i] for i in rest]) if rest else None
+        return Update(rest, norms, self.known if rest else [], pair)
 
     def update(self, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
         """Update norms since the previous call (None the first time), then remember these tensors."""
@@ -115,6 +168,7 @@ class Previous:
 
     def clear(self) -> None:
         self._kept = None
+        self._flat = None
         if self.path is not None and self.path.exists():
             self.path.unlink()
 

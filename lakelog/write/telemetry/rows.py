@@ -17,10 +17,12 @@ import xxhash
 
 from lakelog.lake import schemas
 from lakelog.write.fingerprint import algorithm_prefix
+from lakelog.write.telemetry import flat_cpu
 from lakelog.write.telemetry import groups as groups_mod
 from lakelog.write.telemetry import holdout as holdout_mod
 from lakelog.write.telemetry.pack import Pack
-from lakelog.write.telemetry.summaries import Section
+from lakelog.write.telemetry.previous_weights import Update
+from lakelog.write.telemetry.summaries import RowFlags, Section, finish_stats
 
 
 @dataclass
@@ -35,7 +37,7 @@ class Capture:
     meta: list[tuple[str, str]] | None = None
     optim: Section | None = None
     optim_rows: list[tuple[int, str, str, str]] | None = None
-    update_known: list[bool] | None = None
+    update: Update | None = None
     hyper: list[tuple[str, Any]] | None = None
     labels: str | None = None
     num_classes: int = 0
@@ -51,71 +53,88 @@ class Capture:
         return "initial:" if self.initial else "resume:" if self.resume else ""
 
 
-def _masked(values: np.ndarray, valid: np.ndarray, dtype: pa.DataType | None = None) -> pa.Array:
-    dtype = dtype or pa.float64()
-    if pa.types.is_integer(dtype):
-        values = np.where(valid, np.nan_to_num(values), 0).astype(np.int64)
-    return pa.array(values, type=dtype, mask=~np.asarray(valid, dtype=bool))
-
-
-def _nulls(n: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.full(n, np.nan), np.zeros(n, dtype=bool)
-
-
-@dataclass
-class _Part:
-    """One family's rows of the params table (weights, buffers or optimizer state), as host columns."""
-
-    names: list[str]
-    kinds: list[str]
-    groups: list[str | None]
-    meta: list[tuple[str, str]]
-    numels: list[int]
-    section: tuple[dict, dict]
-    fps: list[str | None]
-    extra: dict[str, Any]
-
-
 _STATS = ("norm", "mean", "std", "min", "max", "absmax")
 _COUNTS = ("nan_count", "inf_count")
-_EXTRA = ("grad_norm", "grad_absmax", "update_norm", "update_ratio")
 
 
-def _table(step: int, parts: list[_Part]) -> pa.Table:
-    """The params rows of all families in one table: each column is concatenated on the host and
-    converted once (a capture's families share one Arrow conversion per column). ``extra`` holds
-    grad/update columns as (values, valid) or string lists; a family without one writes nulls."""
-    n = sum(len(p.names) for p in parts)
+class _Static:
+    """The params columns of one layout that stay the same from capture to capture, as Arrow arrays."""
 
-    def cat(col: str, j: int) -> np.ndarray:
-        return np.concatenate([p.section[j][col] for p in parts])
+    def __init__(self, layout: groups_mod.Layout, c: Capture) -> None:
+        assert c.params is not None and c.buffers is not None and c.meta is not None
+        pre = c.prefix
+        optim_rows = c.optim_rows if c.optim is not None and c.optim_rows else []
+        self.key = (c.meta, optim_rows)
+        self.n_p, self.n_b, self.n_o = len(layout.params), len(layout.buffers), len(optim_rows)
+        self.n = self.n_p + self.n_b + self.n_o
+        self.names = [e.name for e in layout.params]
+        self.buffer_names = [e.name for e in layout.buffers]
+        groups = [e.group for e in layout.params]
+        idx = [i for i, _, _, _ in optim_rows]
+        self.optim_names = [f"{self.names[i]} ({pre}{k})" for i, k, _, _ in optim_rows]
+        meta = c.meta + [(shape, dtype) for _, _, shape, dtype in optim_rows]
+        kinds = (
+            [pre + "param"] * self.n_p + [pre + "buffer"] * self.n_b + [pre + k for _, k, _, _ in optim_rows]
+        )
+        self.columns = {
+            "name": pa.array(self.names + self.buffer_names + [self.names[i] for i in idx], pa.string()),
+            "kind": pa.array(kinds, pa.string()),
+            "group": pa.array(
+                groups + [e.group for e in layout.buffers] + [groups[i] for i in idx], pa.string()
+            ),
+            "shape": pa.array([m[0] for m in meta], pa.string()),
+            "numel": pa.array(
+                np.concatenate(
+                    [c.params.numels, c.buffers.numels, c.optim.numels if self.n_o else []]
+                ).astype(np.int64)
+            ),
+            "dtype": pa.array([m[1] for m in meta], pa.string()),
+        }
+        # One row per family, then the gradients of the parameters, all finished in one call.
+        self.full = np.repeat([True, True, False, False], [self.n_p, self.n_b, self.n_o, self.n_p])
+        self.minmax = np.repeat([True, True, False, True], [self.n_p, self.n_b, self.n_o, self.n_p])
+        self.masks = groups_mod.group_masks(groups)
+        self.no_grad_fps = [None] * (self.n_b + self.n_o)
+        self.layout = layout
+        self.flags: RowFlags | None = None
 
-    def cat_extra(col: str, j: int) -> np.ndarray:
-        return np.concatenate([p.extra.get(col, _nulls(len(p.names)))[j] for p in parts])
 
-    def strings(values: list[list[Any]]) -> pa.Array:
-        return pa.array([v for vs in values for v in vs], pa.string())
+class RowsCache:
+    """A watcher's ``_Static`` columns per capture prefix, built again when the layout or a tensor's
+    shape, dtype or optimizer state key changes (writer thread)."""
 
-    data: dict[str, Any] = {
-        "step": pa.array(np.full(n, step, dtype=np.int64)),
-        "name": strings([p.names for p in parts]),
-        "kind": strings([p.kinds for p in parts]),
-        "group": strings([p.groups for p in parts]),
-        "shape": strings([[m[0] for m in p.meta] for p in parts]),
-        "numel": pa.array(np.concatenate([np.asarray(p.numels, dtype=np.int64) for p in parts])),
-        "dtype": strings([[m[1] for m in p.meta] for p in parts]),
-    }
-    for col in _STATS:
-        data[col] = _masked(cat(col, 0), cat(col, 1))
-    for col in _COUNTS:
-        data[col] = _masked(cat(col, 0), cat(col, 1), pa.int64())
-    for col in _EXTRA:
-        data[col] = _masked(cat_extra(col, 0), cat_extra(col, 1))
-    data["fingerprint"] = strings([p.fps for p in parts])
-    data["grad_fingerprint"] = strings(
-        [p.extra.get("grad_fingerprint", [None] * len(p.names)) for p in parts]
-    )
-    return pa.table(data, schema=schemas.PARAMS)
+    def __init__(self) -> None:
+        self._last: dict[tuple[int, str], _Static] = {}
+
+    def get(self, layout: groups_mod.Layout, c: Capture) -> _Static:
+        key = (id(layout), c.prefix)
+        static = self._last.get(key)
+        optim_rows = c.optim_rows if c.optim is not None and c.optim_rows else []
+        if (
+            static is None
+            or static.key[0] != c.meta
+            or static.key[1] != optim_rows
+            or static.layout is not layout
+        ):
+            static = _Static(layout, c)
+            self._last = {k: v for k, v in self._last.items() if v.layout is layout}
+            self._last[key] = static
+        return static
+
+
+def _masked(values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    return pa.array(values, type=pa.float64(), mask=~valid)
+
+
+def _counts(values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    return pa.array(np.where(valid, values, 0).astype(np.int64), type=pa.int64(), mask=~valid)
+
+
+def _params_only(values: np.ndarray, valid: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A params-only column over all ``n`` rows (null after the params)."""
+    out, ok = np.full(n, np.nan), np.zeros(n, dtype=bool)
+    out[: len(values)], ok[: len(values)] = values, valid
+    return out, ok
 
 
 def _digest(names: list[str], fingerprints: list[str | None]) -> str | None:
@@ -126,80 +145,82 @@ def _digest(names: list[str], fingerprints: list[str | None]) -> str | None:
     return algorithm_prefix(fingerprints) + xxhash.xxh3_128_hexdigest(text.encode())  # x3: as its parts
 
 
-def build_rows(layout: groups_mod.Layout, c: Capture) -> dict[str, pa.Table | None]:
-    """Writer thread: the capture's params, param_digests (one row), scalars and holdout rows."""
+def build_rows(
+    layout: groups_mod.Layout, c: Capture, cache: RowsCache | None = None
+) -> dict[str, pa.Table | None]:
+    """Writer thread: the capture's params, param_digests (one row), scalars and holdout rows.
+
+    The columns that depend on the layout only come from ``cache`` (built once per layout); the numbers
+    of all families (weights, buffers, optimizer state and the gradients) are finished in one pass."""
     pack = c.pack
     assert c.params is not None and c.buffers is not None and c.meta is not None
-    n_p, n_b = c.params.n, c.buffers.n
-    pre = c.prefix
-    wcols = c.params.columns(pack)
-    extra: dict[str, Any] = {}
-    gcols = c.grads.columns(pack) if c.grads is not None else None
-    if gcols is not None and c.grads is not None:
-        extra["grad_norm"] = (gcols[0]["norm"], gcols[1]["norm"])
-        extra["grad_absmax"] = (gcols[0]["absmax"], gcols[1]["absmax"])
-        extra["grad_fingerprint"] = c.grads.fingerprints(pack)
-    update = pack.get("update") if "update" in pack else None
-    known = np.asarray(c.update_known or [False] * n_p, dtype=bool)
+    st = (cache or RowsCache()).get(layout, c)
+    n_p, n, pre = st.n_p, st.n, c.prefix
+    grads, optim = c.grads, (c.optim if st.n_o else None)
+    sections = [c.params, c.buffers] + ([optim] if optim is not None else [])
+    sections += [grads] if grads is not None else []
+    # The flat copies: weights and buffers (every column) in one read, gradients and state in another.
+    fw, fb = flat_cpu.raw_rows([c.params.flat, c.buffers.flat], full=True, minmax=True)
+    fo, fg = flat_cpu.raw_rows(
+        [optim.flat if optim else None, grads.flat if grads else None], full=False, minmax=True
+    )
+    flat = {id(c.params): fw, id(c.buffers): fb, id(optim): fo, id(grads): fg}
+    raw = np.concatenate([sec.raw(pack, flat[id(sec)]) for sec in sections])  # type: ignore[union-attr]
+    kinds = [k for sec in sections for k in sec.kinds]  # type: ignore[union-attr]
+    numels = [k for sec in sections for k in sec.numels]  # type: ignore[union-attr]
+    flags = st.flags
+    if flags is None or not flags.matches(kinds, numels):
+        flags = st.flags = RowFlags(kinds, numels, st.full[: len(kinds)], st.minmax[: len(kinds)])
+    cols, valid = finish_stats(raw, kinds, numels, flags=flags)
+    data: dict[str, Any] = {"step": pa.array(np.full(n, c.step, dtype=np.int64)), **st.columns}
+    for col in _STATS:
+        data[col] = _masked(cols[col][:n], valid[col][:n])
+    for col in _COUNTS:
+        data[col] = _counts(cols[col][:n], valid[col][:n])
+    w_norm = cols["norm"][:n_p]
+    g_norm = g_ok = None
+    if grads is not None:
+        g_norm, g_ok = cols["norm"][n:], valid["norm"][n:]
+        data["grad_norm"] = _masked(*_params_only(g_norm, g_ok, n))
+        data["grad_absmax"] = _masked(*_params_only(cols["absmax"][n:], valid["absmax"][n:], n))
+    else:
+        data["grad_norm"] = data["grad_absmax"] = pa.nulls(n, pa.float64())
+    upd = c.update.columns(pack.get("update") if "update" in pack else None, n_p) if c.update else None
+    update, known = upd if upd is not None else (None, np.zeros(n_p, dtype=bool))
     if update is not None:
-        extra["update_norm"] = (update, known)
+        data["update_norm"] = _masked(*_params_only(update, known, n))
         with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = update / wcols[0]["norm"]
-        extra["update_ratio"] = (ratio, known & (wcols[0]["norm"] != 0))
-    groups = [e.group for e in layout.params]
-    names, buffer_names = [e.name for e in layout.params], [e.name for e in layout.buffers]
+            ratio = update / w_norm
+        data["update_ratio"] = _masked(*_params_only(ratio, known & (w_norm != 0), n))
+    else:
+        data["update_norm"] = data["update_ratio"] = pa.nulls(n, pa.float64())
     w_fps, b_fps = c.params.fingerprints(pack), c.buffers.fingerprints(pack)
-    parts = [
-        _Part(names, [pre + "param"] * n_p, groups, c.meta[:n_p], c.params.numels, wcols, w_fps, extra),
-        _Part(
-            buffer_names,
-            [pre + "buffer"] * n_b,
-            [e.group for e in layout.buffers],
-            c.meta[n_p:],
-            c.buffers.numels,
-            c.buffers.columns(pack),
-            b_fps,
-            {},
-        ),
-    ]
-    optim_names: list[str] = []
-    o_fps: list[str | None] = []
-    if c.optim is not None and c.optim_rows:
-        idx = [i for i, _, _, _ in c.optim_rows]
-        kinds = [pre + k for _, k, _, _ in c.optim_rows]
-        optim_names = [f"{layout.params[i].name} ({k})" for i, k in zip(idx, kinds, strict=True)]
-        o_fps = c.optim.fingerprints(pack)
-        parts.append(
-            _Part(
-                [layout.params[i].name for i in idx],
-                kinds,
-                [groups[i] for i in idx],
-                [(s, d) for _, _, s, d in c.optim_rows],
-                c.optim.numels,
-                c.optim.columns(pack),
-                o_fps,
-                {},
-            )
-        )
-    out: dict[str, pa.Table | None] = {"params": _table(c.step, parts)}
+    o_fps = c.optim.fingerprints(pack) if st.n_o else []  # type: ignore[union-attr]
+    g_fps = grads.fingerprints(pack) if grads is not None else None
+    data["fingerprint"] = pa.array(w_fps + b_fps + o_fps, pa.string())
+    data["grad_fingerprint"] = (
+        pa.array(g_fps + st.no_grad_fps, pa.string()) if g_fps is not None else pa.nulls(n, pa.string())
+    )
+    out: dict[str, pa.Table | None] = {"params": pa.table(data, schema=schemas.PARAMS)}
     digests = {
-        "weights_digest": _digest(names, w_fps),
-        "grads_digest": _digest(names, extra["grad_fingerprint"]) if "grad_fingerprint" in extra else None,
-        "buffers_digest": _digest(buffer_names, b_fps),
-        "optim_digest": _digest(optim_names, o_fps),
+        "weights_digest": _digest(st.names, w_fps),
+        "grads_digest": _digest(st.names, g_fps) if g_fps is not None else None,
+        "buffers_digest": _digest(st.buffer_names, b_fps),
+        "optim_digest": _digest(st.optim_names, o_fps),
     }
     out["param_digests"] = pa.table(
         {
             "step": pa.array([c.step], pa.int64()),
             "capture": pa.array([pre.rstrip(":") or "step"], pa.string()),
-            "n_tensors": pa.array([n_p + n_b + len(optim_names)], pa.int64()),
+            "n_tensors": pa.array([n], pa.int64()),
             **{k: pa.array([v], pa.string()) for k, v in digests.items()},
         },
         schema=schemas.PARAM_DIGESTS,
     )
     scalars: list[tuple[str, float | None]] = []
     if not pre:
-        scalars += groups_mod.norm_scalars(groups, wcols[0]["norm"], gcols, update, known)
+        grad = (g_norm, g_ok) if g_norm is not None else None
+        scalars += groups_mod.norm_scalars(st.masks, w_norm, grad, update, known)
         for name, value in c.hyper or []:
             scalars.append((name, float(pack.get(value)[0]) if isinstance(value, str) else value))
         if c.labels is not None:
@@ -214,7 +235,7 @@ def build_rows(layout: groups_mod.Layout, c: Capture) -> dict[str, pa.Table | No
             "step": pa.array(np.full(len(kept), c.step, dtype=np.int64)),
             "name": pa.array([k for k, _ in kept], pa.string()),
             "value": pa.array([v for _, v in kept], pa.float64()),
-            "time": pa.array(np.full(len(kept), int(c.time * 1e6), dtype=np.int64)).cast(schemas.TIME),
+            "time": pa.array(np.full(len(kept), int(c.time * 1e6), dtype=np.int64)).view(schemas.TIME),
         },
         schema=schemas.SCALARS,
     )

@@ -47,12 +47,6 @@ def _counts(x: np.ndarray | torch.Tensor) -> tuple[float, float]:
     return nans, infs
 
 
-def _small(xs: list[torch.Tensor], out: np.ndarray, full: bool, minmax: bool) -> None:
-    """``out`` rows (len(xs), 8) for small tensors, from one float64 copy of all of them."""
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN/Inf values are data here
-        _small_rows(xs, out, full, minmax)
-
-
 class _Scratch(threading.local):
     """Buffers reused from capture to capture (one set per thread). Fresh large buffers would be new
     pages to fault in at every capture, which on a busy machine costs more than the arithmetic."""
@@ -71,22 +65,55 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
-def _small_rows(xs: list[torch.Tensor], out: np.ndarray, full: bool, minmax: bool) -> None:
+def _small(xs: list[torch.Tensor], out: np.ndarray, full: bool, minmax: bool) -> None:
+    """``out`` rows (len(xs), 8) for small tensors, from one float64 copy of all of them."""
     counts = np.fromiter((x.numel() for x in xs), dtype=np.int64, count=len(xs))
     ends = np.cumsum(counts)
-    starts = ends - counts
     flat, tmp = _scratch.get(int(ends[-1]))
     a = flat.numpy()
     if all(x.dtype in _NUMPY_FLOATS for x in xs):  # NumPy's concatenate casts with less overhead
         np.concatenate([x.reshape(-1).numpy() for x in xs], out=a)
     else:  # bfloat16 and widened integers: each tensor cast straight into the buffer by torch
         torch.cat([x.reshape(-1) for x in xs], out=flat)
+    flat_rows(a, tmp, counts, ends - counts, out, full, minmax)
+
+
+def scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two float64 arrays of ``n`` values, this thread's scratch: overwritten by the next call here."""
+    flat, tmp = _scratch.get(n)
+    return flat.numpy(), tmp
+
+
+def float64_scratch(parts: list[np.ndarray], total: int) -> tuple[np.ndarray, np.ndarray]:
+    """``parts`` cast into one float64 array of ``total`` values and a second array of that size, both
+    this thread's scratch (``scratch``)."""
+    a, tmp = scratch(total)
+    if len(parts) == 1:
+        np.copyto(a, parts[0])
+    else:
+        np.concatenate(parts, out=a)
+    return a, tmp
+
+
+@np.errstate(invalid="ignore", divide="ignore", over="ignore")  # NaN/Inf values are data here
+def flat_rows(
+    a: np.ndarray,
+    tmp: np.ndarray,
+    counts: np.ndarray,
+    starts: np.ndarray,
+    out: np.ndarray,
+    full: bool,
+    minmax: bool,
+) -> None:
+    """``out`` rows (len(counts), 8) of tensors laid out back to back in the float64 array ``a``
+    (``counts`` values each, from ``starts``); ``tmp`` is scratch of ``a``'s size. A handful of NumPy
+    calls for all of them; the NaN/Inf work only for the tensors whose norm is not finite."""
     out[:, NORM] = np.sqrt(np.add.reduceat(np.multiply(a, a, out=tmp), starts))
-    bad = np.flatnonzero(~np.isfinite(out[:, NORM]))  # a NaN or Inf in the tensor (float64: no overflow)
     if not full:
         if minmax:  # NaN propagates, as in the norm
             out[:, ABSMAX] = np.maximum.reduceat(np.abs(a, out=tmp), starts)
         return
+    bad = np.flatnonzero(~np.isfinite(out[:, NORM]))  # a NaN or Inf in the tensor (float64: no overflow)
     out[:, SUM] = np.add.reduceat(a, starts)
     out[:, MIN] = np.minimum.reduceat(a, starts)
     out[:, MAX] = np.maximum.reduceat(a, starts)
@@ -97,10 +124,12 @@ def _small_rows(xs: list[torch.Tensor], out: np.ndarray, full: bool, minmax: boo
     out[:, VAR] = np.where(
         counts > 1, np.add.reduceat(np.multiply(dev, dev, out=tmp), starts) / (counts - 1), math.nan
     )
-    for j in bad.tolist():
-        part = a[starts[j] : ends[j]]
-        out[j, NANS], out[j, INFS] = _counts(part)
-        out[j, MIN], out[j, MAX] = _finite_minmax(part)
+    if len(bad):
+        ends = starts + counts
+        for j in bad.tolist():
+            part = a[starts[j] : ends[j]]
+            out[j, NANS], out[j, INFS] = _counts(part)
+            out[j, MIN], out[j, MAX] = _finite_minmax(part)
 
 
 def _norms(xs: list[torch.Tensor]) -> list[float]:

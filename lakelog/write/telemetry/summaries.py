@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
 from lakelog.write.fingerprint import algorithm_for, fingerprint_many, to_hex
+from lakelog.write.telemetry.flat_cpu import FlatCopy, Plans, dtype_text, shape_text
 from lakelog.write.telemetry.pack import F64, Pack
 from lakelog.write.telemetry.stats_cpu import HALF, SMALL, cpu_block
 
 _HALF = HALF
 _FAST = (torch.float32, torch.float64, *HALF)
+_CPU = torch.device("cpu")
 RAW = ("norm", "sum", "min", "max", "absmax", "nan_count", "inf_count", "var")
 # SMALL (from stats_cpu): tensors up to this size get a two-pass variance (cheap for them, and where
 # cancellation bites: BatchNorm/LayerNorm weights near 1); larger ones one derived from the sum and norm.
@@ -147,55 +148,98 @@ def _dense_block(xs: list[torch.Tensor], full: bool, minmax: bool) -> torch.Tens
     return torch.stack([norm, total, lo, hi, nan, counts[:, 0], counts[:, 1], var], dim=1)
 
 
+KIND_CODES = {"none": 0, "real": 1, "sparse": 2, "complex": 3, "sparse_complex": 4, "empty": 5}
+
+
+class RowFlags:
+    """What ``finish_stats`` derives from the rows' kinds, sizes and families: the same at every capture
+    of a layout, so a caller can keep it (``matches``) instead of deriving it again."""
+
+    def __init__(
+        self, kinds: Sequence[str], numels: Sequence[int], full: bool | np.ndarray, minmax: bool | np.ndarray
+    ) -> None:
+        self.kinds, self.numels = list(kinds), list(numels)
+        codes = np.fromiter(map(KIND_CODES.__getitem__, kinds), dtype=np.int8, count=len(kinds))
+        n = self.n = np.asarray(numels, dtype=np.float64)
+        self.present, self.empty, self.sparse = codes != 0, codes == 5, codes == 2
+        real = (codes == 1) | self.sparse
+        full = np.asarray(full, dtype=bool)
+        self.real_full = real & full
+        self.std_ok = self.real_full & (n > 1)
+        self.counted = self.present & full
+        self.absmax_ok = self.present & ~self.empty & ((np.asarray(minmax, dtype=bool) | full) | ~real)
+        self.two_pass = (n > 1) & (n <= SMALL)
+        self.all_two_pass = bool(self.two_pass.all())
+        self.any_sparse, self.any_empty = bool(self.sparse.any()), bool(self.empty.any())
+
+    def matches(self, kinds: Sequence[str], numels: Sequence[int]) -> bool:
+        return self.kinds == kinds and self.numels == numels
+
+
 def finish_stats(
-    raw: np.ndarray, kinds: Sequence[str], numels: Sequence[int], *, full: bool = True, minmax: bool = True
+    raw: np.ndarray,
+    kinds: Sequence[str],
+    numels: Sequence[int],
+    *,
+    full: bool | np.ndarray = True,
+    minmax: bool | np.ndarray = True,
+    flags: RowFlags | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Host side: the params columns (norm, mean, std, min, max, absmax, counts) from raw rows, and for
     each column where it applies (elsewhere the caller writes null; a NaN that applies stays NaN).
 
     Weights (``full``) get every column, absmax derived from the finite min/max and the counts;
     gradients (``minmax`` only) their norm and the absmax computed on the device; optimizer state
-    its norm."""
+    its norm. ``full`` and ``minmax`` are one flag for all rows or one per row, so the rows of several
+    families are finished in one call; ``flags`` is a kept ``RowFlags`` of these arguments."""
+    f = flags if flags is not None else RowFlags(kinds, numels, full, minmax)
     raw = np.asarray(raw, dtype=np.float64).reshape(-1, len(RAW))
-    norm, total, mn, mx, absmax, nan_count, inf_count, var2 = (raw[:, j].copy() for j in range(len(RAW)))
-    n = np.asarray(numels, dtype=np.float64)
-    kinds_a = np.asarray(kinds, dtype=object)
-    present = kinds_a != "none"
-    real = np.isin(kinds_a, ("real", "sparse"))
+    norm, total, mn, mx, absmax, nan_count, inf_count, var2 = raw.T.copy()
+    n = f.n
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         mean = total / n
-        var = np.where((n > 1) & (n <= SMALL), var2, (norm * norm - total * total / n) / (n - 1))
+        var = (
+            var2
+            if f.all_two_pass
+            else np.where(f.two_pass, var2, (norm * norm - total * total / n) / (n - 1))
+        )
         std = np.sqrt(np.maximum(var, 0.0))
         std[np.isnan(var)] = np.nan
-        if full:  # min and max are over the finite values; NaN, then Inf, anywhere decides absmax
-            mn[np.isinf(mn)] = np.nan  # +inf/-inf: no finite value at all
-            mx[np.isinf(mx)] = np.nan
-            derived = np.where(
-                nan_count > 0, np.nan, np.where(inf_count > 0, np.inf, np.fmax(np.abs(mn), np.abs(mx)))
-            )
-            absmax = np.where(real, derived, absmax)
-    sparse = kinds_a == "sparse"
-    mn = np.where(sparse, np.minimum(mn, 0.0), mn)  # implicit zeros take part in min and max
-    mx = np.where(sparse, np.maximum(mx, 0.0), mx)
-    nan_count[kinds_a == "empty"] = 0
-    inf_count[kinds_a == "empty"] = 0
+        # Weights: min and max are over the finite values; NaN, then Inf, anywhere decides absmax
+        # (other rows have NaN min/max/counts, which this leaves as they are).
+        mn[np.isinf(mn)] = np.nan  # +inf/-inf: no finite value at all
+        mx[np.isinf(mx)] = np.nan
+        derived = np.where(
+            nan_count > 0, np.nan, np.where(inf_count > 0, np.inf, np.fmax(np.abs(mn), np.abs(mx)))
+        )
+        absmax = np.where(f.real_full, derived, absmax)
+    if f.any_sparse:
+        mn = np.where(f.sparse, np.minimum(mn, 0.0), mn)  # implicit zeros take part in min and max
+        mx = np.where(f.sparse, np.maximum(mx, 0.0), mx)
+    if f.any_empty:
+        nan_count[f.empty] = 0
+        inf_count[f.empty] = 0
     cols = {"norm": norm, "mean": mean, "std": std, "min": mn, "max": mx, "absmax": absmax}
     cols["nan_count"], cols["inf_count"] = nan_count, inf_count
     valid = {
-        "norm": present,
-        "mean": real & full,
-        "std": real & full & (n > 1),
-        "min": real & full & ~np.isnan(mn),
-        "max": real & full & ~np.isnan(mx),
-        "absmax": present & (kinds_a != "empty") & ((minmax or full) | ~real),
-        "nan_count": present & full,
-        "inf_count": present & full,
+        "norm": f.present,
+        "mean": f.real_full,
+        "std": f.std_ok,
+        "min": f.real_full & ~np.isnan(mn),
+        "max": f.real_full & ~np.isnan(mx),
+        "absmax": f.absmax_ok,
+        "nan_count": f.counted,
+        "inf_count": f.counted,
     }
     return cols, valid
 
 
 class Section:
-    """Raw statistics (and fingerprints) of tensors, some None, computed per device into a ``Pack``."""
+    """Raw statistics (and fingerprints) of tensors, some None, computed per device into a ``Pack``.
+
+    With ``plans`` (a watcher's ``flat_cpu.Plans``), the small dense CPU tensors are copied flat in one
+    call per dtype and read later (``flat_cpu.FlatCopy``); the others take the per-device path. ``meta``
+    is each row's (shape, dtype) text, None for a missing tensor."""
 
     def __init__(
         self,
@@ -206,16 +250,30 @@ class Section:
         full: bool,
         fingerprint: bool,
         minmax: bool = True,
+        plans: Plans | None = None,
     ) -> None:
         self.n = len(tensors)
-        self.kinds = ["none"] * self.n
-        self.numels = [t.numel() if t is not None else 0 for t in tensors]
         self.full, self.minmax = full, minmax
         self._parts: list[tuple[list[int], str, str | None, str]] = []
+        self.flat: FlatCopy | None = None
+        plan = None
+        if plans is not None and tensors and (not fingerprint or algorithm_for(_CPU) == "x3"):
+            plan = plans.get(key, tensors, fingerprint)
+        if plan is not None:
+            self.plan = plan
+            self.numels, self.meta, rest = plan.numels, plan.meta, plan.rest
+            self.kinds = list(plan.kinds) if rest else plan.kinds
+            if plan.order:
+                self.flat = FlatCopy(plan, tensors)
+        else:
+            self.plan = None
+            self.numels = [t.numel() if t is not None else 0 for t in tensors]
+            self.meta = [None if t is None else (shape_text(t), dtype_text(t)) for t in tensors]
+            self.kinds = ["none"] * self.n
+            rest = [i for i, t in enumerate(tensors) if t is not None]
         by_device: dict[torch.device, list[int]] = {}
-        for i, t in enumerate(tensors):
-            if t is not None:
-                by_device.setdefault(t.device, []).append(i)
+        for i in rest:
+            by_device.setdefault(tensors[i].device, []).append(i)  # type: ignore[union-attr]
         for j, rows in enumerate(by_device.values()):
             ts = [tensors[i] for i in rows]
             raw, kinds = tensor_stats(ts, full=full, minmax=minmax)  # type: ignore[arg-type]
@@ -227,12 +285,30 @@ class Section:
                 fp_key = f"{key}/{j}/fp"
                 pack.put(fp_key, fingerprint_many(ts))  # type: ignore[arg-type]
             self._parts.append((rows, f"{key}/{j}/stats", fp_key, algorithm_for(ts[0])))  # type: ignore[arg-type]
+        self._fingerprint = fingerprint
 
-    def columns(self, pack: Pack) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    @property
+    def nbytes(self) -> int:
+        """Bytes of host copies this section holds until it is read."""
+        return self.flat.nbytes if self.flat is not None else 0
+
+    def raw(self, pack: Pack, flat_raw: np.ndarray | None = None) -> np.ndarray:
+        """The (n, 8) ``RAW`` rows (writer thread: waits for the device copies); ``flat_raw`` is what
+        ``self.flat.raw`` gives, where the caller read several sections' copies together."""
+        if self.flat is not None:
+            if flat_raw is None:
+                flat_raw = self.flat.raw(self.full, self.minmax)
+            if not self._parts and self.flat.plan.in_order:
+                return flat_raw
         raw = np.full((self.n, len(RAW)), np.nan)
         for rows, stats_key, _, _ in self._parts:
             raw[rows] = pack.get(stats_key)
-        return finish_stats(raw, self.kinds, self.numels, full=self.full, minmax=self.minmax)
+        if self.flat is not None:
+            raw[self.flat.plan.order] = flat_raw
+        return raw
+
+    def columns(self, pack: Pack) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        return finish_stats(self.raw(pack), self.kinds, self.numels, full=self.full, minmax=self.minmax)
 
     def fingerprints(self, pack: Pack) -> list[str | None]:
         out: list[str | None] = [None] * self.n
@@ -241,12 +317,10 @@ class Section:
                 hexes = to_hex(torch.from_numpy(pack.get(fp_key).copy()).reshape(-1, 2), algorithm)
                 for i, h in zip(rows, hexes, strict=True):
                     out[i] = h
+        if self.flat is not None and self._fingerprint:
+            hexes = self.flat.fingerprints()
+            if not self._parts and self.flat.plan.in_order:
+                return hexes  # type: ignore[return-value]
+            for i, h in zip(self.flat.plan.order, hexes, strict=True):
+                out[i] = h
         return out
-
-
-def shape_text(t: torch.Tensor) -> str:
-    return str(list(t.shape))
-
-
-def dtype_text(t: torch.Tensor | Any) -> str:
-    return str(t.dtype).removeprefix("torch.")

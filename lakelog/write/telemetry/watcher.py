@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +22,8 @@ from lakelog.write.telemetry import groups as groups_mod
 from lakelog.write.telemetry import holdout as holdout_mod
 from lakelog.write.telemetry.pack import Pack
 from lakelog.write.telemetry.previous_weights import Previous
+from lakelog.write.telemetry.reader import Reader
 from lakelog.write.telemetry.rows import Capture, build_rows
-from lakelog.write.telemetry.summaries import Section, dtype_text, shape_text
 
 if TYPE_CHECKING:
     from lakelog.write.telemetry.options import Options
@@ -59,7 +58,6 @@ class Watcher:
         index: int,
     ) -> None:
         self.run = run
-        self.layout = layout
         self.optimizer = optimizer
         self.options = opts
         self.model = model
@@ -84,6 +82,7 @@ class Watcher:
         self._hooks: list[Any] = []
         self._attached = True
         self._groups_seen = len(optimizer.param_groups) if optimizer is not None else 0
+        self._use_layout(layout)
         path = None
         if opts.keep_previous == "disk":
             try:
@@ -197,36 +196,22 @@ class Watcher:
             self._relayout()  # add_param_group (progressive unfreezing): new groups, new group names
         capture = Capture(step=stamp, pack=Pack())
         if grads_now:
-            self._grads(capture)
+            self._reader.grads(capture)
         self._pending = capture
 
-    def _grads(self, capture: Capture) -> None:
-        grads = [e.tensor.grad for e in self.layout.params]
-        capture.grads = Section(capture.pack, "g", grads, full=False, fingerprint="grad" in self._fp)
-
-    def _weights(self, capture: Capture) -> None:
-        params = [e.tensor.detach() for e in self.layout.params]
-        buffers = [e.tensor.detach() for e in self.layout.buffers]
-        pack = capture.pack
-        capture.params = Section(pack, "w", params, full=True, fingerprint="param" in self._fp)
-        capture.buffers = Section(pack, "b", buffers, full=True, fingerprint="buffer" in self._fp)
-        capture.meta = [(shape_text(t), dtype_text(t)) for t in params + buffers]
-        capture.time = time.time()
+    def _use_layout(self, layout: groups_mod.Layout) -> None:
+        self.layout = layout
+        self._reader = Reader(layout, self.optimizer, self._fp)
 
     def _finish(self, capture: Capture) -> None:
         """Post-hook of a captured step: weights, buffers, update, optimizer state, holdout; then submit."""
+        reader, pack = self._reader, capture.pack
         if capture.grads is None:
-            self._grads(capture)
-        self._weights(capture)
-        pack = capture.pack
-        tensors = [e.tensor.detach() for e in self.layout.params]
-        update = self._previous.update([e.name for e in self.layout.params], tensors)
-        if update is not None:
-            pack.add("update", update)
-            capture.update_known = self._previous.known
+            reader.grads(capture)
+        reader.weights(capture)
+        reader.update(capture, self._previous)
         if self.optimizer is not None:
-            self._optim(capture)
-            capture.hyper = self._hyper(pack)
+            reader.optim(capture)
         if self._labels:
             capture.labels, capture.num_classes = self._pack_labels(pack), self._num_classes
         if self._holdout is not None and capture.step % self.options.holdout_every == 0:
@@ -243,9 +228,9 @@ class Watcher:
         (which can be later than the lake's committed step after a crash), so a reader compares it with
         what the interrupted process had at that step."""
         capture = Capture(step=-1, pack=Pack(), resume=True)
-        self._weights(capture)
+        self._reader.weights(capture)
         if self.optimizer is not None:
-            self._optim(capture)
+            self._reader.optim(capture)
         capture.pack.send()
         self._resume_held = (capture, self.layout)
 
@@ -259,14 +244,14 @@ class Watcher:
 
     def _relayout(self) -> None:
         opts = self.options
-        self.layout = groups_mod.resolve(self.model, self.optimizer, opts.groups, prefix=opts.prefix)
+        self._use_layout(groups_mod.resolve(self.model, self.optimizer, opts.groups, prefix=opts.prefix))
         self._groups_seen = len(self.optimizer.param_groups)  # type: ignore[union-attr]
 
     def _submit(self, capture: Capture, layout: groups_mod.Layout) -> None:
         """Hand the capture to the writer; ``layout`` is the one it was taken with (a later relayout must
         not change its rows)."""
         capture.pack.send()
-        build = functools.partial(build_rows, layout, capture)
+        build = functools.partial(build_rows, layout, capture, self._reader.rows_cache)
         build.step = capture.step  # type: ignore[attr-defined]  # every row it builds has this step
         self.run.submit(build, epoch=self.run.epoch)
 
@@ -279,38 +264,6 @@ class Watcher:
         assert capture is not None
         self._finish(capture)
         self._labels = []
-
-    def _optim(self, capture: Capture) -> None:
-        rows = self._optim_rows()
-        capture.optim_rows = [(i, key, shape_text(t), dtype_text(t)) for i, key, t in rows]
-        capture.optim = Section(
-            capture.pack,
-            "o",
-            [t for _, _, t in rows],
-            full=False,
-            minmax=False,
-            fingerprint="optim" in self._fp,
-        )
-
-    def _optim_rows(self) -> list[tuple[int, str, torch.Tensor]]:
-        state = self.optimizer.state  # type: ignore[union-attr]
-        rows = []
-        for i, entry in enumerate(self.layout.params):
-            for key, value in state.get(entry.tensor, {}).items():
-                if isinstance(value, torch.Tensor):
-                    rows.append((i, f"optim:{key}", value))
-        return rows
-
-    def _hyper(self, pack: Pack) -> list[tuple[str, float | str]]:
-        """Hyperparameters as numbers, or as the pack key of a device tensor (read without a sync)."""
-        out: list[tuple[str, float | str]] = []
-        for j, (name, value) in enumerate(groups_mod.hyperparameters(self.optimizer, self.layout.opt_groups)):  # type: ignore[arg-type]
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                pack.add(f"hyper/{j}", value.detach().reshape(1))
-                out.append((name, f"hyper/{j}"))
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                out.append((name, float(value)))
-        return out
 
     def _pack_labels(self, pack: Pack) -> str:
         first = self._labels[0]
@@ -365,7 +318,7 @@ class Watcher:
             self._evaluate_holdout(None)
         if self.options.initial and not self._resumed:
             capture = Capture(step=self.run.step, pack=Pack(), initial=True)
-            self._weights(capture)
+            self._reader.weights(capture)
             self._submit(capture, self.layout)
         elif self.options.initial:
             self._resume_point()
