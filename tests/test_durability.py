@@ -53,15 +53,20 @@ def test_sigkill_leaves_only_readable_part_files(tmp_path):
 def test_interpreter_exit_writes_what_is_buffered(tmp_path):
     script = textwrap.dedent(
         """
-        import sys, lakelog
+        import sys, torch, lakelog
         run = lakelog.init(sys.argv[1], name="exit", flush_every_s=3600)
         for step in range(100):
             run.log({"loss": float(step)}, step=step)
+            run.log_batch(sample_ids=list(range(4)), step=step)
+            run.log_predictions(torch.ones(4, 3), labels=torch.zeros(4, dtype=torch.long), step=step)
         """
     )
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
     con = lakelog.connect(tmp_path)
     assert con.execute("SELECT count(*), max(value) FROM scalars").fetchone() == (100, 99.0)
+    # several tables at exit: their part files are stored one by one once no thread can be started
+    assert con.execute("SELECT count(*) FROM batches").fetchone() == (100,)
+    assert con.execute("SELECT count(*) FROM predictions").fetchone() == (400,)
     assert con.execute("SELECT status FROM runs").fetchone() == ("exited",)
 
 

@@ -23,6 +23,7 @@ import torch
 
 import lakelog
 from lakelog.errors import InvalidArgumentError, WriterFailedError
+from lakelog.write.partfiles import Row
 
 
 def _rows(run_dir, table: str, where: str = "true") -> int:
@@ -172,6 +173,20 @@ def test_rows_that_cannot_be_converted_cost_only_their_batch(tmp_path, caplog):
     assert _info(folder)["dropped"] == {"params": 1}
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "params" in r.getMessage()]
     assert len(warnings) == 1 and "could not be written" in warnings[0].getMessage()
+
+
+def test_a_one_row_batch_that_cannot_be_converted_costs_only_its_row(tmp_path):
+    run = lakelog.init(tmp_path, name="row")
+    for step in range(5):
+        _valid_step(run, step)
+        if step == 2:  # a batch-order row Arrow refuses (an object among the ids), next to good ones
+            values = (step, None, 2, ["a", object()], "h", "h", None, None, None, None, None, None, 0)
+            run.submit(lambda values=values: {"batches": Row(values)}, table="batches", rows=1)
+    run.finish()
+    folder = tmp_path / "row"
+    assert _rows(folder, "batches") == 5
+    assert _rows(folder, "batches", "step = 2") == 1  # the good row of step 2 is kept
+    assert _info(folder)["dropped"] == {"batches": 1}
 
 
 def test_on_error_raise_reports_the_table_and_cause(tmp_path):

@@ -19,18 +19,23 @@ class HostCopy:
     __slots__ = ("event", "tensor")
 
     def __init__(self, tensor: torch.Tensor, *, dtype: torch.dtype | None = None) -> None:
-        t = tensor.detach()
-        converted = dtype is not None and t.dtype != dtype
-        if converted:
-            t = t.to(dtype, memory_format=torch.contiguous_format)  # on the tensor's own device, queued there
+        t = tensor.detach() if tensor.requires_grad else tensor
         self.event = None
-        if t.device.type == "cuda":
+        if t.is_cpu:  # the common case first, in few calls: one copy (a conversion is the copy)
+            if dtype is not None and t.dtype != dtype:
+                self.tensor = t.to(dtype, memory_format=torch.contiguous_format)
+            elif t.is_contiguous():
+                self.tensor = t.clone()
+            else:
+                self.tensor = t.clone(memory_format=torch.contiguous_format)
+            return
+        if dtype is not None and t.dtype != dtype:
+            t = t.to(dtype, memory_format=torch.contiguous_format)  # on the tensor's own device, queued there
+        if t.is_cuda:
             # non_blocking from CUDA allocates the destination pinned, so the copy is truly asynchronous
             self.tensor = t.to("cpu", non_blocking=True, memory_format=torch.contiguous_format)
             self.event = torch.cuda.Event()
             self.event.record()
-        elif t.device.type == "cpu":
-            self.tensor = t if converted else t.clone(memory_format=torch.contiguous_format)
         else:  # mps, xpu…: no portable event, a plain copy is the honest option
             self.tensor = t.to("cpu", memory_format=torch.contiguous_format)
 

@@ -26,12 +26,26 @@ import pyarrow.parquet as pq
 from lakelog.lake.schemas import SCHEMAS
 
 
+class Row:
+    """One row of a built-in table (``SCHEMAS``): its values in the schema's order, and about how many
+    bytes it holds. Builders of one row per batch (batch order, prediction digests) return one; the
+    buffer keeps the row as it is and makes every column at once when the part file is written."""
+
+    __slots__ = ("nbytes", "values")
+
+    def __init__(self, values: tuple, nbytes: int = 128) -> None:
+        self.values = values
+        self.nbytes = nbytes
+
+
 def _chunk_len(chunk: Any) -> int:
     return len(chunk) if not isinstance(chunk, np.ndarray) else int(chunk.shape[0])
 
 
 def rows_len(rows: Any) -> int:
-    """Rows in an Arrow table or a mapping of column chunks (0 when it is neither)."""
+    """Rows in an Arrow table, a ``Row`` or a mapping of column chunks (0 when it is none of them)."""
+    if type(rows) is Row:
+        return 1
     if isinstance(rows, pa.Table):
         return rows.num_rows
     if isinstance(rows, Mapping) and rows:
@@ -54,6 +68,8 @@ def _chunk_range(chunk: Any) -> tuple[int, int] | None:
 
 def step_range(rows: Any) -> tuple[int, int] | None:
     """The smallest and largest ``step`` in the rows, or None without a step column."""
+    if type(rows) is Row:  # every built-in schema starts with its step
+        return (rows.values[0], rows.values[0]) if rows.values[0] is not None else None
     if isinstance(rows, pa.Table):
         return _chunk_range(rows["step"]) if "step" in rows.column_names and rows.num_rows else None
     chunk = rows.get("step") if isinstance(rows, Mapping) else None
@@ -97,6 +113,14 @@ def _chunks_to_table(columns: Mapping[str, list], schema: pa.Schema | None) -> p
     return pa.table(arrays)
 
 
+def _rows_to_table(rows: list[Row], schema: pa.Schema) -> pa.Table:
+    """Rows as one table: one conversion per column, whatever the number of rows."""
+    columns = zip(*[r.values for r in rows], strict=True)
+    return pa.Table.from_arrays(
+        [pa.array(values, type=fld.type) for values, fld in zip(columns, schema, strict=True)], schema=schema
+    )
+
+
 class Buffer:
     """Rows of one table partition waiting for a part file (see the module docstring)."""
 
@@ -110,6 +134,7 @@ class Buffer:
         self.columns: dict[str, list] = {}
         self.counts: list[int] = []  # rows of each chunk in ``columns``
         self.scalars: tuple[list, list, list, list] | None = None
+        self.row_list: list[Row] = []
         self.rows = 0
         self.nbytes = 0
         self.min_step: int | None = None
@@ -137,6 +162,11 @@ class Buffer:
         found = step_range(rows) if steps is None else steps
         if found is not None:
             self._note(*found)
+        if type(rows) is Row:
+            self.row_list.append(rows)
+            self.nbytes += rows.nbytes
+            self.rows += 1
+            return
         if isinstance(rows, pa.Table):
             self.tables.append(rows)
             self.nbytes += rows.nbytes
@@ -185,11 +215,30 @@ class Buffer:
                 self.lost, self.cause = self.lost + n, exc
         return tables
 
+    def _convert_rows(self) -> list[pa.Table]:
+        """The ``Row`` rows as Arrow: in one go, or row by row when one of them is bad."""
+        if self.schema is None:
+            self.lost, self.cause = self.lost + len(self.row_list), TypeError(f"no schema for {self.name}")
+            return []
+        try:
+            return [_rows_to_table(self.row_list, self.schema)]
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            pass
+        tables = []
+        for row in self.row_list:
+            try:
+                tables.append(_rows_to_table([row], self.schema))
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                self.lost, self.cause = self.lost + 1, exc
+        return tables
+
     def table(self) -> tuple[pa.Table | None, int, BaseException | None]:
         """All buffered rows as one table, the number of rows that could not be converted and why."""
         tables = list(self.tables)
         if self.columns:
             tables.extend(self._convert_columns())
+        if self.row_list:
+            tables.extend(self._convert_rows())
         lost, cause = self.lost, self.cause
         if self.scalars is not None:
             steps, names, values, times = self.scalars

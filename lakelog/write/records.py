@@ -21,8 +21,9 @@ from lakelog.errors import InvalidArgumentError
 from lakelog.lake import schemas
 from lakelog.lake.checks import optional_non_negative_int
 from lakelog.write.fingerprint import algorithm_for, fingerprint_many
-from lakelog.write.hostcopy import HostCopy, as_host, resolve
+from lakelog.write.hostcopy import HostCopy, resolve
 from lakelog.write.keytypes import check_key_types
+from lakelog.write.partfiles import Row
 
 RESERVED = set(schemas.PREDICTIONS.names) | {"epoch", "rank", "run"}
 ID_SEPARATOR = "\x1f"
@@ -51,8 +52,13 @@ def _values_digest(values: np.ndarray | list | None) -> str | None:
     if values is None:
         return None
     if isinstance(values, np.ndarray):
-        return _digest(values.dtype.str.encode() + np.ascontiguousarray(values).tobytes())
+        digest = xxhash.xxh3_128(values.dtype.str.encode())
+        digest.update(np.ascontiguousarray(values))  # the same as hashing the two joined
+        return digest.hexdigest()
     return _digest(ID_SEPARATOR.join(values).encode())  # lists hold only str (see _uniform_list)
+
+
+_NO_KEYS_DIGEST = _digest(b"")
 
 
 def _key_column(name: str, value: Any, n: int) -> HostCopy | np.ndarray | list:
@@ -132,6 +138,74 @@ def _uniform_list(values: Sequence, arg: str) -> list[str] | np.ndarray:
     raise InvalidArgumentError(f"{arg}: expected all strings or all integers, got values of types {names}")
 
 
+def _logits_host(logits: Any) -> tuple[HostCopy | np.ndarray, int, int]:
+    """The host copy of ``(batch, classes)`` scores (1-D: one score per sample), its rows and columns."""
+    if isinstance(logits, torch.Tensor):
+        ndim = logits.ndim
+        if ndim == 2 and not logits.is_complex():  # the common case, in few calls
+            n, classes = logits.shape
+            if classes:
+                return HostCopy(logits, dtype=torch.float32), n, classes
+    elif not isinstance(logits, np.ndarray):
+        raise InvalidArgumentError(
+            f"logits: expected a tensor or numpy array of shape (batch, classes), got {type(logits).__name__}"
+        )
+    if logits.ndim == 1:
+        logits = logits.reshape(-1, 1)
+    if logits.ndim != 2:
+        raise InvalidArgumentError(f"logits: expected shape (batch, classes), got {tuple(logits.shape)}")
+    if isinstance(logits, torch.Tensor) and logits.is_complex():
+        raise InvalidArgumentError("logits: complex tensors are not supported; log the real scores")
+    n, classes = int(logits.shape[0]), int(logits.shape[1])
+    if classes == 0:
+        raise InvalidArgumentError(
+            f"logits: expected at least one score per sample, got shape {tuple(logits.shape)}"
+        )
+    if isinstance(logits, torch.Tensor):
+        return HostCopy(logits, dtype=torch.float32), n, classes
+    return np.asarray(logits, dtype=np.float32).copy(), n, classes
+
+
+def _labels_host(labels: Any, n: int) -> HostCopy | np.ndarray:
+    """The host copy of ``n`` integer class indices (int64)."""
+    if isinstance(labels, torch.Tensor) and labels.ndim == 1 and labels.shape[0] == n:
+        if labels.is_floating_point() or labels.is_complex():
+            raise InvalidArgumentError(
+                f"labels: expected integer class indices, got a {labels.dtype} tensor (use .long())"
+            )
+        return HostCopy(labels, dtype=torch.int64)
+    if _length(labels, "labels") != n:
+        raise InvalidArgumentError(
+            f"labels: expected {n} labels (one per row of logits), got {_length(labels, 'labels')}"
+        )
+    if isinstance(labels, torch.Tensor):
+        return _labels_host(labels, n)
+    array = np.asarray(labels)
+    if array.dtype.kind not in "iub":
+        raise InvalidArgumentError(
+            f"labels: expected integer class indices, got values of dtype {array.dtype}"
+        )
+    return _int64(array, "labels")
+
+
+def _loss_host(loss: Any, n: int) -> HostCopy | np.ndarray:
+    """The host copy of ``n`` per-sample losses (float32)."""
+    if isinstance(loss, torch.Tensor) and loss.ndim == 1 and loss.shape[0] == n:
+        if loss.is_complex():
+            raise InvalidArgumentError("loss: complex tensors are not supported; log the real losses")
+        return HostCopy(loss, dtype=torch.float32)
+    if _length(loss, "loss") != n:
+        raise InvalidArgumentError(f"loss: expected {n} per-sample losses, got {_length(loss, 'loss')}")
+    if isinstance(loss, torch.Tensor):
+        return _loss_host(loss, n)
+    try:
+        return np.asarray(loss, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(
+            f"loss: expected {n} per-sample numbers, got {loss!r:.80} ({exc})"
+        ) from None
+
+
 def predictions_job(
     logits: Any,
     *,
@@ -148,69 +222,16 @@ def predictions_job(
     batch for the whole run: a later batch of the other type is refused here, on the caller's thread,
     instead of failing the part file or being stored as the wrong type.
     """
-    batch_idx = optional_non_negative_int(batch_idx, "batch_idx")
-    if not isinstance(logits, torch.Tensor | np.ndarray):
-        raise InvalidArgumentError(
-            f"logits: expected a tensor or numpy array of shape (batch, classes), got {type(logits).__name__}"
-        )
-    if logits.ndim == 1:
-        logits = logits.reshape(-1, 1)
-    if logits.ndim != 2:
-        raise InvalidArgumentError(f"logits: expected shape (batch, classes), got {tuple(logits.shape)}")
-    if isinstance(logits, torch.Tensor) and logits.is_complex():
-        raise InvalidArgumentError("logits: complex tensors are not supported; log the real scores")
-    n, classes = int(logits.shape[0]), int(logits.shape[1])
-    if classes == 0:
-        raise InvalidArgumentError(
-            f"logits: expected at least one score per sample, got shape {tuple(logits.shape)}"
-        )
-    host_logits = (
-        as_host(logits, dtype=torch.float32)
-        if isinstance(logits, torch.Tensor)
-        else np.asarray(logits, dtype=np.float32).copy()
-    )
-
-    host_labels = None
-    if labels is not None:
-        if _length(labels, "labels") != n:
-            raise InvalidArgumentError(
-                f"labels: expected {n} labels (one per row of logits), got {_length(labels, 'labels')}"
-            )
-        if isinstance(labels, torch.Tensor):
-            if labels.is_floating_point() or labels.is_complex():
-                raise InvalidArgumentError(
-                    f"labels: expected integer class indices, got a {labels.dtype} tensor (use .long())"
-                )
-            host_labels = HostCopy(labels, dtype=torch.int64)
-        else:
-            array = np.asarray(labels)
-            if array.dtype.kind not in "iub":
-                raise InvalidArgumentError(
-                    f"labels: expected integer class indices, got values of dtype {array.dtype}"
-                )
-            host_labels = _int64(array, "labels")
-
-    host_loss = None
-    if loss is not None:
-        if _length(loss, "loss") != n:
-            raise InvalidArgumentError(f"loss: expected {n} per-sample losses, got {_length(loss, 'loss')}")
-        if isinstance(loss, torch.Tensor):
-            if loss.is_complex():
-                raise InvalidArgumentError("loss: complex tensors are not supported; log the real losses")
-            host_loss = as_host(loss, dtype=torch.float32)
-        else:
-            try:
-                host_loss = np.asarray(loss, dtype=np.float32)
-            except (TypeError, ValueError) as exc:
-                raise InvalidArgumentError(
-                    f"loss: expected {n} per-sample numbers, got {loss!r:.80} ({exc})"
-                ) from None
-
+    if batch_idx is not None:
+        batch_idx = optional_non_negative_int(batch_idx, "batch_idx")
+    host_logits, n, classes = _logits_host(logits)
+    host_labels = None if labels is None else _labels_host(labels, n)
+    host_loss = None if loss is None else _loss_host(loss, n)
     if keys is not None and not isinstance(keys, Mapping):
         raise InvalidArgumentError(
             f"keys: expected a mapping of column name to per-sample values, got {type(keys).__name__}"
         )
-    host_keys = {name: _key_column(name, value, n) for name, value in (keys or {}).items()}
+    host_keys = {name: _key_column(name, value, n) for name, value in keys.items()} if keys else {}
     if key_types is not None and host_keys:
         check_key_types({name: isinstance(column, list) for name, column in host_keys.items()}, key_types)
 
@@ -233,17 +254,20 @@ def predictions_job(
             "loss": _nulls(n, "float32") if loss_values is None else loss_values.reshape(-1),
             **key_values,
         }
-        keys_digest = _digest(
-            "|".join(f"{name}={_values_digest(value)}" for name, value in sorted(key_values.items())).encode()
+        keys_digest = (
+            _digest(
+                "|".join(
+                    f"{name}={_values_digest(value)}" for name, value in sorted(key_values.items())
+                ).encode()
+            )
+            if key_values
+            else _NO_KEYS_DIGEST
         )
-        digest = {
-            "step": [step],
-            "batch_idx": [batch_idx],
-            "n_samples": [n],
-            "logits_digest": [_digest(np.ascontiguousarray(values).tobytes() + f"{n}x{classes}".encode())],
-            "labels_digest": [_values_digest(label_values)],
-            "keys_digest": [keys_digest],
-        }
+        logits_digest = xxhash.xxh3_128(values)  # the same as hashing the bytes and the shape joined
+        logits_digest.update(f"{n}x{classes}".encode())
+        digest = Row(
+            (step, batch_idx, n, logits_digest.hexdigest(), _values_digest(label_values), keys_digest), 160
+        )
         return {"predictions": rows, "pred_digests": digest}
 
     build.rows = n  # what a failure would cost, for the writer's counts
@@ -307,7 +331,10 @@ def batch_job(
     batch_idx = optional_non_negative_int(batch_idx, "batch_idx")
     host_ids = _ids_array(sample_ids)
     named = _input_tensors(inputs)
-    pending_fp = HostCopy(fingerprint_many([t for _, t in named])) if named else None
+    pending_fp = None
+    if named:
+        fp = fingerprint_many([t for _, t in named])  # a fresh tensor: on the host it needs no copy
+        pending_fp = fp if fp.is_cpu else HostCopy(fp)
     # The digest carries the algorithms of its parts (x3 on CPU, v1 elsewhere), as fingerprints do.
     algos = sorted({algorithm_for(t) for _, t in named})
     fp_prefix = "" if algos in ([], ["v1"]) else "+".join(algos) + ":"
@@ -317,29 +344,29 @@ def batch_job(
     rng = dict(rng or {})
     stamp = int(time.time() * 1e6)
 
-    def build() -> dict[str, dict[str, list]]:
+    def build() -> dict[str, Row]:
         raw = resolve(host_ids)
-        strings = [str(v) for v in (raw.tolist() if isinstance(raw, np.ndarray) else raw)]
+        strings = list(map(str, raw.tolist() if isinstance(raw, np.ndarray) else raw))
         input_fp = None
         if pending_fp is not None:
-            words = pending_fp.numpy()
+            words = pending_fp.numpy()  # a HostCopy waits for its copy; a host tensor is ready
             input_fp = fp_prefix + _digest(np.ascontiguousarray(words).tobytes() + (shapes or "").encode())
-        row = {
-            "step": [step],
-            "batch_idx": [batch_idx],
-            "n_samples": [len(strings)],
-            "sample_ids": [strings],
-            "ids_hash": [_digest(ID_SEPARATOR.join(strings).encode())],
-            "ids_set_hash": [_digest(ID_SEPARATOR.join(sorted(strings)).encode())],
-            "input_fingerprint": [input_fp],
-            "input_shapes": [shapes],
-            "rng_torch": [rng.get("torch")],
-            "rng_cuda": [rng.get("cuda")],
-            "rng_numpy": [rng.get("numpy")],
-            "rng_python": [rng.get("python")],
-            "time": [stamp],
-        }
-        return {"batches": row}
+        row = (
+            step,
+            batch_idx,
+            len(strings),
+            strings,
+            _digest(ID_SEPARATOR.join(strings).encode()),
+            _digest(ID_SEPARATOR.join(sorted(strings)).encode()),
+            input_fp,
+            shapes,
+            rng.get("torch"),
+            rng.get("cuda"),
+            rng.get("numpy"),
+            rng.get("python"),
+            stamp,
+        )
+        return {"batches": Row(row, 256 + 16 * len(strings))}
 
     build.rows = 1
     build.step = step

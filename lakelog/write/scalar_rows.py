@@ -40,7 +40,7 @@ def _scalar_values(metrics: Mapping[str, Any]) -> tuple[list[str], list[float], 
             if value.is_complex():
                 raise InvalidArgumentError(f"log: {name!r} is a complex tensor; log its real part or abs()")
             tensor_names.append(name)
-            tensors.append(value if value.ndim == 0 else value.reshape(()))
+            tensors.append(value)
         elif isinstance(value, numbers.Real):  # numpy scalars, bools, fractions
             names.append(name)
             values.append(_as_float(name, value))
@@ -49,12 +49,15 @@ def _scalar_values(metrics: Mapping[str, Any]) -> tuple[list[str], list[float], 
                 f"log: {name!r} must be a Python number or a one-element tensor, got {type(value).__name__}"
             )
     pending = None
-    if tensors:
+    if len(tensors) == 1:  # the common case (a loss): no stack, the conversion to float64 is the copy
+        t = tensors[0]
+        pending = HostCopy(t.reshape(1), dtype=torch.float64 if t.is_cpu or t.is_cuda else torch.float32)
+    elif tensors:
         device = tensors[0].device
         if any(t.device != device for t in tensors):
             tensors = [t.to(device, non_blocking=True) for t in tensors]
         with torch.no_grad():  # one stack (with type promotion) and one copy, whatever the number of metrics
-            stacked = torch.stack(tensors)
+            stacked = torch.stack([t.reshape(()) for t in tensors])
         wide = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
         pending = HostCopy(stacked, dtype=wide)
     return names, values, tensor_names, pending

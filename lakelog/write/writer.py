@@ -22,8 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,6 +50,8 @@ WAKE_BYTES = 1 << 20
 """Queued builders holding less than this many bytes are taken in batches (see ``PartWriter.submit``)."""
 WARN_EVERY_S = 300.0
 """The lake-not-writable warning is repeated at most this often while the problem lasts."""
+PART_THREADS = 4
+"""Part files of one flush encoded and stored at once (most of that time is spent without the GIL)."""
 
 
 def _split_before(data: pa.Table, before: int) -> tuple[pa.Table, pa.Table]:
@@ -58,6 +63,46 @@ def _split_before(data: pa.Table, before: int) -> tuple[pa.Table, pa.Table]:
         return data.slice(cut), data.slice(0, cut)
     mask = pc.less(data["step"], before)
     return data.filter(pc.invert(mask)), data.filter(mask)
+
+
+@dataclass
+class _Part:
+    """One part file on its way: the rows to write, those held back, where and how it is written."""
+
+    table: str
+    buf: Buffer
+    data: pa.Table
+    keep: pa.Table | None
+    fmt: TableFormat
+    folder: str
+    path: str
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _part_pool() -> ThreadPoolExecutor:
+    """The threads that encode and store the part files of one flush together (made again after a fork)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (
+                os.getpid(),
+                ThreadPoolExecutor(max_workers=PART_THREADS, thread_name_prefix="lakelog-part"),
+            )
+        return _pool[1]
+
+
+def _store_all(store: Callable[[_Part], BaseException | None], parts: list[_Part]) -> list:
+    """``store`` of every part, on the pool when there are several; one by one once the interpreter is
+    exiting (it refuses new threads then, and an unfinished run is written at exit)."""
+    if len(parts) > 1:
+        try:
+            return list(_part_pool().map(store, parts))
+        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+            pass
+    return [store(part) for part in parts]
 
 
 class PartWriter:
@@ -266,11 +311,17 @@ class PartWriter:
             )
 
     def _write_all(self, *, before: int | None, final: bool = False) -> None:
-        """Write every buffer (only rows with ``step < before`` when given), then commit what is whole."""
-        ok = True
-        for (table, epoch), buf in list(self._buffers.items()):
-            if buf.rows and not self._write(table, epoch, buf, before=before):
-                ok = False
+        """Write every buffer (only rows with ``step < before`` when given), then commit what is whole.
+
+        The part files of one flush are encoded and stored concurrently (Parquet encoding and fsync
+        release the GIL): a flush waits about as long as its largest part, not the sum of all."""
+        parts = [
+            part
+            for (table, epoch), buf in list(self._buffers.items())
+            if buf.rows and (part := self._prepare(table, epoch, buf, before=before)) is not None
+        ]
+        outcomes = _store_all(self._store, parts)
+        ok = all([self._stored(part, outcome) for part, outcome in zip(parts, outcomes, strict=True)])
         if not ok:  # the lake is not writable: nothing new is committed
             return
         step = self._newest if before is None else (None if self._newest is None else before - 1)
@@ -306,40 +357,62 @@ class PartWriter:
 
     def _write(self, table: str, epoch: int, buf: Buffer, *, before: int | None) -> bool:
         """Write the buffer's rows (those with ``step < before``); False when the lake is not writable."""
+        part = self._prepare(table, epoch, buf, before=before)
+        return part is None or self._stored(part, self._store(part))
+
+    def _prepare(self, table: str, epoch: int, buf: Buffer, *, before: int | None) -> _Part | None:
+        """The buffer's rows to write now as one table and its format (None: nothing to write)."""
         data, lost, cause = buf.table()
         if lost:
             self._drop(table, lost, cause)
         if data is None or not data.num_rows:
             buf.clear()
-            return True
+            return None
         keep = None
         if before is not None and buf.max_step is not None and buf.max_step >= before:
             keep, data = _split_before(data, before)
         if not data.num_rows:
             buf.replace(keep)
-            return True
+            return None
         try:
             fmt = self._formats.get(table)
             if fmt is None or not fmt.fits(data.schema):
                 fmt = self._formats[table] = TableFormat.choose(data)
-            payload = fmt.encode(data, self.compression, self.compression_level)
         except Exception as exc:  # rows Parquet cannot hold: lost, the rest goes on
             self._drop(table, data.num_rows, exc)
             buf.replace(keep)
-            return True
+            return None
         folder = partition_dir(self.run_dir, table, epoch, self.rank, local=self.lake.local)
+        return _Part(table, buf, data, keep, fmt, folder, f"{folder}/{part_file_name(self.rank, self._seq)}")
+
+    def _store(self, part: _Part) -> BaseException | None:
+        """Encode and write one part file (any thread: it changes nothing but the lake); its error."""
         try:
-            self._makedirs(folder)
-            self.lake.write_bytes_atomic(f"{folder}/{part_file_name(self.rank, self._seq)}", payload)
+            payload = part.fmt.encode(part.data, self.compression, self.compression_level)
+        except Exception as exc:
+            return exc
+        try:
+            self._makedirs(part.folder)
+            self.lake.write_bytes_atomic(part.path, payload)
         except OSError as exc:
-            self._made_dirs.discard(folder)
-            buf.replace(data if keep is None else pa.concat_tables([data, keep]))
-            self._lake_trouble(exc)
+            return exc
+        return None
+
+    def _stored(self, part: _Part, error: BaseException | None) -> bool:
+        """Account for one part file's outcome; False when the lake is not writable."""
+        if isinstance(error, OSError):
+            self._made_dirs.discard(part.folder)
+            part.buf.replace(part.data if part.keep is None else pa.concat_tables([part.data, part.keep]))
+            self._lake_trouble(error)
             return False
+        if error is not None:  # rows Parquet cannot hold: lost, the rest goes on
+            self._drop(part.table, part.data.num_rows, error)
+            part.buf.replace(part.keep)
+            return True
         self.files_written += 1
-        self.rows_written += data.num_rows
+        self.rows_written += part.data.num_rows
         self._dirty = True
-        buf.replace(keep)
+        part.buf.replace(part.keep)
         if self._io_error is not None:
             log.info("lakelog: the lake %s is writable again; buffered rows written", self.lake.root)
             self._io_error = None
