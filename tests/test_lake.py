@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import lakelog
+from lakelog.write import batch_rows
 
 
 def _log_two_epochs(root, name="a", steps=6, batch=8, classes=3):
@@ -103,6 +104,26 @@ def test_batches_fingerprint_inputs_and_ids(tmp_path):
     assert rows[0][2] != rows[1][2] and rows[0][3] == rows[1][3]
     assert rows[0][4] == rows[1][4] != rows[2][4]
     assert rows[3][5] == "img:float32[2, 3];mask:bool[2, 3]"
+
+
+def test_input_fingerprints_agree_whether_hashed_on_the_training_or_the_writer_thread(tmp_path, monkeypatch):
+    """Small CPU inputs are copied and fingerprinted on the writer thread, larger ones where they are:
+    the stored fingerprint is the same, and a loop that reuses its input buffers changes neither."""
+
+    def logged(name: str, value: float = 1.0) -> str:
+        x = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4).transpose(1, 2) * value  # not contiguous
+        inputs = {"img": x, "mask": torch.ones(2, 4, dtype=torch.bool)}
+        with lakelog.init(tmp_path, name=name) as run:
+            run.log_batch(step=0, sample_ids=[1, 2], inputs=inputs)
+            x.zero_()  # the loop reuses its buffers before the writer thread builds the row
+        sql = "SELECT input_fingerprint FROM batches WHERE run = $r"
+        return lakelog.connect(tmp_path).execute(sql, {"r": name}).fetchone()[0]
+
+    on_writer = logged("writer")
+    monkeypatch.setattr(batch_rows, "DEFER_BYTES", -1)  # every input hashed on the training thread
+    on_caller = logged("caller")
+    assert on_writer == on_caller and on_writer.startswith("x3:")
+    assert logged("other", value=2.0) != on_caller
 
 
 def test_partitioning_and_plain_readers(tmp_path):

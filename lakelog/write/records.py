@@ -1,14 +1,14 @@
-"""Turning what a training loop hands us into Arrow batches, in bulk.
+"""Rows of ``run.log_predictions``, and the id and digest helpers the row modules share.
 
-Each ``*_job`` function runs on the training thread: it checks its arguments (so a mistake is
-reported where it was made, naming the argument), starts the host copies, and returns a closure
-that the writer thread calls to build the Arrow batch. No Python loop runs per sample.
+``predictions_job`` runs on the training thread: it checks its arguments (so a mistake is reported
+where it was made, naming the argument), starts the host copies, and returns a closure that the
+writer thread calls to build the rows and the batch's digest row. No Python loop runs per sample.
+Batch order rows are in ``batch_rows``, scalar rows in ``scalar_rows``.
 """
 
 from __future__ import annotations
 
 import array
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +20,6 @@ import xxhash
 from lakelog.errors import InvalidArgumentError
 from lakelog.lake import schemas
 from lakelog.lake.checks import optional_non_negative_int
-from lakelog.write.fingerprint import algorithm_for, fingerprint_many
 from lakelog.write.hostcopy import HostCopy, resolve
 from lakelog.write.keytypes import check_key_types
 from lakelog.write.partfiles import Row
@@ -273,102 +272,4 @@ def predictions_job(
     build.rows = n  # what a failure would cost, for the writer's counts
     build.step = step  # every row it builds has this step
     build.nbytes = 4 * n * (classes + 4)  # the host copies it holds, about
-    return build
-
-
-def _ids_array(sample_ids: Any) -> HostCopy | np.ndarray | list:
-    _length(sample_ids, "sample_ids")
-    if isinstance(sample_ids, torch.Tensor):
-        if sample_ids.is_floating_point() or sample_ids.is_complex():
-            raise InvalidArgumentError(
-                f"sample_ids: expected integer or string ids, got a {sample_ids.dtype} tensor"
-            )
-        return HostCopy(sample_ids, dtype=torch.int64)
-    if isinstance(sample_ids, np.ndarray):
-        if sample_ids.dtype.kind == "f":
-            raise InvalidArgumentError(
-                f"sample_ids: expected integer or string ids, got dtype {sample_ids.dtype}"
-            )
-        return sample_ids.copy()
-    return _uniform_list(sample_ids, "sample_ids")
-
-
-def _input_tensors(inputs: Any) -> list[tuple[str, torch.Tensor]]:
-    """Flatten a tensor, a sequence or a mapping of tensors into named tensors in a stable order."""
-    if inputs is None:
-        return []
-    if isinstance(inputs, torch.Tensor):
-        return [("0", inputs)]
-    if isinstance(inputs, np.ndarray):
-        return [("0", torch.from_numpy(inputs))]
-    if isinstance(inputs, Mapping):
-        items = list(inputs.items())
-    elif isinstance(inputs, Sequence) and not isinstance(inputs, str | bytes):
-        items = [(str(i), v) for i, v in enumerate(inputs)]
-    else:
-        raise InvalidArgumentError(
-            f"inputs: expected a tensor, or a list/tuple/dict of tensors, got {type(inputs).__name__}"
-        )
-    out = []
-    for name, value in items:
-        if isinstance(value, np.ndarray):
-            value = torch.from_numpy(value)
-        if not isinstance(value, torch.Tensor):
-            raise InvalidArgumentError(f"inputs[{name!r}]: expected a tensor, got {type(value).__name__}")
-        out.append((str(name), value))
-    return out
-
-
-def batch_job(
-    *,
-    step: int,
-    sample_ids: Any,
-    inputs: Any = None,
-    batch_idx: int | None = None,
-    rng: Mapping[str, str | None] | None = None,
-) -> Callable[[], dict[str, dict[str, list]]]:
-    """Validate one batch's ids and inputs; the input fingerprint is computed where the inputs live."""
-    batch_idx = optional_non_negative_int(batch_idx, "batch_idx")
-    host_ids = _ids_array(sample_ids)
-    named = _input_tensors(inputs)
-    pending_fp = None
-    if named:
-        fp = fingerprint_many([t for _, t in named])  # a fresh tensor: on the host it needs no copy
-        pending_fp = fp if fp.is_cpu else HostCopy(fp)
-    # The digest carries the algorithms of its parts (x3 on CPU, v1 elsewhere), as fingerprints do.
-    algos = sorted({algorithm_for(t) for _, t in named})
-    fp_prefix = "" if algos in ([], ["v1"]) else "+".join(algos) + ":"
-    shapes = (
-        ";".join(f"{name}:{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for name, t in named) or None
-    )
-    rng = dict(rng or {})
-    stamp = int(time.time() * 1e6)
-
-    def build() -> dict[str, Row]:
-        raw = resolve(host_ids)
-        strings = list(map(str, raw.tolist() if isinstance(raw, np.ndarray) else raw))
-        input_fp = None
-        if pending_fp is not None:
-            words = pending_fp.numpy()  # a HostCopy waits for its copy; a host tensor is ready
-            input_fp = fp_prefix + _digest(np.ascontiguousarray(words).tobytes() + (shapes or "").encode())
-        row = (
-            step,
-            batch_idx,
-            len(strings),
-            strings,
-            _digest(ID_SEPARATOR.join(strings).encode()),
-            _digest(ID_SEPARATOR.join(sorted(strings)).encode()),
-            input_fp,
-            shapes,
-            rng.get("torch"),
-            rng.get("cuda"),
-            rng.get("numpy"),
-            rng.get("python"),
-            stamp,
-        )
-        return {"batches": Row(row, 256 + 16 * len(strings))}
-
-    build.rows = 1
-    build.step = step
-    build.nbytes = 0
     return build

@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 from lakelog.errors import InvalidArgumentError, LakeNotWritableError, RunClosedError
 from lakelog.lake.checks import INT64_MAX, non_negative_int, positive_number
 from lakelog.lake.layout import Lake, check_run_name
-from lakelog.write import records
+from lakelog.write import batch_rows, records
 from lakelog.write.attachments import Attachments
 from lakelog.write.context import release_current
 from lakelog.write.determinism.rng import rng_fingerprints
@@ -309,7 +309,7 @@ class Run(Attachments):
         rng_states = None
         if rng:
             rng_states = rng_fingerprints()
-        job = records.batch_job(
+        job = batch_rows.batch_job(
             step=step, sample_ids=sample_ids, inputs=inputs, batch_idx=batch_idx, rng=rng_states
         )
         self._writer.submit(epoch, job, table="batches", rows=1)

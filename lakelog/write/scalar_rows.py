@@ -51,7 +51,7 @@ def _scalar_values(metrics: Mapping[str, Any]) -> tuple[list[str], list[float], 
     pending = None
     if len(tensors) == 1:  # the common case (a loss): no stack, the conversion to float64 is the copy
         t = tensors[0]
-        pending = HostCopy(t.reshape(1), dtype=torch.float64 if t.is_cpu or t.is_cuda else torch.float32)
+        pending = HostCopy(t, dtype=torch.float64 if t.is_cpu or t.is_cuda else torch.float32)
     elif tensors:
         device = tensors[0].device
         if any(t.device != device for t in tensors):
