@@ -17,6 +17,7 @@ its dtype, shape, layout and device (``Plans`` compares a signature of a few att
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from lakelog.write.fingerprint import x3_hex_packed, x3_seed
-from lakelog.write.telemetry.stats_cpu import SMALL, flat_rows, float64_scratch, scratch
+from lakelog.write.telemetry.stats_cpu import SMALL, flat_rows, float64_scratch
 
 _FLOATS = (torch.float32, torch.float64, torch.float16)
 FLAT_DTYPES = frozenset(
@@ -34,6 +35,9 @@ FLAT_DTYPES = frozenset(
 does (bfloat16 and complex take that path)."""
 
 Signature = tuple[Any, ...]
+_Buffers = tuple[list[torch.Tensor], list[list[torch.Tensor]]]
+POOL = 8
+"""Buffer sets a plan keeps for reuse (captures in flight, plus the kept previous weights)."""
 
 
 def shape_text(t: torch.Tensor) -> str:
@@ -85,6 +89,27 @@ class Plan:
             bounds = list(zip([0, *ends[:-1]], ends, strict=True))
             seeds = [x3_seed(dtype, tuple(sig[i][1]), e - b) for i, (b, e) in zip(rows, bounds, strict=True)]
             self.hashing.append((bounds, seeds))
+        self._pool: deque[_Buffers] = deque()
+
+    def take(self) -> _Buffers:
+        """Buffers for one capture's copy, and views of them shaped like each row: reused from copies no
+        longer needed (a fresh buffer would be new pages to fault in at every capture)."""
+        try:
+            return self._pool.pop()
+        except IndexError:
+            pass
+        parts, views = [], []
+        for dtype, rows in self.groups:
+            part = torch.empty(sum(self.numels[i] for i in rows), dtype=dtype)
+            ends = np.cumsum([self.numels[i] for i in rows]).tolist()
+            starts = [0, *ends[:-1]]
+            views.append([part[a:b].view(self.sig[i][1]) for i, a, b in zip(rows, starts, ends, strict=True)])
+            parts.append(part)
+        return parts, views
+
+    def give_back(self, buffers: _Buffers) -> None:
+        if len(self._pool) < POOL:
+            self._pool.append(buffers)
 
 
 class Plans:
@@ -101,20 +126,26 @@ class Plans:
         return plan
 
 
-def _copy(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """One new flat tensor holding ``tensors``' logical values back to back (views resolved)."""
-    if len(tensors) == 1:
-        return torch.cat([tensors[0].reshape(-1)])  # flatten_dense_tensors returns a view for one
-    return torch._C._nn.flatten_dense_tensors(tensors)
-
-
 class FlatCopy:
-    """One capture's copy of a plan's flat rows (training thread); read on the writer thread."""
+    """One capture's copy of a plan's flat rows (training thread); read on the writer thread. Its
+    buffers go back to the plan when the last reference to it goes (``__del__``)."""
 
     def __init__(self, plan: Plan, tensors: Sequence[torch.Tensor | None]) -> None:
         self.plan = plan
-        with torch.no_grad():  # parameters require grad; the copy must not join the graph
-            self.parts = [_copy([tensors[i] for i in rows]) for _, rows in plan.groups]  # type: ignore[misc]
+        self._buffers = buffers = plan.take()
+        self.parts = buffers[0]
+        grad = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)  # parameters require grad; the copy must not join the graph
+        try:
+            for views, (_, rows) in zip(buffers[1], plan.groups, strict=True):
+                torch._foreach_copy_(views, [tensors[i] for i in rows])  # logical values: views resolved
+        finally:
+            torch._C._set_grad_enabled(grad)
+
+    def __del__(self) -> None:
+        buffers = getattr(self, "_buffers", None)
+        if buffers is not None:
+            self.plan.give_back(buffers)
 
     @property
     def nbytes(self) -> int:
@@ -165,13 +196,14 @@ def update_norms(
     """``||current - previous||`` per row of ``current.plan.order`` (float64, so it cannot overflow), and
     which rows had a previous value of the same dtype and shape (by name; elsewhere NaN)."""
     plan = current.plan
-    if previous.plan.sig == plan.sig and list(prev_names) == list(names):
-        diff, _ = scratch(plan.total)
-        at = 0
-        for cur, old in zip(current.parts, previous.parts, strict=True):
-            k = cur.numel()
-            np.subtract(cur.numpy(), old.numpy(), out=diff[at : at + k], dtype=np.float64)
-            at += k
+    same_rows = previous.plan is plan or previous.plan.sig == plan.sig
+    if same_rows and (prev_names is names or list(prev_names) == list(names)):
+        now, before = float64_scratch([p.numpy() for p in current.parts], plan.total)
+        if len(previous.parts) == 1:
+            np.copyto(before, previous.parts[0].numpy())
+        else:
+            np.concatenate([p.numpy() for p in previous.parts], out=before)
+        diff = np.subtract(now, before, out=now)
         np.multiply(diff, diff, out=diff)
         return np.sqrt(np.add.reduceat(diff, plan.starts)), np.ones(len(plan.order), dtype=bool)
     return _update_by_name(previous, current, prev_names, names)

@@ -214,36 +214,44 @@ def hyperparameters(optimizer: torch.optim.Optimizer, names: Iterable[str]) -> l
     return out
 
 
-def total_norm(norms: np.ndarray, mask: np.ndarray) -> float | None:
-    """The L2 norm of the concatenation of tensors, from their norms (None when no tensor counts)."""
-    return float(np.sqrt(np.sum(norms[mask] ** 2))) if mask.any() else None
+class GroupMasks:
+    """The whole model ("") and each named group (first-seen order): scalar suffixes and row masks, made
+    once per layout so the per-group norms of a capture are a few array operations."""
 
+    def __init__(self, groups: list[str | None]) -> None:
+        named = [g for g in dict.fromkeys(groups) if g is not None]
+        self.labels = [""] + [f"/{g}" for g in named]
+        garr = np.asarray(groups, dtype=object)
+        self.matrix = np.vstack([np.ones(len(groups), dtype=bool)] + [garr == g for g in named])
 
-def group_masks(groups: list[str | None]) -> list[tuple[str, np.ndarray]]:
-    """The scalar suffix and row mask of the whole model ("") and of each named group, in first-seen order."""
-    garr = np.asarray(groups, dtype=object)
-    return [("", np.ones(len(groups), dtype=bool))] + [
-        (f"/{g}", garr == g) for g in dict.fromkeys(groups) if g is not None
-    ]
+    def norms(self, values: np.ndarray, valid: np.ndarray | None = None) -> list[float | None]:
+        """Per label: the L2 norm of the concatenated tensors from their norms, over the rows that are
+        ``valid``; None where no row counts."""
+        m = self.matrix if valid is None else self.matrix & valid
+        with np.errstate(invalid="ignore", over="ignore"):
+            totals = np.sqrt(np.where(m, values * values, 0.0).sum(axis=1)).tolist()
+        return [t if ok else None for t, ok in zip(totals, m.any(axis=1).tolist(), strict=True)]
 
 
 def norm_scalars(
-    masks: list[tuple[str, np.ndarray]],
+    masks: GroupMasks,
     weight: np.ndarray,
     grad: tuple[np.ndarray, np.ndarray] | None,
     update: np.ndarray | None,
     known: np.ndarray,
 ) -> list[tuple[str, float | None]]:
-    """grad_norm, weight_norm, update_norm and update_ratio, overall and per group (``group_masks``);
-    ``grad`` is the gradient norms and where they are known."""
+    """grad_norm, weight_norm, update_norm and update_ratio, overall and per group; ``grad`` is the
+    gradient norms and where they are known."""
+    w = masks.norms(weight)
+    g = masks.norms(*grad) if grad is not None else None
+    u = masks.norms(update, known) if update is not None else None
     out: list[tuple[str, float | None]] = []
-    for label, mask in masks:
-        w = total_norm(weight, mask)
-        out.append((f"weight_norm{label}", w))
-        if grad is not None:
-            out.append((f"grad_norm{label}", total_norm(grad[0], mask & grad[1])))
-        if update is not None:
-            u = total_norm(update, mask & known)
-            out.append((f"update_norm{label}", u))
-            out.append((f"update_ratio{label}", u / w if u is not None and w else None))
+    for j, label in enumerate(masks.labels):
+        out.append((f"weight_norm{label}", w[j]))
+        if g is not None:
+            out.append((f"grad_norm{label}", g[j]))
+        if u is not None:
+            uj, wj = u[j], w[j]
+            out.append((f"update_norm{label}", uj))
+            out.append((f"update_ratio{label}", uj / wj if uj is not None and wj else None))
     return out

@@ -95,6 +95,8 @@ class Update:
         None when nothing had a previous value to compare with."""
         if norms is None and self.flat is None:
             return None
+        if norms is None and self.flat[1].plan.in_order:  # type: ignore[index]
+            return flat_update_norms(*self.flat)  # type: ignore[misc]
         values, known = np.full(n, math.nan), np.zeros(n, dtype=bool)
         if norms is not None:
             values[self.rest], known[self.rest] = norms, self.known

@@ -93,10 +93,21 @@ class _Static:
         # One row per family, then the gradients of the parameters, all finished in one call.
         self.full = np.repeat([True, True, False, False], [self.n_p, self.n_b, self.n_o, self.n_p])
         self.minmax = np.repeat([True, True, False, True], [self.n_p, self.n_b, self.n_o, self.n_p])
-        self.masks = groups_mod.group_masks(groups)
+        self.masks = groups_mod.GroupMasks(groups)
         self.no_grad_fps = [None] * (self.n_b + self.n_o)
+        self._digest_consts = [
+            pa.array([pre.rstrip(":") or "step"], pa.string()),
+            pa.array([self.n], pa.int64()),
+        ]
         self.layout = layout
         self.flags: RowFlags | None = None
+
+    def digest_row(self, step: int, digests: list[str | None]) -> pa.Table:
+        """The capture's ``param_digests`` row: weights, grads, buffers and optimizer-state digests."""
+        values = pa.array(digests, pa.string())
+        columns = [pa.array([step], pa.int64()), *self._digest_consts]
+        columns += [values.slice(j, 1) for j in range(len(digests))]
+        return pa.Table.from_arrays(columns, schema=schemas.PARAM_DIGESTS)
 
 
 class RowsCache:
@@ -178,10 +189,10 @@ def build_rows(
     for col in _COUNTS:
         data[col] = _counts(cols[col][:n], valid[col][:n])
     w_norm = cols["norm"][:n_p]
-    g_norm = g_ok = None
+    grad = None
     if grads is not None:
-        g_norm, g_ok = cols["norm"][n:], valid["norm"][n:]
-        data["grad_norm"] = _masked(*_params_only(g_norm, g_ok, n))
+        grad = cols["norm"][n:], valid["norm"][n:]
+        data["grad_norm"] = _masked(*_params_only(*grad, n))
         data["grad_absmax"] = _masked(*_params_only(cols["absmax"][n:], valid["absmax"][n:], n))
     else:
         data["grad_norm"] = data["grad_absmax"] = pa.nulls(n, pa.float64())
@@ -195,31 +206,24 @@ def build_rows(
     else:
         data["update_norm"] = data["update_ratio"] = pa.nulls(n, pa.float64())
     w_fps, b_fps = c.params.fingerprints(pack), c.buffers.fingerprints(pack)
-    o_fps = c.optim.fingerprints(pack) if st.n_o else []  # type: ignore[union-attr]
+    o_fps = optim.fingerprints(pack) if optim is not None else []
     g_fps = grads.fingerprints(pack) if grads is not None else None
     data["fingerprint"] = pa.array(w_fps + b_fps + o_fps, pa.string())
     data["grad_fingerprint"] = (
         pa.array(g_fps + st.no_grad_fps, pa.string()) if g_fps is not None else pa.nulls(n, pa.string())
     )
-    out: dict[str, pa.Table | None] = {"params": pa.table(data, schema=schemas.PARAMS)}
-    digests = {
-        "weights_digest": _digest(st.names, w_fps),
-        "grads_digest": _digest(st.names, g_fps) if g_fps is not None else None,
-        "buffers_digest": _digest(st.buffer_names, b_fps),
-        "optim_digest": _digest(st.optim_names, o_fps),
+    out: dict[str, pa.Table | None] = {
+        "params": pa.Table.from_arrays([data[f.name] for f in schemas.PARAMS], schema=schemas.PARAMS)
     }
-    out["param_digests"] = pa.table(
-        {
-            "step": pa.array([c.step], pa.int64()),
-            "capture": pa.array([pre.rstrip(":") or "step"], pa.string()),
-            "n_tensors": pa.array([n], pa.int64()),
-            **{k: pa.array([v], pa.string()) for k, v in digests.items()},
-        },
-        schema=schemas.PARAM_DIGESTS,
-    )
+    digests = [
+        _digest(st.names, w_fps),
+        _digest(st.names, g_fps) if g_fps is not None else None,
+        _digest(st.buffer_names, b_fps),
+        _digest(st.optim_names, o_fps),
+    ]
+    out["param_digests"] = st.digest_row(c.step, digests)
     scalars: list[tuple[str, float | None]] = []
     if not pre:
-        grad = (g_norm, g_ok) if g_norm is not None else None
         scalars += groups_mod.norm_scalars(st.masks, w_norm, grad, update, known)
         for name, value in c.hyper or []:
             scalars.append((name, float(pack.get(value)[0]) if isinstance(value, str) else value))
@@ -229,14 +233,19 @@ def build_rows(
         labels = pack.get("holdout/labels") if "holdout/labels" in pack else None
         out["holdout"], acc = holdout_mod.rows(c.step, pack.get("holdout/logits").astype(np.float32), labels)
         scalars += list(acc.items())
+    out["scalars"] = _scalars(c.step, c.time, scalars)
+    return out
+
+
+def _scalars(step: int, time: float, scalars: list[tuple[str, float | None]]) -> pa.Table:
     kept = [(k, v) for k, v in scalars if v is not None]
-    out["scalars"] = pa.table(
-        {
-            "step": pa.array(np.full(len(kept), c.step, dtype=np.int64)),
-            "name": pa.array([k for k, _ in kept], pa.string()),
-            "value": pa.array([v for _, v in kept], pa.float64()),
-            "time": pa.array(np.full(len(kept), int(c.time * 1e6), dtype=np.int64)).view(schemas.TIME),
-        },
+    k = len(kept)
+    return pa.Table.from_arrays(
+        [
+            pa.array(np.full(k, step, dtype=np.int64)),
+            pa.array([k for k, _ in kept], pa.string()),
+            pa.array([v for _, v in kept], pa.float64()),
+            pa.array(np.full(k, int(time * 1e6), dtype=np.int64)).view(schemas.TIME),
+        ],
         schema=schemas.SCALARS,
     )
-    return out
