@@ -89,6 +89,8 @@ class Plan:
             bounds = list(zip([0, *ends[:-1]], ends, strict=True))
             seeds = [x3_seed(dtype, tuple(sig[i][1]), e - b) for i, (b, e) in zip(rows, bounds, strict=True)]
             self.hashing.append((bounds, seeds))
+        self.nbytes = sum(bounds[-1][1] for bounds, _ in self.hashing)
+        """Bytes of one copy."""
         self._pool: deque[_Buffers] = deque()
 
     def take(self) -> _Buffers:
@@ -149,7 +151,7 @@ class FlatCopy:
 
     @property
     def nbytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.parts)
+        return self.plan.nbytes
 
     def raw(self, full: bool, minmax: bool) -> np.ndarray:
         """``summaries.RAW`` rows (len(plan.order), 8) of the copied tensors, in ``plan.order``."""

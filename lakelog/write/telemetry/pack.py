@@ -50,6 +50,11 @@ class Pack:
             return
         self._host_values[key] = value.numpy() if isinstance(value, torch.Tensor) else value
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes bound for (or already on) the host."""
+        return 8 * sum(self._sizes.values()) + sum(v.nbytes for v in self._host_values.values())
+
     def __contains__(self, key: str) -> bool:
         return key in self._where or key in self._host_values
 

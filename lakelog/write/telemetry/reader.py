@@ -11,6 +11,7 @@ changes (``add_param_group``).
 
 from __future__ import annotations
 
+import operator
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from lakelog.write.telemetry.rows import Capture, RowsCache
 from lakelog.write.telemetry.summaries import Section
 
 OptimRows = list[tuple[int, str, str, str]]
+_first = operator.itemgetter(0)
 
 
 class Reader:
@@ -36,6 +38,7 @@ class Reader:
         self.params = [e.tensor for e in layout.params]
         self.buffers = [e.tensor for e in layout.buffers]
         self.names = [e.name for e in layout.params]
+        self._row_of = {id(p): i for i, p in enumerate(self.params)}
         self.plans = Plans()
         self.rows_cache = RowsCache()
         self._optim_cache: tuple[list[tuple[int, str]], OptimRows, list[Any]] | None = None
@@ -76,23 +79,24 @@ class Reader:
         )
         cached = self._optim_cache  # the rows' texts, made again only when the state's keys or shapes change
         if cached is None or cached[0] != keys or cached[2] is not section.meta:
-            rows = [(i, key, *meta) for (i, key), meta in zip(keys, section.meta, strict=True)]
+            rows = [(i, f"optim:{key}", *meta) for (i, key), meta in zip(keys, section.meta, strict=True)]
             cached = self._optim_cache = (keys, rows, section.meta)  # type: ignore[arg-type]
         capture.optim_rows, capture.optim = cached[1], section  # type: ignore[index]
         capture.hyper = self._hyper(capture.pack)
 
     def _state(self) -> tuple[list[tuple[int, str]], list[torch.Tensor]]:
-        """(row of the parameter, ``optim:<key>``) and the tensor, for each tensor in the optimizer's state."""
-        state = self.optimizer.state  # type: ignore[union-attr]
+        """(row of the parameter, state key) and the tensor, for each tensor in the optimizer's state, in
+        row order. The state is walked as it is (a lookup per parameter would hash each in Python)."""
+        row_of = self._row_of
+        found = [(row_of.get(id(p)), entry) for p, entry in self.optimizer.state.items()]  # type: ignore[union-attr]
+        found = sorted(((i, e) for i, e in found if i is not None and e), key=_first)
         keys, tensors = [], []
-        for i, p in enumerate(self.params):
-            entry = state.get(p)
-            if entry:
-                for key, value in entry.items():
-                    if isinstance(value, torch.Tensor):
-                        keys.append((i, f"optim:{key}"))
-                        tensors.append(value)
-        return keys, tensors
+        for i, entry in found:
+            for key, value in entry.items():
+                if isinstance(value, torch.Tensor):
+                    keys.append((i, key))
+                    tensors.append(value)
+        return keys, tensors  # type: ignore[return-value]
 
     def _hyper(self, pack: Pack) -> list[tuple[str, float | str]]:
         """Hyperparameters as numbers, or as the pack key of a device tensor (read without a sync)."""

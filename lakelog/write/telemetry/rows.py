@@ -47,6 +47,12 @@ class Capture:
     time: float = 0.0
 
     @property
+    def nbytes(self) -> int:
+        """Host bytes the capture holds until its rows are built."""
+        sections = (self.grads, self.params, self.buffers, self.optim)
+        return self.pack.nbytes + sum(s.nbytes for s in sections if s is not None)
+
+    @property
     def prefix(self) -> str:
         """The kind prefix of its rows: ``initial:`` (the run's true start), ``resume:`` (the state a resumed
         process starts from, stamped with the step it resumes after) or none (a training step)."""

@@ -107,27 +107,32 @@ def flat_rows(
 ) -> None:
     """``out`` rows (len(counts), 8) of tensors laid out back to back in the float64 array ``a``
     (``counts`` values each, from ``starts``); ``tmp`` is scratch of ``a``'s size. A handful of NumPy
-    calls for all of them; the NaN/Inf work only for the tensors whose norm is not finite."""
-    out[:, NORM] = np.sqrt(np.add.reduceat(np.multiply(a, a, out=tmp), starts))
+    calls for all of them; the NaN/Inf work only for the tensors whose norm is not finite.
+
+    With ``full``, the norm comes from the two-pass variance's sum of squared deviations:
+    ``||x||^2 = sum((x - mean)^2) + n * mean^2``, both terms non-negative (no cancellation, float64
+    rounding); a tensor whose result is not finite gets its norm from its values directly."""
     if not full:
+        out[:, NORM] = np.sqrt(np.add.reduceat(np.multiply(a, a, out=tmp), starts))
         if minmax:  # NaN propagates, as in the norm
             out[:, ABSMAX] = np.maximum.reduceat(np.abs(a, out=tmp), starts)
         return
-    bad = np.flatnonzero(~np.isfinite(out[:, NORM]))  # a NaN or Inf in the tensor (float64: no overflow)
-    out[:, SUM] = np.add.reduceat(a, starts)
+    total = out[:, SUM] = np.add.reduceat(a, starts)
     out[:, MIN] = np.minimum.reduceat(a, starts)
     out[:, MAX] = np.maximum.reduceat(a, starts)
     out[:, NANS] = 0.0
     out[:, INFS] = 0.0
-    mean = out[:, SUM] / counts
+    mean = total / counts
     dev = np.subtract(a, np.repeat(mean, counts), out=tmp)  # two-pass variance, in the scratch
-    out[:, VAR] = np.where(
-        counts > 1, np.add.reduceat(np.multiply(dev, dev, out=tmp), starts) / (counts - 1), math.nan
-    )
+    squares = np.add.reduceat(np.multiply(dev, dev, out=tmp), starts)
+    out[:, VAR] = np.where(counts > 1, squares / np.maximum(counts - 1, 1), math.nan)
+    out[:, NORM] = np.sqrt(squares + counts * mean * mean)
+    bad = np.flatnonzero(~np.isfinite(out[:, NORM]))  # a NaN or Inf in the tensor (or float64 overflow)
     if len(bad):
         ends = starts + counts
         for j in bad.tolist():
             part = a[starts[j] : ends[j]]
+            out[j, NORM] = math.sqrt(float(np.dot(part, part)))
             out[j, NANS], out[j, INFS] = _counts(part)
             out[j, MIN], out[j, MAX] = _finite_minmax(part)
 

@@ -24,6 +24,7 @@ from lakelog.write.telemetry.pack import Pack
 from lakelog.write.telemetry.previous_weights import Previous
 from lakelog.write.telemetry.reader import Reader
 from lakelog.write.telemetry.rows import Capture, build_rows
+from lakelog.write.writer import WAKE_BYTES
 
 if TYPE_CHECKING:
     from lakelog.write.telemetry.options import Options
@@ -83,6 +84,7 @@ class Watcher:
         self._attached = True
         self._groups_seen = len(optimizer.param_groups) if optimizer is not None else 0
         self._use_layout(layout)
+        self._unwoken = 0  # host bytes of the captures queued since the writer was last woken for one
         path = None
         if opts.keep_previous == "disk":
             try:
@@ -253,6 +255,12 @@ class Watcher:
         capture.pack.send()
         build = functools.partial(build_rows, layout, capture, self._reader.rows_cache)
         build.step = capture.step  # type: ignore[attr-defined]  # every row it builds has this step
+        # Small captures wake the writer once per WAKE_BYTES of them, not each: a wake-up per capture
+        # costs more than the capture on a small model, and this bounds what waits in the queue.
+        self._unwoken += capture.nbytes
+        build.nbytes = self._unwoken  # type: ignore[attr-defined]
+        if self._unwoken >= WAKE_BYTES:
+            self._unwoken = 0
         self.run.submit(build, epoch=self.run.epoch)
 
     def capture(self, *, step: int | None = None) -> None:
