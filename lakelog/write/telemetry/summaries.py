@@ -5,8 +5,10 @@ On accelerators every reduction of every tensor is queued (``torch._foreach_norm
 in float64; one ``sum`` and masked ``amin``/``amax`` per weight tensor; no ``.item()``), the results
 are stacked into one float64 tensor per device, and ``Pack`` (pack.py) ships that to the host with
 a single non-blocking copy. On the CPU, where looking at a result is free, ``stats_cpu`` reduces
-small tensors together in float64 and does the NaN/Inf work only where a value is not finite. Means,
-standard deviations and absmax are derived on the writer thread (``finish_stats``).
+tensors together in float64 and does the NaN/Inf work only where a value is not finite; with a
+watcher's ``Plans``, small CPU tensors are only copied at the hook (``flat_cpu``) and reduced on the
+writer thread. Means, standard deviations and absmax are derived on the writer thread
+(``finish_stats``), for all families of a capture in one call.
 
 What is read, per kind of tensor: weights and buffers every column (norm, sum, finite min and max,
 NaN and Inf counts, a two-pass variance for small tensors); gradients the norm and absmax (two
