@@ -161,3 +161,45 @@ def test_replaced_and_growing_optimizer_state_is_read_at_each_capture(tmp_path: 
             expected[(step, name)] = fingerprint_hex(opt.state[p]["momentum_buffer"])
     run.finish()
     assert _optim_fps(tmp_path) == expected  # step 0 already has the momentum buffer the step created
+
+
+def test_captures_queued_together_are_built_in_one_batch_with_every_row(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    run = lakelog.init(tmp_path, name="batched")
+    watcher = run.watch(model, opt, every=1)
+    x = torch.randn(8, 4)
+    for step in range(12):
+        run.log({"loss": 0.0}, step=step)
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    run.finish()
+    con = lakelog.connect(tmp_path)
+    per_step = con.execute(
+        "SELECT step, count(*), count(DISTINCT name || kind) FROM params GROUP BY step ORDER BY step"
+    ).fetchall()
+    n = len(list(model.parameters())) * 4 + len(list(model.buffers()))  # + Adam's step, exp_avg, exp_avg_sq
+    assert [s for s, _, _ in per_step] == list(range(12))
+    assert all(rows == distinct for _, rows, distinct in per_step)  # no row written twice
+    assert [rows for _, rows, _ in per_step] == [n + 9] + [n] * 11  # step 0 also has the initial weights
+    digests = con.execute(
+        "SELECT step, n_tensors FROM param_digests WHERE capture = 'step' ORDER BY step"
+    ).fetchall()
+    assert [s for s, _ in digests] == list(range(12)) and watcher.error is None
+
+
+def test_a_builder_the_writer_skipped_is_built_with_the_next() -> None:
+    from lakelog.write.telemetry.batch import Batch
+    from lakelog.write.telemetry.rows import Capture
+
+    class Layout:  # only identity matters to the queue
+        pass
+
+    batch, layout = Batch(), Layout()
+    captures = [Capture(step=s, pack=None) for s in range(3)]  # type: ignore[arg-type]
+    builders = [batch.builder(layout, c, None, epoch=0) for c in captures]  # type: ignore[arg-type]
+    taken = batch.take(captures[1])  # the first builder never ran: its capture comes along
+    assert [c.step for _, c, _ in taken] == [0, 1, 2]
+    assert batch.take(captures[2]) == [] and builders[2]() == {}

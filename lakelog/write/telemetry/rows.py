@@ -101,19 +101,9 @@ class _Static:
         self.minmax = np.repeat([True, True, False, True], [self.n_p, self.n_b, self.n_o, self.n_p])
         self.masks = groups_mod.GroupMasks(groups)
         self.no_grad_fps = [None] * (self.n_b + self.n_o)
-        self._digest_consts = [
-            pa.array([pre.rstrip(":") or "step"], pa.string()),
-            pa.array([self.n], pa.int64()),
-        ]
+        self.capture = pre.rstrip(":") or "step"
         self.layout = layout
         self.flags: RowFlags | None = None
-
-    def digest_row(self, step: int, digests: list[str | None]) -> pa.Table:
-        """The capture's ``param_digests`` row: weights, grads, buffers and optimizer-state digests."""
-        values = pa.array(digests, pa.string())
-        columns = [pa.array([step], pa.int64()), *self._digest_consts]
-        columns += [values.slice(j, 1) for j in range(len(digests))]
-        return pa.Table.from_arrays(columns, schema=schemas.PARAM_DIGESTS)
 
 
 class RowsCache:
@@ -147,6 +137,10 @@ def _counts(values: np.ndarray, valid: np.ndarray) -> pa.Array:
     return pa.array(np.where(valid, values, 0).astype(np.int64), type=pa.int64(), mask=~valid)
 
 
+def _nulls(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full(n, np.nan), np.zeros(n, dtype=bool)
+
+
 def _params_only(values: np.ndarray, valid: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """A params-only column over all ``n`` rows (null after the params)."""
     out, ok = np.full(n, np.nan), np.zeros(n, dtype=bool)
@@ -162,13 +156,39 @@ def _digest(names: list[str], fingerprints: list[str | None]) -> str | None:
     return algorithm_prefix(fingerprints) + xxhash.xxh3_128_hexdigest(text.encode())  # x3: as its parts
 
 
-def build_rows(
-    layout: groups_mod.Layout, c: Capture, cache: RowsCache | None = None
-) -> dict[str, pa.Table | None]:
-    """Writer thread: the capture's params, param_digests (one row), scalars and holdout rows.
+_FLOATS = (
+    "norm",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "absmax",
+    "grad_norm",
+    "grad_absmax",
+    "update_norm",
+    "update_ratio",
+)
 
-    The columns that depend on the layout only come from ``cache`` (built once per layout); the numbers
-    of all families (weights, buffers, optimizer state and the gradients) are finished in one pass."""
+
+@dataclass
+class _Rows:
+    """One capture's rows as host columns, before any Arrow conversion (``build_many`` converts many)."""
+
+    st: _Static
+    step: int
+    values: dict[str, tuple[np.ndarray, np.ndarray] | None]
+    fps: list[str | None]
+    grad_fps: list[str | None] | None
+    digest: list[Any]
+    scalars: list[tuple[str, float]]
+    time_us: int
+    holdout: pa.Table | None
+
+
+def _capture_rows(layout: groups_mod.Layout, c: Capture, cache: RowsCache | None) -> _Rows:
+    """The host columns of one capture: the columns that depend on the layout only come from ``cache``
+    (built once per layout); the numbers of all families (weights, buffers, optimizer state and the
+    gradients) are finished in one pass."""
     pack = c.pack
     assert c.params is not None and c.buffers is not None and c.meta is not None
     st = (cache or RowsCache()).get(layout, c)
@@ -189,45 +209,35 @@ def build_rows(
     if flags is None or not flags.matches(kinds, numels):
         flags = st.flags = RowFlags(kinds, numels, st.full[: len(kinds)], st.minmax[: len(kinds)])
     cols, valid = finish_stats(raw, kinds, numels, flags=flags)
-    data: dict[str, Any] = {"step": pa.array(np.full(n, c.step, dtype=np.int64)), **st.columns}
-    for col in _STATS:
-        data[col] = _masked(cols[col][:n], valid[col][:n])
-    for col in _COUNTS:
-        data[col] = _counts(cols[col][:n], valid[col][:n])
+    values: dict[str, tuple[np.ndarray, np.ndarray] | None] = {
+        col: (cols[col][:n], valid[col][:n]) for col in (*_STATS, *_COUNTS)
+    }
     w_norm = cols["norm"][:n_p]
-    grad = None
+    grad = values["grad_norm"] = values["grad_absmax"] = None
     if grads is not None:
         grad = cols["norm"][n:], valid["norm"][n:]
-        data["grad_norm"] = _masked(*_params_only(*grad, n))
-        data["grad_absmax"] = _masked(*_params_only(cols["absmax"][n:], valid["absmax"][n:], n))
-    else:
-        data["grad_norm"] = data["grad_absmax"] = pa.nulls(n, pa.float64())
+        values["grad_norm"] = _params_only(*grad, n)
+        values["grad_absmax"] = _params_only(cols["absmax"][n:], valid["absmax"][n:], n)
     upd = c.update.columns(pack.get("update") if "update" in pack else None, n_p) if c.update else None
     update, known = upd if upd is not None else (None, np.zeros(n_p, dtype=bool))
+    values["update_norm"] = values["update_ratio"] = None
     if update is not None:
-        data["update_norm"] = _masked(*_params_only(update, known, n))
+        values["update_norm"] = _params_only(update, known, n)
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = update / w_norm
-        data["update_ratio"] = _masked(*_params_only(ratio, known & (w_norm != 0), n))
-    else:
-        data["update_norm"] = data["update_ratio"] = pa.nulls(n, pa.float64())
+        values["update_ratio"] = _params_only(ratio, known & (w_norm != 0), n)
     w_fps, b_fps = c.params.fingerprints(pack), c.buffers.fingerprints(pack)
     o_fps = optim.fingerprints(pack) if optim is not None else []
     g_fps = grads.fingerprints(pack) if grads is not None else None
-    data["fingerprint"] = pa.array(w_fps + b_fps + o_fps, pa.string())
-    data["grad_fingerprint"] = (
-        pa.array(g_fps + st.no_grad_fps, pa.string()) if g_fps is not None else pa.nulls(n, pa.string())
-    )
-    out: dict[str, pa.Table | None] = {
-        "params": pa.Table.from_arrays([data[f.name] for f in schemas.PARAMS], schema=schemas.PARAMS)
-    }
-    digests = [
+    digest = [
+        c.step,
+        st.capture,
+        n,
         _digest(st.names, w_fps),
         _digest(st.names, g_fps) if g_fps is not None else None,
         _digest(st.buffer_names, b_fps),
         _digest(st.optim_names, o_fps),
     ]
-    out["param_digests"] = st.digest_row(c.step, digests)
     scalars: list[tuple[str, float | None]] = []
     if not pre:
         scalars += groups_mod.norm_scalars(st.masks, w_norm, grad, update, known)
@@ -235,23 +245,74 @@ def build_rows(
             scalars.append((name, float(pack.get(value)[0]) if isinstance(value, str) else value))
         if c.labels is not None:
             scalars += holdout_mod.label_scalars(pack.get(f"labels/{c.labels}"), c.labels, c.num_classes)
+    holdout = None
     if c.holdout:
         labels = pack.get("holdout/labels") if "holdout/labels" in pack else None
-        out["holdout"], acc = holdout_mod.rows(c.step, pack.get("holdout/logits").astype(np.float32), labels)
+        holdout, acc = holdout_mod.rows(c.step, pack.get("holdout/logits").astype(np.float32), labels)
         scalars += list(acc.items())
-    out["scalars"] = _scalars(c.step, c.time, scalars)
-    return out
-
-
-def _scalars(step: int, time: float, scalars: list[tuple[str, float | None]]) -> pa.Table:
     kept = [(k, v) for k, v in scalars if v is not None]
-    k = len(kept)
-    return pa.Table.from_arrays(
+    fps = w_fps + b_fps + o_fps
+    return _Rows(st, c.step, values, fps, g_fps, digest, kept, int(c.time * 1e6), holdout)  # type: ignore[arg-type]
+
+
+def build_rows(
+    layout: groups_mod.Layout, c: Capture, cache: RowsCache | None = None
+) -> dict[str, pa.Table | None]:
+    """Writer thread: the capture's params, param_digests (one row), scalars and holdout rows."""
+    return build_many([(layout, c, cache)])
+
+
+def build_many(
+    items: list[tuple[groups_mod.Layout, Capture, RowsCache | None]],
+) -> dict[str, pa.Table | None]:
+    """Writer thread: the rows of several captures, each table converted to Arrow once for all of them
+    (on a small model a conversion costs more than the numbers it converts)."""
+    rows = [_capture_rows(*item) for item in items]
+    sizes = [r.st.n for r in rows]
+    total = sum(sizes)
+
+    def column(name: str) -> pa.Array | pa.ChunkedArray:
+        arrays = [r.st.columns[name] for r in rows]
+        return arrays[0] if len(arrays) == 1 else pa.chunked_array(arrays)
+
+    data: dict[str, Any] = {
+        "step": pa.array(np.repeat(np.array([r.step for r in rows], dtype=np.int64), sizes))
+    }
+    for name in ("name", "kind", "group", "shape", "numel", "dtype"):
+        data[name] = column(name)
+    for name in (*_FLOATS, *_COUNTS):
+        parts = [r.values[name] for r in rows]
+        if all(p is None for p in parts):
+            data[name] = pa.nulls(total, pa.int64() if name in _COUNTS else pa.float64())
+            continue
+        filled = [p if p is not None else _nulls(r.st.n) for p, r in zip(parts, rows, strict=True)]
+        values = np.concatenate([v for v, _ in filled]) if len(filled) > 1 else filled[0][0]
+        valid = np.concatenate([ok for _, ok in filled]) if len(filled) > 1 else filled[0][1]
+        data[name] = _counts(values, valid) if name in _COUNTS else _masked(values, valid)
+    data["fingerprint"] = pa.array([fp for r in rows for fp in r.fps], pa.string())
+    grad_fps = [fp for r in rows for fp in (r.grad_fps + r.st.no_grad_fps if r.grad_fps else [None] * r.st.n)]
+    data["grad_fingerprint"] = pa.array(grad_fps, pa.string())
+    out: dict[str, pa.Table | None] = {
+        "params": pa.Table.from_arrays([data[f.name] for f in schemas.PARAMS], schema=schemas.PARAMS)
+    }
+    digests = list(zip(*(r.digest for r in rows), strict=True))
+    out["param_digests"] = pa.Table.from_arrays(
+        [pa.array(list(col), f.type) for col, f in zip(digests, schemas.PARAM_DIGESTS, strict=True)],
+        schema=schemas.PARAM_DIGESTS,
+    )
+    counts = [len(r.scalars) for r in rows]
+    out["scalars"] = pa.Table.from_arrays(
         [
-            pa.array(np.full(k, step, dtype=np.int64)),
-            pa.array([k for k, _ in kept], pa.string()),
-            pa.array([v for _, v in kept], pa.float64()),
-            pa.array(np.full(k, int(time * 1e6), dtype=np.int64)).view(schemas.TIME),
+            pa.array(np.repeat(np.array([r.step for r in rows], dtype=np.int64), counts)),
+            pa.array([k for r in rows for k, _ in r.scalars], pa.string()),
+            pa.array([v for r in rows for _, v in r.scalars], pa.float64()),
+            pa.array(np.repeat(np.array([r.time_us for r in rows], dtype=np.int64), counts)).view(
+                schemas.TIME
+            ),
         ],
         schema=schemas.SCALARS,
     )
+    holdouts = [r.holdout for r in rows if r.holdout is not None]
+    if holdouts:
+        out["holdout"] = holdouts[0] if len(holdouts) == 1 else pa.concat_tables(holdouts)
+    return out

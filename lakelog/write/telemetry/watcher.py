@@ -9,7 +9,6 @@ writer thread. Step numbering is described in ``watch.py``.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +19,11 @@ import torch
 from lakelog.errors import InvalidArgumentError
 from lakelog.write.telemetry import groups as groups_mod
 from lakelog.write.telemetry import holdout as holdout_mod
+from lakelog.write.telemetry.batch import Batch
 from lakelog.write.telemetry.pack import Pack
 from lakelog.write.telemetry.previous_weights import Previous
 from lakelog.write.telemetry.reader import Reader
-from lakelog.write.telemetry.rows import Capture, build_rows
+from lakelog.write.telemetry.rows import Capture
 from lakelog.write.writer import WAKE_BYTES
 
 if TYPE_CHECKING:
@@ -85,6 +85,7 @@ class Watcher:
         self._groups_seen = len(optimizer.param_groups) if optimizer is not None else 0
         self._use_layout(layout)
         self._unwoken = 0  # host bytes of the captures queued since the writer was last woken for one
+        self._batch = Batch()
         path = None
         if opts.keep_previous == "disk":
             try:
@@ -253,15 +254,15 @@ class Watcher:
         """Hand the capture to the writer; ``layout`` is the one it was taken with (a later relayout must
         not change its rows)."""
         capture.pack.send()
-        build = functools.partial(build_rows, layout, capture, self._reader.rows_cache)
-        build.step = capture.step  # type: ignore[attr-defined]  # every row it builds has this step
+        epoch = self.run.epoch
+        build = self._batch.builder(layout, capture, self._reader.rows_cache, epoch)
         # Small captures wake the writer once per WAKE_BYTES of them, not each: a wake-up per capture
         # costs more than the capture on a small model, and this bounds what waits in the queue.
         self._unwoken += capture.nbytes
-        build.nbytes = self._unwoken  # type: ignore[attr-defined]
+        build.nbytes = self._unwoken
         if self._unwoken >= WAKE_BYTES:
             self._unwoken = 0
-        self.run.submit(build, epoch=self.run.epoch)
+        self.run.submit(build, epoch=epoch)
 
     def capture(self, *, step: int | None = None) -> None:
         """Capture now (gradients as they are, weights, state): for loops without an optimizer to hook."""
