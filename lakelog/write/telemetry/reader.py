@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lakelog.write.fingerprint import algorithm_for
 from lakelog.write.telemetry import groups as groups_mod
 from lakelog.write.telemetry.flat_cpu import Plans
 from lakelog.write.telemetry.pack import Pack
@@ -25,6 +26,7 @@ from lakelog.write.telemetry.rows import Capture, RowsCache
 from lakelog.write.telemetry.summaries import Section
 
 OptimRows = list[tuple[int, str, str, str]]
+_CPU = torch.device("cpu")
 _first = operator.itemgetter(0)
 
 
@@ -51,8 +53,13 @@ class Reader:
 
     def weights(self, capture: Capture) -> None:
         pack, fp, plans = capture.pack, self._fp, self.plans
-        capture.params = Section(pack, "w", self.params, full=True, fingerprint="param" in fp, plans=plans)
-        capture.buffers = Section(pack, "b", self.buffers, full=True, fingerprint="buffer" in fp, plans=plans)
+        x3 = algorithm_for(_CPU) == "x3"  # read once for the capture's sections
+        capture.params = Section(
+            pack, "w", self.params, full=True, fingerprint="param" in fp, plans=plans, x3=x3
+        )
+        capture.buffers = Section(
+            pack, "b", self.buffers, full=True, fingerprint="buffer" in fp, plans=plans, x3=x3
+        )
         capture.meta = capture.params.meta + capture.buffers.meta  # type: ignore[operator]
         capture.time = time.time()
 

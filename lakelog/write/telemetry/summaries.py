@@ -240,8 +240,9 @@ class Section:
     """Raw statistics (and fingerprints) of tensors, some None, computed per device into a ``Pack``.
 
     With ``plans`` (a watcher's ``flat_cpu.Plans``), the small dense CPU tensors are copied flat in one
-    call per dtype and read later (``flat_cpu.FlatCopy``); the others take the per-device path. ``meta``
-    is each row's (shape, dtype) text, None for a missing tensor."""
+    call per dtype and read later (``flat_cpu.FlatCopy``); the others take the per-device path. ``x3``:
+    whether CPU tensors are fingerprinted with ``x3`` (the flat path's algorithm), when the caller knows.
+    ``meta`` is each row's (shape, dtype) text, None for a missing tensor."""
 
     def __init__(
         self,
@@ -253,13 +254,16 @@ class Section:
         fingerprint: bool,
         minmax: bool = True,
         plans: Plans | None = None,
+        x3: bool | None = None,
     ) -> None:
         self.n = len(tensors)
         self.full, self.minmax = full, minmax
         self._parts: list[tuple[list[int], str, str | None, str]] = []
         self.flat: FlatCopy | None = None
         plan = None
-        if plans is not None and tensors and (not fingerprint or algorithm_for(_CPU) == "x3"):
+        if x3 is None:
+            x3 = algorithm_for(_CPU) == "x3"
+        if plans is not None and tensors and (not fingerprint or x3):
             plan = plans.get(key, tensors, fingerprint)
         if plan is not None:
             self.plan = plan
