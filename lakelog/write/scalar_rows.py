@@ -57,7 +57,7 @@ def _scalar_values(metrics: Mapping[str, Any]) -> tuple[list[str], list[float], 
         if any(t.device != device for t in tensors):
             tensors = [t.to(device, non_blocking=True) for t in tensors]
         with torch.no_grad():  # one stack (with type promotion) and one copy, whatever the number of metrics
-            stacked = torch.stack([t.reshape(()) for t in tensors])
+            stacked = torch.stack([t if t.ndim == 0 else t.reshape(()) for t in tensors])
         wide = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
         pending = HostCopy(stacked, dtype=wide)
     return names, values, tensor_names, pending
