@@ -127,26 +127,19 @@ def test_missing_distributed_sampler_shows_as_shared_samples(ddp_lake: tuple[Pat
 
 
 def test_write_path_adds_no_collective_calls() -> None:
-    """Logging must not block on other ranks: no collective in the modules a training step runs."""
+    """Logging must not block on other ranks: no collective in any module of the write side but
+    ``write/distributed.py`` (the helpers a user calls on purpose, outside the training step)."""
     package = Path(lakelog.__file__).parent
-    modules = [
-        "write/run.py",
-        "write/records.py",
-        "write/writer.py",
-        "write/hostcopy.py",
-        "write/fingerprint.py",
-        *(
-            f"write/telemetry/{m}.py"
-            for m in ("watch", "watcher", "rows", "summaries", "pack", "previous_weights")
-        ),
-    ]
+    modules = sorted(
+        str(p.relative_to(package)) for p in (package / "write").rglob("*.py") if p.name != "distributed.py"
+    )
+    assert "write/telemetry/watcher.py" in modules and "write/writer.py" in modules
     collective = re.compile(
         r"\b(dist|distributed)\.(all_reduce|all_gather\w*|broadcast\w*|barrier|reduce_scatter\w*"
         r"|gather\w*|scatter\w*|send|recv|monitored_barrier)\b"
     )
     for module in modules:
         path = package / module
-        assert path.exists(), f"{module} moved: update this list"
         assert not collective.search(path.read_text()), f"{module} calls a torch.distributed collective"
 
 
