@@ -9,12 +9,17 @@ cannot be are lost, so one bad batch never costs its neighbours.
 columns, byte-stream-split for floats, and Parquet min/max statistics for every column except floating
 ones. Statistics that leave NaN out make DuckDB skip row groups holding NaN (``isnan(value)`` would
 find nothing), and nothing prunes on float ranges anyway.
+
+``store_all`` encodes and writes the part files of one flush together on a small thread pool.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import os
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -322,3 +327,58 @@ class TableFormat:
             write_statistics=self.statistics,
         )
         return sink.getvalue()
+
+
+PART_THREADS = max(1, min(4, os.cpu_count() or 1))
+"""Part files of one flush encoded and stored at once (most of that time is spent without the GIL)."""
+
+
+def split_before(data: pa.Table, before: int) -> tuple[pa.Table, pa.Table]:
+    """(rows with step >= before, rows with step < before). Rows arrive in step order, so the held-back
+    rows are usually a suffix: two zero-copy slices; otherwise a filter."""
+    steps = data["step"].to_numpy()
+    if steps.size < 2 or bool((steps[1:] >= steps[:-1]).all()):
+        cut = int(np.searchsorted(steps, before, side="left"))
+        return data.slice(cut), data.slice(0, cut)
+    mask = pc.less(data["step"], before)
+    return data.filter(pc.invert(mask)), data.filter(mask)
+
+
+@dataclass
+class Part:
+    """One part file on its way: the rows to write, those held back, where and how it is written."""
+
+    table: str
+    buf: Buffer
+    data: pa.Table
+    keep: pa.Table | None
+    fmt: TableFormat
+    folder: str
+    path: str
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _part_pool() -> ThreadPoolExecutor:
+    """The threads that encode and store the part files of one flush together (made again after a fork)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (
+                os.getpid(),
+                ThreadPoolExecutor(max_workers=PART_THREADS, thread_name_prefix="lakelog-part"),
+            )
+        return _pool[1]
+
+
+def store_all(store: Callable[[Part], BaseException | None], parts: list[Part]) -> list:
+    """``store`` of every part, on the pool when there are several; one by one once the interpreter is
+    exiting (it refuses new threads then, and an unfinished run is written at exit)."""
+    if len(parts) > 1:
+        try:
+            return list(_part_pool().map(store, parts))
+        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+            pass
+    return [store(part) for part in parts]

@@ -22,22 +22,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from lakelog.errors import InvalidArgumentError, WriterFailedError
 from lakelog.lake import lifecycle
 from lakelog.lake.layout import Lake, part_file_name, partition_dir
 from lakelog.write.background import Worker
-from lakelog.write.partfiles import Buffer, TableFormat, rows_len, step_range
+from lakelog.write.partfiles import Buffer, Part, TableFormat, rows_len, split_before, step_range, store_all
 
 log = logging.getLogger("lakelog")
 
@@ -50,59 +45,6 @@ WAKE_BYTES = 1 << 20
 """Queued builders holding less than this many bytes are taken in batches (see ``PartWriter.submit``)."""
 WARN_EVERY_S = 300.0
 """The lake-not-writable warning is repeated at most this often while the problem lasts."""
-PART_THREADS = 4
-"""Part files of one flush encoded and stored at once (most of that time is spent without the GIL)."""
-
-
-def _split_before(data: pa.Table, before: int) -> tuple[pa.Table, pa.Table]:
-    """(rows with step >= before, rows with step < before). Rows arrive in step order, so the held-back
-    rows are usually a suffix: two zero-copy slices; otherwise a filter."""
-    steps = data["step"].to_numpy()
-    if steps.size < 2 or bool((steps[1:] >= steps[:-1]).all()):
-        cut = int(np.searchsorted(steps, before, side="left"))
-        return data.slice(cut), data.slice(0, cut)
-    mask = pc.less(data["step"], before)
-    return data.filter(pc.invert(mask)), data.filter(mask)
-
-
-@dataclass
-class _Part:
-    """One part file on its way: the rows to write, those held back, where and how it is written."""
-
-    table: str
-    buf: Buffer
-    data: pa.Table
-    keep: pa.Table | None
-    fmt: TableFormat
-    folder: str
-    path: str
-
-
-_pool: tuple[int, ThreadPoolExecutor] | None = None
-_pool_lock = threading.Lock()
-
-
-def _part_pool() -> ThreadPoolExecutor:
-    """The threads that encode and store the part files of one flush together (made again after a fork)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid():
-            _pool = (
-                os.getpid(),
-                ThreadPoolExecutor(max_workers=PART_THREADS, thread_name_prefix="lakelog-part"),
-            )
-        return _pool[1]
-
-
-def _store_all(store: Callable[[_Part], BaseException | None], parts: list[_Part]) -> list:
-    """``store`` of every part, on the pool when there are several; one by one once the interpreter is
-    exiting (it refuses new threads then, and an unfinished run is written at exit)."""
-    if len(parts) > 1:
-        try:
-            return list(_part_pool().map(store, parts))
-        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
-            pass
-    return [store(part) for part in parts]
 
 
 class PartWriter:
@@ -320,7 +262,7 @@ class PartWriter:
             for (table, epoch), buf in list(self._buffers.items())
             if buf.rows and (part := self._prepare(table, epoch, buf, before=before)) is not None
         ]
-        outcomes = _store_all(self._store, parts)
+        outcomes = store_all(self._store, parts)
         ok = all([self._stored(part, outcome) for part, outcome in zip(parts, outcomes, strict=True)])
         if not ok:  # the lake is not writable: nothing new is committed
             return
@@ -360,7 +302,7 @@ class PartWriter:
         part = self._prepare(table, epoch, buf, before=before)
         return part is None or self._stored(part, self._store(part))
 
-    def _prepare(self, table: str, epoch: int, buf: Buffer, *, before: int | None) -> _Part | None:
+    def _prepare(self, table: str, epoch: int, buf: Buffer, *, before: int | None) -> Part | None:
         """The buffer's rows to write now as one table and its format (None: nothing to write)."""
         data, lost, cause = buf.table()
         if lost:
@@ -370,7 +312,7 @@ class PartWriter:
             return None
         keep = None
         if before is not None and buf.max_step is not None and buf.max_step >= before:
-            keep, data = _split_before(data, before)
+            keep, data = split_before(data, before)
         if not data.num_rows:
             buf.replace(keep)
             return None
@@ -383,9 +325,9 @@ class PartWriter:
             buf.replace(keep)
             return None
         folder = partition_dir(self.run_dir, table, epoch, self.rank, local=self.lake.local)
-        return _Part(table, buf, data, keep, fmt, folder, f"{folder}/{part_file_name(self.rank, self._seq)}")
+        return Part(table, buf, data, keep, fmt, folder, f"{folder}/{part_file_name(self.rank, self._seq)}")
 
-    def _store(self, part: _Part) -> BaseException | None:
+    def _store(self, part: Part) -> BaseException | None:
         """Encode and write one part file (any thread: it changes nothing but the lake); its error."""
         try:
             payload = part.fmt.encode(part.data, self.compression, self.compression_level)
@@ -398,7 +340,7 @@ class PartWriter:
             return exc
         return None
 
-    def _stored(self, part: _Part, error: BaseException | None) -> bool:
+    def _stored(self, part: Part, error: BaseException | None) -> bool:
         """Account for one part file's outcome; False when the lake is not writable."""
         if isinstance(error, OSError):
             self._made_dirs.discard(part.folder)
