@@ -49,16 +49,6 @@ class HostCopy:
         return self.get().numpy()
 
 
-def as_host(
-    value: torch.Tensor | np.ndarray | list | tuple, *, dtype: torch.dtype | None = None
-) -> HostCopy | np.ndarray:
-    """Start the copy of a tensor; numpy arrays and lists are copied right away (they are already on the host)."""
-    if isinstance(value, torch.Tensor):
-        return HostCopy(value, dtype=dtype)
-    array = np.array(value, copy=True)
-    return array
-
-
 def resolve(value: HostCopy | np.ndarray | None) -> np.ndarray | None:
     """The numpy array behind a pending copy (writer thread only)."""
     if isinstance(value, HostCopy):

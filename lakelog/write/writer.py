@@ -104,6 +104,7 @@ class PartWriter:
         self._io_error: OSError | None = None  # set while the lake cannot be written
         self._io_warned_at = -WARN_EVERY_S
         self._warned: set[tuple[str, str]] = set()
+        self._unwoken_bytes = 0  # declared bytes of the builders queued since submit last woke the thread
         self._worker = Worker(
             "lakelog-writer",
             self._handle,
@@ -119,12 +120,17 @@ class PartWriter:
     def submit(self, epoch: int, build: BuildRows, *, table: str = "unknown", rows: int = 0) -> None:
         """Queue a row builder; ``table`` and ``rows`` say what is lost if it fails (for the counts).
 
-        A builder that declares its size (``build.nbytes``: the host copies it holds) below
-        ``WAKE_BYTES`` waits for ``wake_at`` others before the thread is woken: a wake-up per small
-        batch costs the writer more than the batch itself. Others wake it at once."""
+        Builders that declare their size (``build.nbytes``: the host copies they hold) wake the thread
+        once ``WAKE_BYTES`` of them are queued (or ``wake_at`` items): a wake-up per small batch costs
+        the writer more than the batch itself, and this bounds what waits in the queue. A builder that
+        declares no size wakes it at once."""
         if self._first_error is not None and self.on_error == "raise":
             self.check()
-        self._worker.put((epoch, build, table, rows), wake=getattr(build, "nbytes", WAKE_BYTES) >= WAKE_BYTES)
+        self._unwoken_bytes += getattr(build, "nbytes", WAKE_BYTES)
+        wake = self._unwoken_bytes >= WAKE_BYTES
+        if wake:
+            self._unwoken_bytes = 0
+        self._worker.put((epoch, build, table, rows), wake=wake)
 
     def submit_scalars(self, row: tuple) -> None:
         """Queue one ``log`` call's row; cheap: the writer thread is not woken for it."""

@@ -2,7 +2,7 @@
 rows of every capture queued before the next epoch (``rows.build_many``); the others return nothing.
 
 Why: on a small model a capture is a few dozen rows per table, and converting them to Arrow costs
-more per call than per row; the watcher wakes the writer once per ``WAKE_BYTES`` of captures, so
+more per call than per row; the writer is woken once per ``WAKE_BYTES`` of queued captures, so
 several are queued by the time it runs. The writer runs builders in the order they were submitted,
 so the first one of a batch finds its capture at the head of the queue.
 """

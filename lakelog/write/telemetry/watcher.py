@@ -24,7 +24,6 @@ from lakelog.write.telemetry.pack import Pack
 from lakelog.write.telemetry.previous_weights import Previous
 from lakelog.write.telemetry.reader import Reader
 from lakelog.write.telemetry.rows import Capture
-from lakelog.write.writer import WAKE_BYTES
 
 if TYPE_CHECKING:
     from lakelog.write.telemetry.options import Options
@@ -84,7 +83,6 @@ class Watcher:
         self._attached = True
         self._groups_seen = len(optimizer.param_groups) if optimizer is not None else 0
         self._use_layout(layout)
-        self._unwoken = 0  # host bytes of the captures queued since the writer was last woken for one
         self._batch = Batch()
         path = None
         if opts.keep_previous == "disk":
@@ -256,12 +254,7 @@ class Watcher:
         capture.pack.send()
         epoch = self.run.epoch
         build = self._batch.builder(layout, capture, self._reader.rows_cache, epoch)
-        # Small captures wake the writer once per WAKE_BYTES of them, not each: a wake-up per capture
-        # costs more than the capture on a small model, and this bounds what waits in the queue.
-        self._unwoken += capture.nbytes
-        build.nbytes = self._unwoken
-        if self._unwoken >= WAKE_BYTES:
-            self._unwoken = 0
+        build.nbytes = capture.nbytes  # small captures wait for others before the writer wakes (submit)
         self.run.submit(build, epoch=epoch)
 
     def capture(self, *, step: int | None = None) -> None:
