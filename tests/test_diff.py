@@ -56,6 +56,19 @@ def test_the_first_layer_is_the_cause(con, run_b, layer):
     assert r.layer(layer)["is_first"]
 
 
+def test_a_view_over_a_registered_frame_is_diffed_as_the_lake_is(root):
+    """diff reads some answers on a cursor of the connection; a view the user put over a frame
+    registered on the connection (which cursors do not see) gives the same answers all the same."""
+    plain = diff_runs(lakelog.connect(root), "base", "lr")
+    con = lakelog.connect(root)
+    con.register("my_scalars", con.sql("SELECT * FROM scalars").pl())
+    con.execute("CREATE OR REPLACE VIEW scalars AS SELECT * FROM my_scalars")
+    patched = diff_runs(con, "base", "lr")
+    assert (patched.first_layer, patched.first_step) == (plain.first_layer, plain.first_step)
+    assert patched.group_drift_steps.equals(plain.group_drift_steps)
+    assert patched.steps.equals(plain.steps) and patched.cause == plain.cause
+
+
 def test_shuffle_names_the_batch_and_its_samples(con):
     r = diff_runs(con, "base", "shuffle")
     assert r.batch["step"] == CAUSE_STEP and r.batch["kind"] == "different"

@@ -12,17 +12,19 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import duckdb
 import polars as pl
 
-from lakelog.errors import InvalidArgumentError, RunNotFoundError
+from lakelog.errors import InvalidArgumentError, QueryError, RunNotFoundError
 from lakelog.lake.checks import did_you_mean, non_negative_number
 from lakelog.lake.layout import RUN_FILE, Lake
 from lakelog.read.determinism.findings import INCOMPARABLE, DeterminismReport
-from lakelog.read.determinism.report import LAYER_OF_CHECK, report_on
+from lakelog.read.determinism.report import LAYER_OF_CHECK, report_evidence, report_on
 from lakelog.read.querylib import query
 from lakelog.read.resume import resume_points, run_info
 from lakelog.read.views import connect
@@ -231,13 +233,25 @@ def _notes(layers: pl.DataFrame, steps: pl.DataFrame, run_a: str, run_b: str) ->
 
 
 def _verdict(
-    con: duckdb.DuckDBPyConnection, run_a: str, run_b: str, loss_name: str, tensors: dict[str, dict[str, Any]]
+    con: duckdb.DuckDBPyConnection,
+    run_a: str,
+    run_b: str,
+    loss_name: str,
+    tensors: dict[str, dict[str, Any]],
+    evidence: dict[str, Any],
 ) -> DeterminismReport:
     """check-determinism's judgment of the pair, so diff names the same first cause with its fix."""
     info = (run_info(con, run_a)[0], run_info(con, run_b)[0])
     root = con.execute("SELECT root FROM runs WHERE run = ?", [run_a]).fetchall()
     return report_on(
-        con, run_a, run_b, info, root=root[0][0] if root else "", loss_name=loss_name, tensors=tensors
+        con,
+        run_a,
+        run_b,
+        info,
+        root=root[0][0] if root else "",
+        loss_name=loss_name,
+        tensors=tensors,
+        evidence=evidence,
     )
 
 
@@ -283,6 +297,43 @@ def _latent_rng(layers: pl.DataFrame) -> pl.DataFrame:
     return layers
 
 
+_Work = Callable[[duckdb.DuckDBPyConnection], Any]
+
+
+class _Beside:
+    """``work`` run on a cursor of ``con`` in a thread while the caller goes on with ``con``.
+
+    Why: DuckDB releases the GIL while it plans and runs a query, and diff's queries are of two kinds:
+    first_divergence is mostly planning, on one core, and group_drift a scan of every params row. Each
+    runs next to the small queries (step_overlap, param_diff, batch_order_mismatch...), so the diff
+    waits about as long as its long queries, not for everything in a row. The two long ones do not run
+    together: their working memory would add up."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, work: _Work) -> None:
+        self._con, self._work = con, work
+        cursor = con.cursor()
+
+        def run() -> Any:
+            try:
+                return work(cursor)
+            finally:
+                cursor.close()
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lakelog-diff")
+        self._future: Future = pool.submit(run)
+        pool.shutdown(wait=False)
+
+    def result(self) -> Any:
+        """The answer of ``work``. A connection whose tables its cursors do not see (one not made by
+        ``connect``, with frames registered on it) gets it from the connection itself."""
+        try:
+            return self._future.result()
+        except QueryError as exc:
+            if not isinstance(exc.__cause__, duckdb.CatalogException):
+                raise
+            return self._work(self._con)
+
+
 def diff_runs(
     root_or_con: Any,
     run_a: str,
@@ -301,7 +352,20 @@ def diff_runs(
     tol = non_negative_number(tol, "tol")
     con, (run_a, run_b) = connect_runs(root_or_con, [run_a, run_b])
     pair = {"run_a": run_a, "run_b": run_b}
-    steps = query("step_overlap", con=con, **pair)
+    overlap = _Beside(
+        con,
+        lambda cur: (
+            query("step_overlap", con=cur, **pair),
+            report_evidence(cur, run_a, run_b, loss_name=loss_name),
+        ),
+    )
+    try:
+        layers: pl.DataFrame | BaseException = query(
+            "first_divergence", con=con, tol=float(tol), loss_name=loss_name, **pair
+        )
+    except QueryError as exc:  # runs that share no step: that is the error to give first
+        layers = exc
+    steps, evidence = overlap.result()
     side = {r["side"]: r for r in steps.to_dicts()}
     for s in ("A", "B"):
         if side[s]["n_steps"] == 0:
@@ -311,9 +375,13 @@ def diff_runs(
             f"runs {run_a!r} (steps {side['A']['first_step']}-{side['A']['last_step']}) and {run_b!r} "
             f"(steps {side['B']['first_step']}-{side['B']['last_step']}) share no step: nothing to compare"
         )
-    layers = query("first_divergence", con=con, tol=float(tol), loss_name=loss_name, **pair)
+    if isinstance(layers, BaseException):
+        raise layers
+    drift = _Beside(
+        con, lambda cur: query("group_drift", con=cur, loss_name=loss_name, acc_name=acc_name, **pair)
+    )
     by_step: dict[int, pl.DataFrame] = {}  # param_diff per step, read once
-    verdict = _verdict(con, run_a, run_b, loss_name, _tensor_evidence(con, layers, pair, by_step))
+    verdict = _verdict(con, run_a, run_b, loss_name, _tensor_evidence(con, layers, pair, by_step), evidence)
     if verdict.check("rng").status == "latent":  # nothing logged after it differs: not where runs part
         layers = _latent_rng(layers)
     differing = layers.filter(pl.col("status") == "differs")
@@ -355,9 +423,9 @@ def diff_runs(
     if not weights.is_empty():
         step = int(weights["first_step"][0])
         result.params = by_step[step] if step in by_step else query("param_diff", con=con, step=step, **pair)
-    result.group_drift_steps = query("group_drift", con=con, loss_name=loss_name, acc_name=acc_name, **pair)
-    result.group_drift = _group_summary(result.group_drift_steps)
-    result.environment = query("env_diff", con=con, **pair)
     result.resume, unread = resume_points(con, run_a, run_b, tol=float(tol))
+    result.environment = query("env_diff", con=con, **pair)
+    result.group_drift_steps = drift.result()
+    result.group_drift = _group_summary(result.group_drift_steps)
     result.notes = _notes(layers, steps, run_a, run_b) + unread
     return result

@@ -31,7 +31,7 @@ from sqlglot.optimizer.qualify import qualify
 
 from lakelog.errors import QueryError
 from lakelog.lake.layout import TABLES
-from lakelog.lake.schemas import empty_table
+from lakelog.lake.schemas import empty_table, sql_type
 from lakelog.read.macros import queries_dir
 from lakelog.read.queryfiles import DIALECT_FOLDERS, Query
 from lakelog.read.sparkfix import adapt_tree
@@ -61,19 +61,7 @@ MISSING = {
 
 
 def _spark_type(kind: pa.DataType) -> str:
-    if pa.types.is_list(kind):
-        return f"ARRAY<{_spark_type(kind.value_type)}>"
-    for test, name in (
-        (pa.types.is_int64, "BIGINT"),
-        (pa.types.is_int32, "INT"),
-        (pa.types.is_float32, "FLOAT"),
-        (pa.types.is_float64, "DOUBLE"),
-        (pa.types.is_boolean, "BOOLEAN"),
-        (pa.types.is_timestamp, "TIMESTAMPTZ"),
-    ):
-        if test(kind):
-            return name
-    return "VARCHAR"
+    return sql_type(kind, spark=True) or "VARCHAR"
 
 
 @cache

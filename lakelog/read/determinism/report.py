@@ -74,6 +74,26 @@ def first_check(checks: list[Check], start: int | None) -> Check | None:
     return min(differing, key=when) if differing else None
 
 
+def report_evidence(
+    con: Any, run_a: str, run_b: str, *, loss_name: str = "loss", loss_tol: float = 0.0
+) -> dict[str, Any]:
+    """What the report reads besides the tensors, in its own step: ``lakelog diff`` reads it on a
+    cursor of its own while first_divergence runs."""
+    pair = {"run_a": run_a, "run_b": run_b}
+    return {
+        "workers": [
+            (run, row)
+            for run in (run_a, run_b)
+            for row in query("internal.determinism_workers", con=con, run=run).iter_rows(named=True)
+        ],
+        "batches": query("internal.determinism_batches", con=con, **pair),
+        "outputs": query(
+            "internal.determinism_outputs", con=con, **pair, loss_name=loss_name, loss_tol=float(loss_tol)
+        ),
+        "worker_seeds": query("internal.determinism_worker_seeds", con=con, **pair).row(0, named=True),
+    }
+
+
 def report_on(
     con: Any,
     run_a: str,
@@ -84,33 +104,29 @@ def report_on(
     loss_name: str = "loss",
     loss_tol: float = 0.0,
     tensors: dict[str, dict[str, Any]] | None = None,
+    evidence: dict[str, Any] | None = None,
 ) -> DeterminismReport:
     """The report over an open connection holding both runs, given their run.json contents (what
     ``determinism_report`` and ``lakelog diff`` share, so they name the same first cause).
 
     ``tensors``: the initial_weights / gradients / update evidence (rows of determinism_params) when the
     caller has it already (``lakelog diff`` takes it from first_divergence, which reads only the first
-    differing capture), instead of comparing every tensor of every capture again."""
+    differing capture), instead of comparing every tensor of every capture again. ``evidence``: the
+    rest, from ``report_evidence``, when the caller has read it already."""
     pair = {"run_a": run_a, "run_b": run_b}
-    flags = [
-        WorkerFlag(run=run, **worker_flag(row))
-        for run in (run_a, run_b)
-        for row in query("internal.determinism_workers", con=con, run=run).iter_rows(named=True)
-    ]
+    if evidence is None:
+        evidence = report_evidence(con, run_a, run_b, loss_name=loss_name, loss_tol=loss_tol)
+    flags = [WorkerFlag(run=run, **worker_flag(row)) for run, row in evidence["workers"]]
     judge = Judge(
         run_a,
         run_b,
         info,
-        _by_evidence(query("internal.determinism_batches", con=con, **pair)),
+        _by_evidence(evidence["batches"]),
         tensors
         if tensors is not None
         else _by_evidence(query("internal.determinism_params", con=con, **pair)),
-        _by_evidence(
-            query(
-                "internal.determinism_outputs", con=con, **pair, loss_name=loss_name, loss_tol=float(loss_tol)
-            )
-        ),
-        query("internal.determinism_worker_seeds", con=con, **pair).row(0, named=True),
+        _by_evidence(evidence["outputs"]),
+        evidence["worker_seeds"],
         flags,
     )
     checks = [Check(name, title, **judge.judge(name)) for name, title in CHECKS.items()]
