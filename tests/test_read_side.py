@@ -215,3 +215,28 @@ def test_a_table_is_listed_when_a_query_first_reads_it(tmp_path, caplog):
             ("b", 4),
         ]
     assert [r for r in caplog.records if str(part) in r.getMessage() and "PAR1" in r.getMessage()]
+
+
+def test_cursors_of_a_connection_read_its_views_from_other_threads(tmp_path):
+    """What connect makes lives in the connection's database: cursors in other threads read the same
+    runs and tables as the connection does (the runs table is one connect built, not a part file)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for name in ("a", "b"):
+        with lakelog.init(tmp_path, name=name) as run:
+            for step in range(3):
+                run.log({"loss": float(step)}, step=step)
+    con = lakelog.connect(tmp_path)
+    sql = "SELECT r.run, r.status, count(s.step) FROM runs r LEFT JOIN scalars s USING (run) GROUP BY ALL ORDER BY 1"
+    expected = con.execute(sql).fetchall()
+    assert expected == [("a", "finished", 3), ("b", "finished", 3)]
+
+    def on_cursor(_: int) -> list:
+        cursor = con.cursor()
+        try:
+            return cursor.execute(sql).fetchall()
+        finally:
+            cursor.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        assert list(pool.map(on_cursor, range(4))) == [expected] * 4

@@ -177,11 +177,15 @@ class PartWriter:
         except BaseException as exc:
             self._drop(table, nrows, exc)
             return
-        step = getattr(build, "step", None)  # a builder of one step's rows says so: no scan of its column
+        # A builder that knows its rows' steps says so (``steps``: the smallest and largest, or ``step``
+        # for one): no scan of their step column.
+        steps = getattr(build, "steps", None)
+        if steps is None and (step := getattr(build, "step", None)) is not None:
+            steps = (step, step)
         for name, rows in built.items():
             if rows is not None:
                 try:
-                    self._add(name, epoch, rows, None if step is None else (step, step))
+                    self._add(name, epoch, rows, steps)
                 except Exception as exc:
                     self._drop(name, rows_len(rows), exc)
 

@@ -55,19 +55,22 @@ class Batch:
 
 
 class Builder:
-    """``run.submit``'s row builder for one capture: ``step`` (None once it builds several steps, so the
-    writer reads their range) and ``nbytes`` (set by the watcher) are read by the writer."""
+    """``run.submit``'s row builder for one capture: ``step`` and ``steps`` (the smallest and largest
+    step of the captures it built, once it builds several) and ``nbytes`` (set by the watcher) are read
+    by the writer."""
 
     def __init__(self, batch: Batch, capture: Capture) -> None:
         self.batch, self.capture = batch, capture
         self.step: int | None = capture.step
+        self.steps: tuple[int, int] | None = None
         self.nbytes = 0
 
     def __call__(self) -> dict[str, pa.Table | None]:
         items = self.batch.take(self.capture)
         self.capture = None  # type: ignore[assignment]  # built (or not): nothing here holds it any more
         if len(items) > 1:
-            self.step = None
+            stamps = [c.step for _, c, _ in items]
+            self.step, self.steps = None, (min(stamps), max(stamps))
         return build_many(items) if items else {}
 
     def __repr__(self) -> str:  # what a failing builder is called in the writer's log
