@@ -190,6 +190,36 @@ def test_captures_queued_together_are_built_in_one_batch_with_every_row(tmp_path
     assert [s for s, _ in digests] == list(range(12)) and watcher.error is None
 
 
+def test_flat_copies_read_together_give_the_rows_read_one_capture_at_a_time(tmp_path, monkeypatch) -> None:
+    """The flat copies of the captures a batch builds are reduced together, in runs of at most
+    FLAT_VALUES values: every row is what reading each capture alone gives, bit for bit."""
+    from lakelog.write.telemetry import rows as rows_mod
+
+    def train(name: str) -> None:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        run = lakelog.init(tmp_path, name=name)
+        run.watch(model, opt, every=1)
+        x = torch.randn(8, 4)
+        for _ in range(10):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        run.finish()
+
+    train("together")
+    monkeypatch.setattr(rows_mod, "FLAT_VALUES", 1)  # every capture's copies read in a run of its own
+    train("alone")
+    con = lakelog.connect(tmp_path)
+    columns = "step, name, kind, norm, mean, std, min, max, absmax, grad_norm, grad_absmax, fingerprint"
+    together, alone = (
+        con.execute(f"SELECT {columns} FROM params WHERE run = ? ORDER BY step, name, kind", [run]).fetchall()
+        for run in ("together", "alone")
+    )
+    assert len(together) > 100 and together == alone
+
+
 def test_a_builder_the_writer_skipped_is_built_with_the_next() -> None:
     from lakelog.write.telemetry.batch import Batch
     from lakelog.write.telemetry.rows import Capture

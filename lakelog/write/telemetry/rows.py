@@ -185,22 +185,62 @@ class _Rows:
     holdout: pa.Table | None
 
 
-def _capture_rows(layout: groups_mod.Layout, c: Capture, cache: RowsCache | None) -> _Rows:
-    """The host columns of one capture: the columns that depend on the layout only come from ``cache``
+FLAT_VALUES = 1 << 22
+"""Values of flat copies read in one ``flat_cpu.raw_rows`` call (32 MiB of float64 scratch), at most."""
+
+_Flats = tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]
+
+
+def _flat_sections(c: Capture, st: _Static) -> tuple[list, list]:
+    """A capture's flat copies: (weights, buffers), read with every column, and (optimizer state,
+    gradients), read for their norms and absmax only."""
+    optim = c.optim if st.n_o else None
+    full = [c.params.flat, c.buffers.flat]  # type: ignore[union-attr]
+    light = [optim.flat if optim else None, c.grads.flat if c.grads else None]
+    return full, light
+
+
+def _copy_values(copies: list) -> int:
+    return sum(f.plan.total for f in copies if f is not None)
+
+
+def _read_flats(captures: list[tuple[Capture, _Static]]) -> list[_Flats]:
+    """The ``RAW`` rows of the captures' flat copies, read together: one float64 copy and one
+    ``flat_rows`` per kind for many captures (their fixed cost is per call), in runs of at most
+    ``FLAT_VALUES`` values so the scratch stays small."""
+    out: list[_Flats] = []
+    group: list[tuple[list, list]] = []
+    values = 0
+
+    def read() -> None:
+        full = flat_cpu.raw_rows([f for g in group for f in g[0]], full=True, minmax=True)
+        light = flat_cpu.raw_rows([f for g in group for f in g[1]], full=False, minmax=True)
+        out.extend((full[2 * i], full[2 * i + 1], light[2 * i], light[2 * i + 1]) for i in range(len(group)))
+
+    for c, st in captures:
+        sections = _flat_sections(c, st)
+        size = _copy_values(sections[0]) + _copy_values(sections[1])
+        if group and values + size > FLAT_VALUES:
+            read()
+            group, values = [], 0
+        group.append(sections)
+        values += size
+    if group:
+        read()
+    return out
+
+
+def _capture_rows(layout: groups_mod.Layout, c: Capture, st: _Static, flats: _Flats) -> _Rows:
+    """The host columns of one capture: the columns that depend on the layout only come from ``st``
     (built once per layout); the numbers of all families (weights, buffers, optimizer state and the
-    gradients) are finished in one pass."""
+    gradients) are finished in one pass; ``flats`` are its flat copies' rows (``_read_flats``)."""
     pack = c.pack
     assert c.params is not None and c.buffers is not None and c.meta is not None
-    st = (cache or RowsCache()).get(layout, c)
     n_p, n, pre = st.n_p, st.n, c.prefix
     grads, optim = c.grads, (c.optim if st.n_o else None)
     sections = [c.params, c.buffers] + ([optim] if optim is not None else [])
     sections += [grads] if grads is not None else []
-    # The flat copies: weights and buffers (every column) in one read, gradients and state in another.
-    fw, fb = flat_cpu.raw_rows([c.params.flat, c.buffers.flat], full=True, minmax=True)
-    fo, fg = flat_cpu.raw_rows(
-        [optim.flat if optim else None, grads.flat if grads else None], full=False, minmax=True
-    )
+    fw, fb, fo, fg = flats
     flat = {id(c.params): fw, id(c.buffers): fb, id(optim): fo, id(grads): fg}
     raw = np.concatenate([sec.raw(pack, flat[id(sec)]) for sec in sections])  # type: ignore[union-attr]
     kinds = [k for sec in sections for k in sec.kinds]  # type: ignore[union-attr]
@@ -267,7 +307,9 @@ def build_many(
 ) -> dict[str, pa.Table | None]:
     """Writer thread: the rows of several captures, each table converted to Arrow once for all of them
     (on a small model a conversion costs more than the numbers it converts)."""
-    rows = [_capture_rows(*item) for item in items]
+    statics = [(layout, c, (cache or RowsCache()).get(layout, c)) for layout, c, cache in items]
+    flats = _read_flats([(c, st) for _, c, st in statics])
+    rows = [_capture_rows(*item, flat) for item, flat in zip(statics, flats, strict=True)]
     sizes = [r.st.n for r in rows]
     total = sum(sizes)
 
