@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import torch
 
+from lakelog.write.chunking import bounded_runs
+
 # Words per chunk. Temporaries stay under 64 bytes per chunk word (4 MiB on CPU, 128 MiB on CUDA). On
 # CPU the buffers of a chunk stay in cache through its ~14 ops; on accelerators large chunks keep
 # kernel launches few. Neither changes the result.
@@ -195,25 +197,16 @@ class Kernel:
         batched, up to a chunk of words per batch, whatever their order among the large ones.
         """
         rows: list[torch.Tensor | None] = [None] * len(groups)
-        batch: list[int] = []
-        batch_words = 0
-
-        def flush() -> None:
-            for i, row in zip(batch, self.group_sums([groups[i] for i in batch]).unbind(), strict=True):
-                rows[i] = row
-
+        small: list[tuple[int, int]] = []
         for i, pieces in enumerate(groups):
             n = sum(p.numel() for p in pieces)
             if n > self.chunk // self.divisor:
                 rows[i] = self.large_sums(pieces)
-                continue
-            if batch_words + n > self.chunk:
-                flush()
-                batch, batch_words = [], 0
-            batch.append(i)
-            batch_words += n
-        if batch:
-            flush()
+            else:
+                small.append((i, n))
+        for batch in bounded_runs(small, self.chunk):
+            for i, row in zip(batch, self.group_sums([groups[i] for i in batch]).unbind(), strict=True):
+                rows[i] = row
         return torch.stack(rows)  # type: ignore[arg-type]
 
     def finalized(self, pre: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import xxhash
 
 from lakelog.lake import schemas
+from lakelog.write.chunking import bounded_runs
 from lakelog.write.fingerprint import algorithm_prefix
 from lakelog.write.telemetry import flat_cpu
 from lakelog.write.telemetry import groups as groups_mod
@@ -208,25 +209,13 @@ def _read_flats(captures: list[tuple[Capture, _Static]]) -> list[_Flats]:
     """The ``RAW`` rows of the captures' flat copies, read together: one float64 copy and one
     ``flat_rows`` per kind for many captures (their fixed cost is per call), in runs of at most
     ``FLAT_VALUES`` values so the scratch stays small."""
+    sections = [_flat_sections(c, st) for c, st in captures]
+    sizes = ((i, _copy_values(full) + _copy_values(light)) for i, (full, light) in enumerate(sections))
     out: list[_Flats] = []
-    group: list[tuple[list, list]] = []
-    values = 0
-
-    def read() -> None:
-        full = flat_cpu.raw_rows([f for g in group for f in g[0]], full=True, minmax=True)
-        light = flat_cpu.raw_rows([f for g in group for f in g[1]], full=False, minmax=True)
-        out.extend((full[2 * i], full[2 * i + 1], light[2 * i], light[2 * i + 1]) for i in range(len(group)))
-
-    for c, st in captures:
-        sections = _flat_sections(c, st)
-        size = _copy_values(sections[0]) + _copy_values(sections[1])
-        if group and values + size > FLAT_VALUES:
-            read()
-            group, values = [], 0
-        group.append(sections)
-        values += size
-    if group:
-        read()
+    for run in bounded_runs(sizes, FLAT_VALUES):
+        full = flat_cpu.raw_rows([f for i in run for f in sections[i][0]], full=True, minmax=True)
+        light = flat_cpu.raw_rows([f for i in run for f in sections[i][1]], full=False, minmax=True)
+        out.extend((full[2 * k], full[2 * k + 1], light[2 * k], light[2 * k + 1]) for k in range(len(run)))
     return out
 
 
