@@ -37,7 +37,10 @@ does (bfloat16 and complex take that path)."""
 Signature = tuple[Any, ...]
 _Buffers = tuple[list[torch.Tensor], list[list[torch.Tensor]]]
 POOL = 8
-"""Buffer sets a plan keeps for reuse (captures in flight, plus the kept previous weights)."""
+POOL_BYTES = 16 << 20
+"""Buffer sets a plan keeps for reuse: as many as the captures in flight (the writer takes them in
+batches of up to ``writer.WAKE_BYTES``, plus the kept previous weights), at least ``POOL`` and at most
+``POOL_BYTES`` of them. A set made afresh costs the training thread a view per tensor."""
 
 
 def shape_text(t: torch.Tensor) -> str:
@@ -92,6 +95,7 @@ class Plan:
         self.nbytes = sum(bounds[-1][1] for bounds, _ in self.hashing)
         """Bytes of one copy."""
         self._pool: deque[_Buffers] = deque()
+        self._keep = max(POOL, POOL_BYTES // max(self.nbytes, 1))
 
     def take(self) -> _Buffers:
         """Buffers for one capture's copy, and views of them shaped like each row: reused from copies no
@@ -110,7 +114,7 @@ class Plan:
         return parts, views
 
     def give_back(self, buffers: _Buffers) -> None:
-        if len(self._pool) < POOL:
+        if len(self._pool) < self._keep:
             self._pool.append(buffers)
 
 
