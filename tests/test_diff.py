@@ -69,6 +69,22 @@ def test_a_view_over_a_registered_frame_is_diffed_as_the_lake_is(root):
     assert patched.steps.equals(plain.steps) and patched.cause == plain.cause
 
 
+def test_a_read_only_connection_is_diffed_as_the_default_one(root):
+    """A read_only connection's views read file lists held by the connection itself; the cursor diff
+    reads on beside it gets them too, and stays locked to the lake."""
+    plain = diff_runs(lakelog.connect(root), "base", "lr")
+    con = lakelog.connect(root, read_only=True)
+    locked = diff_runs(con, "base", "lr")
+    assert (locked.first_layer, locked.first_step) == (plain.first_layer, plain.first_step)
+    assert locked.group_drift_steps.equals(plain.group_drift_steps) and locked.cause == plain.cause
+    import duckdb
+
+    from lakelog.read.views import cursor
+
+    with pytest.raises(duckdb.PermissionException):
+        cursor(con).execute("SELECT * FROM read_text('/etc/hostname')").fetchall()
+
+
 def test_shuffle_names_the_batch_and_its_samples(con):
     r = diff_runs(con, "base", "shuffle")
     assert r.batch["step"] == CAUSE_STEP and r.batch["kind"] == "different"

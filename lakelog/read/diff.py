@@ -23,6 +23,7 @@ import polars as pl
 from lakelog.errors import InvalidArgumentError, QueryError, RunNotFoundError
 from lakelog.lake.checks import did_you_mean, non_negative_number
 from lakelog.lake.layout import RUN_FILE, Lake
+from lakelog.read import views
 from lakelog.read.determinism.findings import INCOMPARABLE, DeterminismReport
 from lakelog.read.determinism.report import LAYER_OF_CHECK, report_evidence, report_on
 from lakelog.read.querylib import query
@@ -311,7 +312,7 @@ class _Beside:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, work: _Work) -> None:
         self._con, self._work = con, work
-        cursor = con.cursor()
+        cursor = views.cursor(con)
 
         def run() -> Any:
             try:

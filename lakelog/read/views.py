@@ -261,6 +261,18 @@ def _local_view(con: duckdb.DuckDBPyConnection, table: str, scan: Scan, live: Li
     return True
 
 
+def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Another connection to ``con``'s database (for a query in another thread) that reads the same
+    views: ``con.cursor()``, with ``con``'s variables copied (a snapshot view's file list is one, and
+    variables belong to a connection). The database's settings, a read-only lock included, hold."""
+    other = con.cursor()
+    for (name,) in con.execute("SELECT name FROM duckdb_variables()").fetchall():
+        ((value,),) = con.execute("SELECT getvariable($name)", {"name": name}).fetchall()
+        quoted = name.replace('"', '""')
+        other.execute(f'SET VARIABLE "{quoted}" = $value', {"value": value})
+    return other
+
+
 def _undecodable(files: list[str], scan: Scan) -> set[str]:
     """The files whose Parquet footer does not decode (each reported to ``scan``)."""
     bad = set()
