@@ -41,11 +41,11 @@ Rows = pa.Table | Mapping[str, Any]
 list columns, Arrow arrays) that are merged and converted in bulk when the part file is written."""
 BuildRows = Callable[[], Mapping[str, Rows | None]]
 ON_ERROR = ("warn", "raise")
-WAKE_BYTES = 8 << 20
+WAKE_BYTES = 1 << 20
 """Queued builders holding less than this many bytes are taken in batches (see ``PartWriter.submit``).
-Measured on the digits-CNN loop with ``watch(every=1)`` (``benchmarks/bench_small_loop.py``, process CPU
-per step, 1 thread): 1 MiB 7.43 ms, 4 MiB 6.63, 16 MiB 6.13 (plain training 3.41); the held copies are
-at most this much memory, and rows reach the lake at the next flush either way."""
+Larger batches save a small model's captures a few percent of CPU at most, and leave a backlog that
+``finish`` waits for: on ``benchmarks/bench_writer.py``'s predictions loop, 8 MiB costs 0.25 ms a step
+where 1 MiB costs 0.14."""
 WARN_EVERY_S = 300.0
 """The lake-not-writable warning is repeated at most this often while the problem lasts."""
 

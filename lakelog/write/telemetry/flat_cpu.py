@@ -39,8 +39,9 @@ _Buffers = tuple[list[torch.Tensor], list[list[torch.Tensor]]]
 POOL = 8
 POOL_BYTES = 16 << 20
 """Buffer sets a plan keeps for reuse: as many as the captures in flight (the writer takes them in
-batches of up to ``writer.WAKE_BYTES``, plus the kept previous weights), at least ``POOL`` and at most
-``POOL_BYTES`` of them. A set made afresh costs the training thread a view per tensor."""
+batches of about ``writer.WAKE_BYTES``, more when it falls behind; plus the kept previous weights), at
+least ``POOL`` and at most ``POOL_BYTES`` of them. A set made afresh costs the training thread a view
+per tensor, so a writer that falls behind would otherwise slow training further."""
 
 
 def shape_text(t: torch.Tensor) -> str:
