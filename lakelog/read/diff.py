@@ -12,8 +12,6 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,7 +21,7 @@ import polars as pl
 from lakelog.errors import InvalidArgumentError, QueryError, RunNotFoundError
 from lakelog.lake.checks import did_you_mean, non_negative_number
 from lakelog.lake.layout import RUN_FILE, Lake
-from lakelog.read import views
+from lakelog.read.beside import Beside
 from lakelog.read.determinism.findings import INCOMPARABLE, DeterminismReport
 from lakelog.read.determinism.report import LAYER_OF_CHECK, report_evidence, report_on
 from lakelog.read.querylib import query
@@ -298,43 +296,6 @@ def _latent_rng(layers: pl.DataFrame) -> pl.DataFrame:
     return layers
 
 
-_Work = Callable[[duckdb.DuckDBPyConnection], Any]
-
-
-class _Beside:
-    """``work`` run on a cursor of ``con`` in a thread while the caller goes on with ``con``.
-
-    Why: DuckDB releases the GIL while it plans and runs a query, and diff's queries are of two kinds:
-    first_divergence is mostly planning, on one core, and group_drift a scan of every params row. Each
-    runs next to the small queries (step_overlap, param_diff, batch_order_mismatch...), so the diff
-    waits about as long as its long queries, not for everything in a row. The two long ones do not run
-    together: their working memory would add up."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, work: _Work) -> None:
-        self._con, self._work = con, work
-        cursor = views.cursor(con)
-
-        def run() -> Any:
-            try:
-                return work(cursor)
-            finally:
-                cursor.close()
-
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lakelog-diff")
-        self._future: Future = pool.submit(run)
-        pool.shutdown(wait=False)
-
-    def result(self) -> Any:
-        """The answer of ``work``. A connection whose tables its cursors do not see (one not made by
-        ``connect``, with frames registered on it) gets it from the connection itself."""
-        try:
-            return self._future.result()
-        except QueryError as exc:
-            if not isinstance(exc.__cause__, duckdb.CatalogException):
-                raise
-            return self._work(self._con)
-
-
 def diff_runs(
     root_or_con: Any,
     run_a: str,
@@ -353,7 +314,9 @@ def diff_runs(
     tol = non_negative_number(tol, "tol")
     con, (run_a, run_b) = connect_runs(root_or_con, [run_a, run_b])
     pair = {"run_a": run_a, "run_b": run_b}
-    overlap = _Beside(
+    # first_divergence is mostly planning, on one core, and group_drift a scan of every params row: each
+    # runs next to short queries on a cursor, and never next to the other (their memory would add up)
+    overlap = Beside(
         con,
         lambda cur: (
             query("step_overlap", con=cur, **pair),
@@ -378,7 +341,7 @@ def diff_runs(
         )
     if isinstance(layers, BaseException):
         raise layers
-    drift = _Beside(
+    drift = Beside(
         con, lambda cur: query("group_drift", con=cur, loss_name=loss_name, acc_name=acc_name, **pair)
     )
     by_step: dict[int, pl.DataFrame] = {}  # param_diff per step, read once
