@@ -314,15 +314,13 @@ def diff_runs(
     tol = non_negative_number(tol, "tol")
     con, (run_a, run_b) = connect_runs(root_or_con, [run_a, run_b])
     pair = {"run_a": run_a, "run_b": run_b}
-    # first_divergence is mostly planning, on one core; group_drift is a scan of every params row. A
-    # cursor reads step_overlap, the determinism evidence, then group_drift while first_divergence and
-    # the short queries run here: the two long ones overlap little, so their memory does not add up.
+    # first_divergence is mostly planning, on one core, and group_drift a scan of every params row: each
+    # runs next to short queries on a cursor, and never next to the other (their memory would add up)
     overlap = Beside(
         con,
         lambda cur: (
             query("step_overlap", con=cur, **pair),
             report_evidence(cur, run_a, run_b, loss_name=loss_name),
-            query("group_drift", con=cur, loss_name=loss_name, acc_name=acc_name, **pair),
         ),
     )
     try:
@@ -331,7 +329,7 @@ def diff_runs(
         )
     except QueryError as exc:  # runs that share no step: that is the error to give first
         layers = exc
-    steps, evidence, drift_steps = overlap.result()
+    steps, evidence = overlap.result()
     side = {r["side"]: r for r in steps.to_dicts()}
     for s in ("A", "B"):
         if side[s]["n_steps"] == 0:
@@ -343,6 +341,9 @@ def diff_runs(
         )
     if isinstance(layers, BaseException):
         raise layers
+    drift = Beside(
+        con, lambda cur: query("group_drift", con=cur, loss_name=loss_name, acc_name=acc_name, **pair)
+    )
     by_step: dict[int, pl.DataFrame] = {}  # param_diff per step, read once
     verdict = _verdict(con, run_a, run_b, loss_name, _tensor_evidence(con, layers, pair, by_step), evidence)
     if verdict.check("rng").status == "latent":  # nothing logged after it differs: not where runs part
@@ -388,7 +389,7 @@ def diff_runs(
         result.params = by_step[step] if step in by_step else query("param_diff", con=con, step=step, **pair)
     result.resume, unread = resume_points(con, run_a, run_b, tol=float(tol))
     result.environment = query("env_diff", con=con, **pair)
-    result.group_drift_steps = drift_steps
+    result.group_drift_steps = drift.result()
     result.group_drift = _group_summary(result.group_drift_steps)
     result.notes = _notes(layers, steps, run_a, run_b) + unread
     return result
