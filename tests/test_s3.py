@@ -268,3 +268,18 @@ def test_damaged_objects_on_s3_are_left_out_with_a_warning_and_listed_by_check(
     assert sorted(p.path.split("lake/", 1)[-1] for p in report.problems) == sorted(
         [parts[0], parts[1], "damaged/a/run.json"]
     )
+
+
+def test_two_runs_on_s3_are_diffed(s3_env: str) -> None:
+    """An object-store lake's tables are registered on the connection (cursors do not see them):
+    ``diff`` answers on the connection itself and finds where the runs part."""
+    from lakelog.read.diff import diff_runs
+
+    root = "s3://lake/diffed"
+    for name, late in (("a", 0.0), ("b", 0.5)):
+        with lakelog.init(root, name=name, seed=1) as run:
+            for step in range(6):
+                run.log({"loss": 1.0 / (step + 1) + (late if step >= 4 else 0.0)}, step=step)
+    result = diff_runs(lakelog.connect(root), "a", "b")
+    assert (result.first_layer, result.first_step) == ("loss", 4) and not result.identical
+    assert result.steps.filter(result.steps["side"] == "common")["n_steps"][0] == 6

@@ -341,7 +341,9 @@ def _remote_view(con: duckdb.DuckDBPyConnection, table: str, scan: Scan) -> bool
         parts = [t for t in pool.map(read, jobs) if t is not None]
     if not parts:
         return False
-    store(con, f"_{table}_arrow", pa.concat_tables(parts, promote_options="permissive"))
+    # registered, not stored: a copy into the database would hold the whole table twice while it is
+    # made; cursors of ``con`` do not see it (``beside.Beside`` answers such a connection on itself)
+    con.register(f"_{table}_arrow", pa.concat_tables(parts, promote_options="permissive"))
     source = _cut(f"SELECT * FROM _{table}_arrow", scan)
     con.execute(f"CREATE OR REPLACE VIEW {table} AS {_with_contract(con, table, source)}")
     return True
