@@ -76,11 +76,11 @@ RUNS_SCHEMA = pa.schema(
     ]
 )
 RUNS_COLUMNS = tuple(RUNS_SCHEMA.names)
-CUTS_SCHEMA = pa.schema([("run", pa.string()), ("rank", pa.int64()), ("step", pa.int64())])
-"""Where each unfinished rank's committed rows end (rows beyond are hidden)."""
 """The ``runs`` view: one row per run; ``status`` is ``crashed`` for a run whose writer died, and
 ``damaged`` for a run whose run.json cannot be read; ``committed_step`` is the last step every rank
 committed (None when unknown)."""
+CUTS_SCHEMA = pa.schema([("run", pa.string()), ("rank", pa.int64()), ("step", pa.int64())])
+"""Where each unfinished rank's committed rows end (rows beyond are hidden)."""
 
 UNION_BY_NAME_FILES = 64
 """Snapshot views of tables of up to this many files match columns per file (``union_by_name``);
