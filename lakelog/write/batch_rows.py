@@ -24,7 +24,7 @@ from lakelog.lake.checks import optional_non_negative_int
 from lakelog.write.fingerprint import algorithm_for, fingerprint_many
 from lakelog.write.hostcopy import HostCopy, resolve
 from lakelog.write.partfiles import Row
-from lakelog.write.records import ID_SEPARATOR, _digest, _length, _uniform_list
+from lakelog.write.records import _digest, _length, _uniform_list, _values_digest
 
 DEFER_BYTES = 1 << 20
 """CPU inputs up to this many bytes (all tensors of a batch together) are fingerprinted on the writer thread."""
@@ -143,8 +143,8 @@ def batch_job(
             batch_idx,
             len(strings),
             strings,
-            _digest(ID_SEPARATOR.join(strings).encode()),
-            _digest(ID_SEPARATOR.join(sorted(strings)).encode()),
+            _values_digest(strings),
+            _values_digest(sorted(strings)),
             input_fp,
             shapes,
             rng.get("torch"),
@@ -156,6 +156,6 @@ def batch_job(
         return {"batches": Row(row, 256 + 16 * len(strings))}
 
     build.rows = 1
-    build.step = step
+    build.steps = (step, step)
     build.nbytes = nbytes
     return build

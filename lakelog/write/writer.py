@@ -180,11 +180,7 @@ class PartWriter:
         except BaseException as exc:
             self._drop(table, nrows, exc)
             return
-        # A builder that knows its rows' steps says so (``steps``: the smallest and largest, or ``step``
-        # for one): no scan of their step column.
-        steps = getattr(build, "steps", None)
-        if steps is None and (step := getattr(build, "step", None)) is not None:
-            steps = (step, step)
+        steps = getattr(build, "steps", None)  # a builder that knows its rows' (first, last) step says so
         for name, rows in built.items():
             if rows is not None:
                 try:

@@ -55,14 +55,12 @@ class Batch:
 
 
 class Builder:
-    """``run.submit``'s row builder for one capture: ``step`` and ``steps`` (the smallest and largest
-    step of the captures it built, once it builds several) and ``nbytes`` (set by the watcher) are read
-    by the writer."""
+    """``run.submit``'s row builder for one capture: ``steps`` (the smallest and largest step of the
+    captures it built) and ``nbytes`` (set by the watcher) are read by the writer."""
 
     def __init__(self, batch: Batch, capture: Capture) -> None:
         self.batch, self.capture = batch, capture
-        self.step: int | None = capture.step
-        self.steps: tuple[int, int] | None = None
+        self.steps: tuple[int, int] = (capture.step, capture.step)
         self.nbytes = 0
 
     def __call__(self) -> dict[str, pa.Table | None]:
@@ -70,8 +68,9 @@ class Builder:
         self.capture = None  # type: ignore[assignment]  # built (or not): nothing here holds it any more
         if len(items) > 1:
             stamps = [c.step for _, c, _ in items]
-            self.step, self.steps = None, (min(stamps), max(stamps))
+            self.steps = (min(stamps), max(stamps))
         return build_many(items) if items else {}
 
     def __repr__(self) -> str:  # what a failing builder is called in the writer's log
-        return f"telemetry capture at step {self.step}"
+        first, last = self.steps
+        return f"telemetry capture at step {first}" + (f"-{last}" if last != first else "")

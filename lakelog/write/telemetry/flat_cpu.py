@@ -44,12 +44,9 @@ least ``POOL`` and at most ``POOL_BYTES`` of them. A set made afresh costs the t
 per tensor, so a writer that falls behind would otherwise slow training further."""
 
 
-def shape_text(t: torch.Tensor) -> str:
-    return str(list(t.shape))
-
-
-def dtype_text(t: torch.Tensor | Any) -> str:
-    return str(t.dtype).removeprefix("torch.")
+def meta_text(shape: Sequence[int], dtype: torch.dtype) -> tuple[str, str]:
+    """A row's ``shape`` and ``dtype`` columns: ``[3, 4]`` and ``float32``."""
+    return str(list(shape)), str(dtype).removeprefix("torch.")
 
 
 def signature(tensors: Sequence[torch.Tensor | None]) -> Signature:
@@ -71,7 +68,7 @@ class Plan:
         self.sig, self.fingerprints = sig, fingerprints
         self.n = len(sig)
         self.numels = [0 if s is None else math.prod(s[1]) for s in sig]
-        self.meta = [None if s is None else (str(list(s[1])), str(s[0]).removeprefix("torch.")) for s in sig]
+        self.meta = [None if s is None else meta_text(s[1], s[0]) for s in sig]
         by_dtype: dict[torch.dtype, list[int]] = {}
         for i, s in enumerate(sig):
             if _flat(s):

@@ -28,7 +28,7 @@ from lakelog.write.telemetry.summaries import RowFlags, Section, finish_stats
 
 @dataclass
 class Capture:
-    """One capture's host-bound data (training thread); ``build_rows`` turns it into rows (writer thread)."""
+    """One capture's host-bound data (training thread); ``build_many`` turns it into rows (writer thread)."""
 
     step: int
     pack: Pack
@@ -282,13 +282,6 @@ def _capture_rows(layout: groups_mod.Layout, c: Capture, st: _Static, flats: _Fl
     kept = [(k, v) for k, v in scalars if v is not None]
     fps = w_fps + b_fps + o_fps
     return _Rows(st, c.step, values, fps, g_fps, digest, kept, int(c.time * 1e6), holdout)  # type: ignore[arg-type]
-
-
-def build_rows(
-    layout: groups_mod.Layout, c: Capture, cache: RowsCache | None = None
-) -> dict[str, pa.Table | None]:
-    """Writer thread: the capture's params, param_digests (one row), scalars and holdout rows."""
-    return build_many([(layout, c, cache)])
 
 
 def build_many(

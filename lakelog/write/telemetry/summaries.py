@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from lakelog.write.fingerprint import algorithm_for, fingerprint_many, to_hex
-from lakelog.write.telemetry.flat_cpu import FlatCopy, Plans, dtype_text, shape_text
+from lakelog.write.telemetry.flat_cpu import FlatCopy, Plans, meta_text
 from lakelog.write.telemetry.pack import F64, Pack
 from lakelog.write.telemetry.stats_cpu import HALF, SMALL, cpu_block
 
@@ -274,7 +274,7 @@ class Section:
         else:
             self.plan = None
             self.numels = [t.numel() if t is not None else 0 for t in tensors]
-            self.meta = [None if t is None else (shape_text(t), dtype_text(t)) for t in tensors]
+            self.meta = [None if t is None else meta_text(t.shape, t.dtype) for t in tensors]
             self.kinds = ["none"] * self.n
             rest = [i for i, t in enumerate(tensors) if t is not None]
         by_device: dict[torch.device, list[int]] = {}
