@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import json
 import os
 import statistics
@@ -96,11 +97,12 @@ def _loop_csv(steps: int, tmp: Path, results: dict[str, float]) -> None:
 
 
 def _writer_cpu_s() -> float:
-    """CPU seconds of this process's lakelog writer threads so far (the writer and its part-file pool)."""
+    """CPU seconds of this process's lakelog writer threads so far (the writer, its part-file pool and
+    its row-group encoder)."""
     return sum(
         time.clock_gettime(time.pthread_getcpuclockid(t.ident))
         for t in threading.enumerate()
-        if (t.name == "lakelog-writer" or t.name.startswith("lakelog-part")) and t.ident is not None
+        if t.name.startswith(("lakelog-writer", "lakelog-part", "lakelog-encode")) and t.ident is not None
     )
 
 
@@ -182,16 +184,19 @@ def _e2e_floor(batches: list, steps: int, tmp: Path, results: dict[str, float]) 
 
 
 def bench_predictions(steps: int, tmp: Path, repeat: int) -> dict[str, float]:
-    """Each group of ways in an order that rotates with ``repeat``, so none always runs first."""
+    """Each group of ways in an order that rotates with ``repeat``, so none always runs first; each way
+    starts after a full garbage collection, so one owed by the ways before it does not land in it."""
     tmp.mkdir(parents=True)
     results: dict[str, float] = {}
     ways = [_loop_none, _loop_csv, _loop_lakelog]
     for way in ways[repeat % 3 :] + ways[: repeat % 3]:
+        gc.collect()  # a full collection left by the previous way (~0.2 s here) must not land in this one
         way(steps, tmp, results)
     step = make_loop(steps)
     batches = [step(s)[:4] for s in range(min(steps, 64))]
     ends = [_e2e_lakelog, _e2e_csv, _e2e_floor]
     for way in ends[repeat % 3 :] + ends[: repeat % 3]:
+        gc.collect()
         way(batches, steps, tmp, results)
     return results
 

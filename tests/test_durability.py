@@ -55,6 +55,7 @@ def test_interpreter_exit_writes_what_is_buffered(tmp_path):
         """
         import sys, torch, lakelog
         run = lakelog.init(sys.argv[1], name="exit", flush_every_s=3600)
+        run._writer.group_rows = 64  # row groups are encoded ahead while the run is closed at exit
         for step in range(100):
             run.log({"loss": float(step)}, step=step)
             run.log_batch(sample_ids=list(range(4)), step=step)
@@ -64,7 +65,8 @@ def test_interpreter_exit_writes_what_is_buffered(tmp_path):
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
     con = lakelog.connect(tmp_path)
     assert con.execute("SELECT count(*), max(value) FROM scalars").fetchone() == (100, 99.0)
-    # several tables at exit: their part files are stored one by one once no thread can be started
+    # several tables at exit: their part files are stored and their row groups encoded one by one
+    # once no thread can be started
     assert con.execute("SELECT count(*) FROM batches").fetchone() == (100,)
     assert con.execute("SELECT count(*) FROM predictions").fetchone() == (400,)
     assert con.execute("SELECT status FROM runs").fetchone() == ("exited",)

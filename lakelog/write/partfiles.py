@@ -315,17 +315,19 @@ class TableFormat:
     def fits(self, schema: pa.Schema) -> bool:
         return tuple(schema.names) == self.names
 
+    def options(self, compression: str, level: int) -> dict[str, Any]:
+        """The keyword arguments of ``pq.write_table`` and ``pq.ParquetWriter`` for this format."""
+        return {
+            "compression": compression,
+            "compression_level": level,
+            "use_dictionary": self.dictionary,
+            "column_encoding": self.encodings,
+            "write_statistics": self.statistics,
+        }
+
     def encode(self, data: pa.Table, compression: str, level: int) -> pa.Buffer:
         sink = pa.BufferOutputStream()
-        pq.write_table(
-            data,
-            sink,
-            compression=compression,
-            compression_level=level,
-            use_dictionary=self.dictionary,
-            column_encoding=self.encodings,
-            write_statistics=self.statistics,
-        )
+        pq.write_table(data, sink, **self.options(compression, level))
         return sink.getvalue()
 
 
@@ -355,6 +357,19 @@ class Part:
     fmt: TableFormat
     folder: str
     path: str
+    encoding: Any = None
+    """The part's earlier rows, encoded ahead as row groups (a ``rowgroups.Encoding``), or None."""
+
+    @property
+    def rows(self) -> int:
+        return self.data.num_rows + (self.encoding.rows if self.encoding is not None else 0)
+
+    def all_rows(self) -> pa.Table:
+        """Every row of the part, the held-back ones included (to keep them when it is not written)."""
+        tables = [*(self.encoding.tables if self.encoding is not None else ()), self.data]
+        if self.keep is not None:
+            tables.append(self.keep)
+        return pa.concat_tables(tables, promote_options="permissive")
 
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None

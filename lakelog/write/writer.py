@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,7 +31,9 @@ from lakelog.errors import InvalidArgumentError, WriterFailedError
 from lakelog.lake import lifecycle
 from lakelog.lake.layout import Lake, part_file_name, partition_dir
 from lakelog.write.background import Worker
-from lakelog.write.partfiles import Buffer, Part, TableFormat, rows_len, split_before, step_range, store_all
+from lakelog.write.losses import Losses
+from lakelog.write.partfiles import Buffer, Part, rows_len, split_before, step_range, store_all
+from lakelog.write.rowgroups import GROUP_ROWS, RowGroups
 
 log = logging.getLogger("lakelog")
 
@@ -46,8 +47,6 @@ WAKE_BYTES = 1 << 20
 Larger batches save a small model's captures a few percent of CPU at most, and leave a backlog that
 ``finish`` waits for: on ``benchmarks/bench_writer.py``'s predictions loop, 8 MiB costs 0.25 ms a step
 where 1 MiB costs 0.14."""
-WARN_EVERY_S = 300.0
-"""The lake-not-writable warning is repeated at most this often while the problem lasts."""
 
 
 class PartWriter:
@@ -83,6 +82,8 @@ class PartWriter:
         self.rank = rank
         self.max_rows = max_rows
         self.max_bytes = max_bytes
+        self.group_rows = GROUP_ROWS
+        """Final rows of a partition encoded ahead as one row group (rowgroups.py)."""
         self.max_buffer_bytes = max_buffer_bytes
         self.flush_every_s = flush_every_s
         self.compression = compression
@@ -90,23 +91,17 @@ class PartWriter:
         self.on_error = on_error
         self.files_written = 0
         self.rows_written = 0
-        self.dropped: dict[str, int] = {}
-        """Rows that could not be written, per table (read it after ``flush()``/``close()``)."""
-        self.causes: dict[str, str] = {}
+        self.losses = Losses(run_dir, lake.root)
+        self._groups = RowGroups(self.losses, compression, compression_level)  # parts encoded as they fill
         self.last_scalars = {} if last_scalars is None else last_scalars
         self._seq = seq
         self._committed = committed
         self._last_commit: tuple[int | None, bool] | None = None
-        self._dirty = True  # files written (or rows dropped) since the last commit
+        self._dirty = True  # files written since the last commit
         self._newest: int | None = committed  # the largest step seen in any row
         self._buffers: dict[tuple[str, int], Buffer] = {}
-        self._formats: dict[str, TableFormat] = {}
         self._made_dirs: set[str] = set()
         self._heartbeat = heartbeat
-        self._first_error: BaseException | None = None
-        self._io_error: OSError | None = None  # set while the lake cannot be written
-        self._io_warned_at = -WARN_EVERY_S
-        self._warned: set[tuple[str, str]] = set()
         self._unwoken_bytes = 0  # declared bytes of the builders queued since submit last woke the thread
         self._worker = Worker(
             "lakelog-writer",
@@ -127,7 +122,7 @@ class PartWriter:
         once ``WAKE_BYTES`` of them are queued (or ``wake_at`` items): a wake-up per small batch costs
         the writer more than the batch itself, and this bounds what waits in the queue. A builder that
         declares no size wakes it at once."""
-        if self._first_error is not None and self.on_error == "raise":
+        if self.losses.first_error is not None and self.on_error == "raise":
             self.check()
         self._unwoken_bytes += getattr(build, "nbytes", WAKE_BYTES)
         wake = self._unwoken_bytes >= WAKE_BYTES
@@ -156,18 +151,23 @@ class PartWriter:
     @property
     def failed(self) -> bool:
         """True once something failed and ``on_error="raise"`` asks for it to be raised."""
-        return self._first_error is not None and self.on_error == "raise"
+        return self.losses.first_error is not None and self.on_error == "raise"
 
     def check(self) -> None:
         """Raise WriterFailedError for the first failure when ``on_error="raise"`` (else nothing)."""
-        exc = self._first_error or self._worker.error
+        exc = self.losses.first_error or self._worker.error
         if exc is not None and (self.on_error == "raise" or exc is self._worker.error):
-            detail = "; ".join(f"{t}: {c}" for t, c in self.causes.items()) or str(exc)
+            detail = "; ".join(f"{t}: {c}" for t, c in self.losses.causes.items()) or str(exc)
             raise WriterFailedError(f"lakelog's background writer failed: {detail}") from exc
 
     @property
     def committed_step(self) -> int | None:
         return self._committed
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Rows that could not be written, per table (read it after ``flush()``/``close()``)."""
+        return self.losses.dropped
 
     # -- writer thread: taking items ---------------------------------------------------------
     def _handle(self, item: tuple) -> None:
@@ -217,8 +217,8 @@ class PartWriter:
 
     def _buffer(self, table: str, epoch: int, n: int) -> Buffer | None:
         """The partition's buffer, or None when the lake is not writable and memory is at its bound."""
-        if self._io_error is not None and self._buffered_bytes() >= self.max_buffer_bytes:
-            self._drop(table, n, self._io_error)
+        if self.losses.io_error is not None and self._buffered_bytes() >= self.max_buffer_bytes:
+            self._drop(table, n, self.losses.io_error)
             return None
         buf = self._buffers.get((table, epoch))
         if buf is None:
@@ -226,11 +226,31 @@ class PartWriter:
         return buf
 
     def _buffered_bytes(self) -> int:
-        return sum(b.nbytes for b in self._buffers.values())
+        return sum(b.nbytes for b in self._buffers.values()) + self._groups.nbytes
 
     def _maybe_write(self, table: str, epoch: int, buf: Buffer) -> None:
-        if self._io_error is None and (buf.rows >= self.max_rows or buf.nbytes >= self.max_bytes):
-            self._write(table, epoch, buf, before=self._newest)  # the newest step stays for the commit
+        """Cut a part file when the partition is full; else encode its final rows ahead once there are
+        ``group_rows`` of them (rowgroups.py). The newest step's rows stay for the commit."""
+        if self.losses.io_error is not None:
+            return
+        rows, nbytes = self._groups.held((table, epoch))
+        if buf.rows + rows >= self.max_rows or buf.nbytes + nbytes >= self.max_bytes:
+            self._write(table, epoch, buf, before=self._newest)
+        elif buf.rows >= self.group_rows and buf.min_step is not None and buf.min_step < self._newest:
+            self._encode_ahead(table, epoch, buf)
+
+    def _encode_ahead(self, table: str, epoch: int, buf: Buffer) -> None:
+        """The partition's rows older than the newest step, encoded ahead as a row group."""
+        data, lost, cause = buf.table()
+        if lost:
+            self._drop(table, lost, cause)
+        if data is None or not data.num_rows:
+            buf.clear()
+            return
+        keep, data = split_before(data, self._newest)
+        buf.replace(keep)
+        if data.num_rows:
+            self._groups.add((table, epoch), data)
 
     # -- writer thread: part files and commits -----------------------------------------------
     def _periodic(self) -> None:
@@ -247,18 +267,18 @@ class PartWriter:
         self._write_all(before=None, final=True)
         for (table, _), buf in list(self._buffers.items()):  # the lake stayed unwritable: these are lost
             if buf.rows:
-                self._drop(table, buf.rows, self._io_error or OSError("not written"))
+                self._drop(table, buf.rows, self.losses.io_error or OSError("not written"))
         self._buffers.clear()
         if self._last_commit != (self._newest, True):  # what is on disk is all there will be: say so
             self._dirty = True
             self._commit(self._newest if self._newest is not None else self._committed, final=True)
-        if self._io_error is not None:
+        if self.losses.io_error is not None:
             log.warning(
                 "lakelog: run %s: the lake %s was still not writable at finish (%s); rows not written: %s",
                 os.path.basename(self.run_dir),
                 self.lake.root,
-                self._io_error,
-                self.dropped,
+                self.losses.io_error,
+                self.losses.dropped,
             )
 
     def _write_all(self, *, before: int | None, final: bool = False) -> None:
@@ -269,7 +289,8 @@ class PartWriter:
         parts = [
             part
             for (table, epoch), buf in list(self._buffers.items())
-            if buf.rows and (part := self._prepare(table, epoch, buf, before=before)) is not None
+            if (buf.rows or (table, epoch) in self._groups)
+            and (part := self._prepare(table, epoch, buf, before=before)) is not None
         ]
         outcomes = store_all(self._store, parts)
         ok = all([self._stored(part, outcome) for part, outcome in zip(parts, outcomes, strict=True)])
@@ -284,11 +305,12 @@ class PartWriter:
         self._commit(step, final=final)
 
     def _commit(self, step: int | None, *, final: bool) -> None:
-        if not self.lake.local or (not self._dirty and self._last_commit == (step, final)):
+        dirty = self._dirty or self.losses.uncommitted
+        if not self.lake.local or (not dirty and self._last_commit == (step, final)):
             return
         body = {"step": step, "seq": self._seq, "final": final}
-        if self.dropped:
-            body["dropped"] = dict(self.dropped)
+        if self.losses.dropped:
+            body["dropped"] = dict(self.losses.dropped)
         path = lifecycle.commit_path(self.run_dir, self.rank)
         try:
             self._makedirs(os.path.dirname(path))
@@ -298,7 +320,7 @@ class PartWriter:
             return
         self._committed = step
         self._last_commit = (step, final)
-        self._dirty = False
+        self._dirty = self.losses.uncommitted = False
         self._seq += 1
 
     def _makedirs(self, folder: str) -> None:
@@ -312,34 +334,36 @@ class PartWriter:
         return part is None or self._stored(part, self._store(part))
 
     def _prepare(self, table: str, epoch: int, buf: Buffer, *, before: int | None) -> Part | None:
-        """The buffer's rows to write now as one table and its format (None: nothing to write)."""
+        """The partition's rows to write now (the buffer's, after those encoded ahead) and their format
+        (None: nothing to write)."""
         data, lost, cause = buf.table()
         if lost:
             self._drop(table, lost, cause)
-        if data is None or not data.num_rows:
-            buf.clear()
-            return None
         keep = None
-        if before is not None and buf.max_step is not None and buf.max_step >= before:
+        held = before is not None and buf.max_step is not None and buf.max_step >= before
+        if held and data is not None and data.num_rows:
             keep, data = split_before(data, before)
-        if not data.num_rows:
+        data, encoding = self._groups.take((table, epoch), data)
+        if data is None or (not data.num_rows and encoding is None):
             buf.replace(keep)
             return None
         try:
-            fmt = self._formats.get(table)
-            if fmt is None or not fmt.fits(data.schema):
-                fmt = self._formats[table] = TableFormat.choose(data)
+            fmt = encoding.fmt if encoding is not None else self._groups.format(table, data)
         except Exception as exc:  # rows Parquet cannot hold: lost, the rest goes on
             self._drop(table, data.num_rows, exc)
             buf.replace(keep)
             return None
         folder = partition_dir(self.run_dir, table, epoch, self.rank, local=self.lake.local)
-        return Part(table, buf, data, keep, fmt, folder, f"{folder}/{part_file_name(self.rank, self._seq)}")
+        path = f"{folder}/{part_file_name(self.rank, self._seq)}"
+        return Part(table, buf, data, keep, fmt, folder, path, encoding)
 
     def _store(self, part: Part) -> BaseException | None:
         """Encode and write one part file (any thread: it changes nothing but the lake); its error."""
         try:
-            payload = part.fmt.encode(part.data, self.compression, self.compression_level)
+            if part.encoding is not None:
+                payload = part.encoding.finish(part.data)
+            else:
+                payload = part.fmt.encode(part.data, self.compression, self.compression_level)
         except Exception as exc:
             return exc
         try:
@@ -353,55 +377,23 @@ class PartWriter:
         """Account for one part file's outcome; False when the lake is not writable."""
         if isinstance(error, OSError):
             self._made_dirs.discard(part.folder)
-            part.buf.replace(part.data if part.keep is None else pa.concat_tables([part.data, part.keep]))
+            part.buf.replace(part.all_rows())
             self._lake_trouble(error)
             return False
         if error is not None:  # rows Parquet cannot hold: lost, the rest goes on
-            self._drop(part.table, part.data.num_rows, error)
+            self._drop(part.table, part.rows, error)
             part.buf.replace(part.keep)
             return True
         self.files_written += 1
-        self.rows_written += part.data.num_rows
+        self.rows_written += part.rows
         self._dirty = True
         part.buf.replace(part.keep)
-        if self._io_error is not None:
-            log.info("lakelog: the lake %s is writable again; buffered rows written", self.lake.root)
-            self._io_error = None
+        self.losses.lake_writable()
         return True
 
     # -- writer thread: failures -------------------------------------------------------------
     def _lake_trouble(self, exc: OSError) -> None:
-        self._io_error = exc
-        if self._first_error is None:
-            self._first_error = exc
-        now = time.monotonic()
-        if now - self._io_warned_at >= WARN_EVERY_S:
-            self._io_warned_at = now
-            log.warning(
-                "lakelog: cannot write to the lake %s (%s: %s); training goes on, rows are kept in memory "
-                "(up to %d MiB) and written when it is writable again",
-                self.lake.root,
-                type(exc).__name__,
-                exc.strerror or exc,
-                self.max_buffer_bytes >> 20,
-            )
-        self.causes.setdefault("lake", f"{type(exc).__name__}: {exc}")
+        self.losses.lake_trouble(exc, self.max_buffer_bytes)
 
     def _drop(self, table: str, rows: int, exc: BaseException) -> None:
-        self.dropped[table] = self.dropped.get(table, 0) + int(rows)
-        self._dirty = True
-        cause = f"{type(exc).__name__}: {exc}"
-        self.causes.setdefault(table, cause)
-        if self._first_error is None:
-            self._first_error = exc
-        key = (table, type(exc).__name__)
-        if key not in self._warned:  # once per table and cause; the counts go on in run.json
-            self._warned.add(key)
-            log.warning(
-                "lakelog: run %s: %d %s row(s) could not be written (%s); other rows and tables go on "
-                "(counted in run.json 'dropped')",
-                os.path.basename(self.run_dir),
-                rows,
-                table,
-                cause,
-            )
+        self.losses.drop(table, rows, exc)
