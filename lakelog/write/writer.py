@@ -1,9 +1,9 @@
 """The Parquet writer of one run and rank: rows in, whole part files and commits out, never a lost run.
 
 The training thread queues small items on a ``background.Worker`` (a scalar row, or a closure over
-host copies); the writer thread builds the columns, buffers them per table partition and writes a
-part file when a buffer is large, at every periodic flush (``flush_every_s``) and on
-``flush()``/``close()``. Part files are written atomically (``Lake.write_bytes_atomic``) and named
+host copies); the writer thread builds the columns, buffers them per table partition (a large
+partition's final rows are encoded ahead as row groups, ``rowgroups.py``) and writes a part file when
+a partition is large, at every periodic flush (``flush_every_s``) and on ``flush()``/``close()``. Part files are written atomically (``Lake.write_bytes_atomic``) and named
 after the flush sequence (``part-<seq>-…``); after each flush the writer commits
 (``lake.lifecycle``): ``{"step": S, "seq": N}`` says every table holds every row with step ≤ S. A
 periodic flush holds back the rows of the newest step (the loop may still be logging it); explicit
