@@ -90,3 +90,30 @@ def test_many_flushes_in_one_run_of_items_all_return():
     assert not any(t.is_alive() for t in threads) and worker.pending == 0
     worker.close()
     assert done == list(range(300))
+
+
+def test_the_thread_is_behind_while_a_flush_waits_or_its_queue_outgrows_what_woke_it():
+    gate = threading.Event()
+    seen: list[bool] = []
+    worker = Worker("t", lambda i: (gate.wait(), seen.append(worker.behind)))
+    worker.put(0)  # wakes the thread with one item, which waits at the gate
+    time.sleep(0.1)
+    assert not worker.behind  # working through what woke it
+    for i in range(1, 4):
+        worker.put(i, wake=False)  # the queue grows while the thread works: the producer outruns it
+    assert worker.behind
+    gate.set()
+    worker.flush()
+    assert not worker.behind  # caught up, and nothing waits for it
+    gate.clear()
+    worker.put(4)
+    time.sleep(0.1)
+    flusher = threading.Thread(target=worker.flush)
+    flusher.start()
+    time.sleep(0.1)
+    assert worker.behind  # a flush waits for the item being handled
+    gate.set()
+    flusher.join(10)
+    assert not worker.behind
+    worker.close()
+    assert seen == [True] * 5  # each item was handled while the queue outgrew it or a flush waited

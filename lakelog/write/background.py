@@ -79,6 +79,8 @@ class Worker:
         self._work = threading.Condition(self._lock)  # the thread waits here for items or its next tick
         self._space = threading.Condition(self._lock)  # producers wait here while the queue is full
         self._idle = False
+        self._markers = 0  # flushes and closes queued and not yet handled
+        self._woke_with = 0  # items queued when the thread last woke from an empty queue
         self._closed = False
         self._close_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -112,7 +114,14 @@ class Worker:
     def flush(self) -> None:
         """Block until every item queued before this call is handled and ``on_flush`` has run."""
         marker = _Marker()
-        self.put(marker)
+        with self._lock:
+            self._markers += 1
+        try:
+            self.put(marker)
+        except BaseException:
+            with self._lock:
+                self._markers -= 1
+            raise
         marker.done.wait()
 
     def close(self) -> None:
@@ -130,6 +139,7 @@ class Worker:
                 if thread is not None:
                     marker = _Marker(stop=True)
                     self._items.append(marker)
+                    self._markers += 1
                     self._unfinished += 1
                     if self._idle:
                         self._work.notify()
@@ -141,6 +151,13 @@ class Worker:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def behind(self) -> bool:
+        """True when someone waits for the thread: a ``flush`` or ``close`` waits for the items queued
+        before it, or twice as many items wait as when the thread woke (its producer outruns it). A
+        thread that keeps up works through what woke it and rests."""
+        return self._markers > 0 or self._unfinished > 2 * self._woke_with
 
     @property
     def pending(self) -> int:
@@ -163,6 +180,8 @@ class Worker:
     def _loop(self) -> None:
         every = self._tick_every_s
         next_tick = time.monotonic() + every if every else None
+        with self._lock:
+            self._woke_with = self._unfinished  # what is queued when the thread starts woke it
         while True:
             with self._lock:
                 while not self._items:
@@ -172,6 +191,7 @@ class Worker:
                     self._idle = True
                     self._work.wait(timeout)
                     self._idle = False
+                    self._woke_with = self._unfinished
                 batch = [self._items.popleft() for _ in range(min(len(self._items), _BATCH))]
             if not batch:  # the tick is due and nothing is queued
                 self._run(self._tick or _nothing)
@@ -181,6 +201,8 @@ class Worker:
             for done, item in enumerate(batch, 1):
                 if isinstance(item, _Marker):
                     self._run(self._on_close if item.stop else self._on_flush)
+                    with self._lock:
+                        self._markers -= 1
                     self._finished(done - reported)
                     reported = done
                     item.done.set()

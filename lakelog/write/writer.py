@@ -229,14 +229,17 @@ class PartWriter:
         return sum(b.nbytes for b in self._buffers.values()) + self._groups.nbytes
 
     def _maybe_write(self, table: str, epoch: int, buf: Buffer) -> None:
-        """Cut a part file when the partition is full; else encode its final rows ahead once there are
+        """Cut a part file when the partition is full. Else, while the writer is behind (a flush or finish
+        waits for it, or the loop outruns it), encode the partition's final rows ahead once there are
         ``group_rows`` of them (rowgroups.py). The newest step's rows stay for the commit."""
         if self.losses.io_error is not None:
             return
         rows, nbytes = self._groups.held((table, epoch))
         if buf.rows + rows >= self.max_rows or buf.nbytes + nbytes >= self.max_bytes:
             self._write(table, epoch, buf, before=self._newest)
-        elif buf.rows >= self.group_rows and buf.min_step is not None and buf.min_step < self._newest:
+            return
+        final = buf.min_step is not None and buf.min_step < self._newest  # rows older than the newest step
+        if final and buf.rows >= self.group_rows and self._worker.behind:
             self._encode_ahead(table, epoch, buf)
 
     def _encode_ahead(self, table: str, epoch: int, buf: Buffer) -> None:
