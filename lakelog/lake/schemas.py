@@ -189,9 +189,14 @@ def empty_of(schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
 
 
-def empty_table(table: str) -> pa.Table:
-    """An empty table with the reader-side columns, so a view exists even before anything is written."""
+def reader_schema(table: str) -> pa.Schema:
+    """The columns a reader sees in ``table``: the written ones, then the partition columns."""
     schema = SCHEMAS[table]
     for field in PARTITION_FIELDS:
         schema = schema.append(field)
-    return empty_of(schema)
+    return schema
+
+
+def empty_table(table: str) -> pa.Table:
+    """An empty table with the reader-side columns, so a view exists even before anything is written."""
+    return empty_of(reader_schema(table))

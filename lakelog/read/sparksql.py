@@ -31,7 +31,7 @@ from sqlglot.optimizer.qualify import qualify
 
 from lakelog.errors import QueryError
 from lakelog.lake.layout import TABLES
-from lakelog.lake.schemas import empty_table, sql_type
+from lakelog.lake.schemas import reader_schema, sql_type
 from lakelog.read.macros import queries_dir
 from lakelog.read.queryfiles import DIALECT_FOLDERS, Query
 from lakelog.read.sparkfix import adapt_tree
@@ -67,7 +67,7 @@ def _spark_type(kind: pa.DataType) -> str:
 @cache
 def _schema() -> dict[str, dict[str, str]]:
     """The views' columns and types, so sqlglot knows which ``len`` is of a list and which of text."""
-    tables = {t: {f.name: _spark_type(f.type) for f in empty_table(t).schema} for t in TABLES}
+    tables = {t: {f.name: _spark_type(f.type) for f in reader_schema(t)} for t in TABLES}
     tables["runs"] = {f.name: _spark_type(f.type) for f in RUNS_SCHEMA}
     return tables
 

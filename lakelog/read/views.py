@@ -42,7 +42,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lakelog.lake.layout import TABLES, Lake
-from lakelog.lake.schemas import empty_of, empty_table, sql_type
+from lakelog.lake.schemas import empty_of, reader_schema, sql_type
 from lakelog.read import macros, sandbox
 from lakelog.read.scan import (
     RunEntry,
@@ -298,10 +298,10 @@ def store(con: duckdb.DuckDBPyConnection, name: str, data: pa.Table) -> None:
 def store_empty(con: duckdb.DuckDBPyConnection, table: str) -> None:
     """The empty table ``_<table>_empty`` with ``table``'s reader-side columns, as ``store`` makes it
     but created from its column types (a quarter of the time of copying an empty Arrow table)."""
-    schema = empty_table(table).schema
+    schema = reader_schema(table)
     types = [sql_type(f.type) for f in schema]
     if None in types:
-        store(con, f"_{table}_empty", empty_table(table))
+        store(con, f"_{table}_empty", empty_of(schema))
         return
     columns = ", ".join(f'"{f.name}" {kind}' for f, kind in zip(schema, types, strict=True))
     con.execute(f"CREATE OR REPLACE TABLE _{table}_empty ({columns})")

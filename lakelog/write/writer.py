@@ -178,7 +178,7 @@ class PartWriter:
         try:
             built = build()
         except BaseException as exc:
-            self._drop(table, nrows, exc)
+            self.losses.drop(table, nrows, exc)
             return
         steps = getattr(build, "steps", None)  # a builder that knows its rows' (first, last) step says so
         for name, rows in built.items():
@@ -186,7 +186,7 @@ class PartWriter:
                 try:
                     self._add(name, epoch, rows, steps)
                 except Exception as exc:
-                    self._drop(name, rows_len(rows), exc)
+                    self.losses.drop(name, rows_len(rows), exc)
 
     def _add_scalars(self, row: tuple) -> None:
         step, epoch = row[0], row[1]
@@ -196,7 +196,7 @@ class PartWriter:
                 names = names + row[4]
                 values = values + row[5].numpy().reshape(-1).tolist()
         except BaseException as exc:
-            self._drop("scalars", len(row[2]) + len(row[4]), exc)
+            self.losses.drop("scalars", len(row[2]) + len(row[4]), exc)
             return
         self.last_scalars.update(zip(names, values, strict=True))
         if self._newest is None or step > self._newest:
@@ -218,7 +218,7 @@ class PartWriter:
     def _buffer(self, table: str, epoch: int, n: int) -> Buffer | None:
         """The partition's buffer, or None when the lake is not writable and memory is at its bound."""
         if self.losses.io_error is not None and self._buffered_bytes() >= self.max_buffer_bytes:
-            self._drop(table, n, self.losses.io_error)
+            self.losses.drop(table, n, self.losses.io_error)
             return None
         buf = self._buffers.get((table, epoch))
         if buf is None:
@@ -246,7 +246,7 @@ class PartWriter:
         """The partition's rows older than the newest step, encoded ahead as a row group."""
         data, lost, cause = buf.table()
         if lost:
-            self._drop(table, lost, cause)
+            self.losses.drop(table, lost, cause)
         if data is None or not data.num_rows:
             buf.clear()
             return
@@ -270,7 +270,7 @@ class PartWriter:
         self._write_all(before=None, final=True)
         for (table, _), buf in list(self._buffers.items()):  # the lake stayed unwritable: these are lost
             if buf.rows:
-                self._drop(table, buf.rows, self.losses.io_error or OSError("not written"))
+                self.losses.drop(table, buf.rows, self.losses.io_error or OSError("not written"))
         self._buffers.clear()
         if self._last_commit != (self._newest, True):  # what is on disk is all there will be: say so
             self._dirty = True
@@ -319,7 +319,7 @@ class PartWriter:
             self._makedirs(os.path.dirname(path))
             self.lake.write_bytes_atomic(path, json.dumps(body).encode())
         except OSError as exc:
-            self._lake_trouble(exc)
+            self.losses.lake_trouble(exc, self.max_buffer_bytes)
             return
         self._committed = step
         self._last_commit = (step, final)
@@ -341,7 +341,7 @@ class PartWriter:
         (None: nothing to write)."""
         data, lost, cause = buf.table()
         if lost:
-            self._drop(table, lost, cause)
+            self.losses.drop(table, lost, cause)
         keep = None
         held = before is not None and buf.max_step is not None and buf.max_step >= before
         if held and data is not None and data.num_rows:
@@ -353,7 +353,7 @@ class PartWriter:
         try:
             fmt = encoding.fmt if encoding is not None else self._groups.format(table, data)
         except Exception as exc:  # rows Parquet cannot hold: lost, the rest goes on
-            self._drop(table, data.num_rows, exc)
+            self.losses.drop(table, data.num_rows, exc)
             buf.replace(keep)
             return None
         folder = partition_dir(self.run_dir, table, epoch, self.rank, local=self.lake.local)
@@ -381,10 +381,10 @@ class PartWriter:
         if isinstance(error, OSError):
             self._made_dirs.discard(part.folder)
             part.buf.replace(part.all_rows())
-            self._lake_trouble(error)
+            self.losses.lake_trouble(error, self.max_buffer_bytes)
             return False
         if error is not None:  # rows Parquet cannot hold: lost, the rest goes on
-            self._drop(part.table, part.rows, error)
+            self.losses.drop(part.table, part.rows, error)
             part.buf.replace(part.keep)
             return True
         self.files_written += 1
@@ -393,10 +393,3 @@ class PartWriter:
         part.buf.replace(part.keep)
         self.losses.lake_writable()
         return True
-
-    # -- writer thread: failures -------------------------------------------------------------
-    def _lake_trouble(self, exc: OSError) -> None:
-        self.losses.lake_trouble(exc, self.max_buffer_bytes)
-
-    def _drop(self, table: str, rows: int, exc: BaseException) -> None:
-        self.losses.drop(table, rows, exc)
